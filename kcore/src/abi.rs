@@ -1,0 +1,75 @@
+//! The hypercall ABI between the host (KServ), VMs and KCore: defined once, here.
+//!
+//! Calls follow the SMC Calling Convention (Arm DEN 0028): `HVC #0` with the function id in
+//! w0, arguments in x1..x6, status in x0 (0 or a negative error), results in x1.. . KCore's
+//! own calls are fast calls in the *vendor-specific hypervisor service* range (owning entity
+//! 6), SMC64 convention: ids `0xC600_0000..=0xC600_FFFF`.
+
+/// Success.
+pub const SUCCESS: i64 = 0;
+/// SMCCC `NOT_SUPPORTED`: unknown function id.
+pub const NOT_SUPPORTED: i64 = -1;
+/// SMCCC `NOT_REQUIRED`.
+pub const NOT_REQUIRED: i64 = -2;
+/// SMCCC `INVALID_PARAMETER`: an argument is out of range or malformed.
+pub const INVALID_PARAMETER: i64 = -3;
+/// KCore: the caller does not own what it named.
+pub const DENIED: i64 = -4;
+/// KCore: a pool is exhausted (top up and retry).
+pub const NO_MEMORY: i64 = -5;
+/// KCore: the object is in the wrong state for this call.
+pub const BAD_STATE: i64 = -6;
+/// KCore: already exists / already mapped.
+pub const EXISTS: i64 = -7;
+/// KCore: no such object / nothing mapped.
+pub const NOT_FOUND: i64 = -8;
+
+/// SMCCC: `SMCCC_VERSION` (arch service, fast call).
+pub const SMCCC_VERSION: u32 = 0x8000_0000;
+/// SMCCC: vendor-specific hypervisor service, "Call UID query" (returns the UUID in w0..w3).
+pub const VENDOR_HYP_CALL_UID: u32 = 0x8600_FF01;
+/// SMCCC: vendor-specific hypervisor service, "Revision query" (w0 major, w1 minor).
+pub const VENDOR_HYP_REVISION: u32 = 0x8600_FF03;
+
+/// KCore: ABI version and features. Returns x0 = 0, x1 = version (major << 16 | minor),
+/// x2 = feature bits ([`FEATURE_HOST_STAGE2`], ...).
+pub const KCORE_VERSION: u32 = 0xC600_0000;
+
+/// ABI major version.
+pub const ABI_MAJOR: u64 = 0;
+/// ABI minor version.
+pub const ABI_MINOR: u64 = 1;
+
+/// Feature bit: the host runs under a KCore-owned stage-2 table.
+pub const FEATURE_HOST_STAGE2: u64 = 1 << 0;
+
+/// KCore's vendor-hypervisor UID, `1f0a7e78-2a96-46e6-8a0f-af2034a27b98`, as the four 32-bit
+/// words SMCCC returns in w0..w3 (bytes in UUID order, little-endian within each word).
+pub const KCORE_UID: [u32; 4] = uid_words([
+    0x1f, 0x0a, 0x7e, 0x78, 0x2a, 0x96, 0x46, 0xe6, 0x8a, 0x0f, 0xaf, 0x20, 0x34, 0xa2, 0x7b, 0x98,
+]);
+
+const fn uid_words(b: [u8; 16]) -> [u32; 4] {
+    let mut w = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        w[i] = u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+        i += 1;
+    }
+    w
+}
+
+/// Is `id` an SMCCC fast call (bit 31)?
+pub const fn is_fast_call(id: u32) -> bool {
+    id & (1 << 31) != 0
+}
+
+/// The SMCCC owning entity of `id` (bits 29:24).
+pub const fn owner(id: u32) -> u32 {
+    (id >> 24) & 0x3f
+}
+
+/// SMCCC owning entity: standard secure service (PSCI lives here).
+pub const OWNER_STANDARD: u32 = 4;
+/// SMCCC owning entity: vendor-specific hypervisor service.
+pub const OWNER_VENDOR_HYP: u32 = 6;

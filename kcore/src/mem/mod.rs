@@ -1,0 +1,6 @@
+//! Layers 13-17: physical memory and who owns each page.
+
+pub mod memaux;
+pub mod memblock;
+pub mod pageindex;
+pub mod pagemgmt;

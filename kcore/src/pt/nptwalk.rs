@@ -1,0 +1,199 @@
+//! Layer 7 (NPTWalk): walk and set a whole translation table (stage-2 of one vmid, or KCore's
+//! own EL2 table): 4 KiB granule, root at level 0, leaves at level 1 (1 GiB), 2 (2 MiB) or
+//! 3 (4 KiB).
+
+use super::ptalloc::PagePool;
+use super::ptwalk::{next_table, read_entry, write_entry};
+use crate::arch::{self, desc, level_size};
+use crate::error::{Error, Result};
+use crate::machine::Machine;
+
+/// A translation table rooted at level 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Npt {
+    /// Physical address of the level-0 table.
+    pub root: u64,
+    /// Input address size in bits (40..=48).
+    pub ia_bits: u32,
+}
+
+/// A leaf found by a walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// Level of the leaf: 1, 2 or 3.
+    pub level: u8,
+    /// The descriptor.
+    pub desc: u64,
+}
+
+impl Leaf {
+    /// Size of the region the leaf maps.
+    pub const fn size(&self) -> u64 {
+        level_size(self.level)
+    }
+    /// Output address for input `addr` inside the leaf.
+    pub const fn output(&self, addr: u64) -> u64 {
+        (self.desc & desc::ADDR_MASK & !(self.size() - 1)) | (addr & (self.size() - 1))
+    }
+}
+
+impl Npt {
+    /// Is `addr` inside the input range?
+    pub const fn covers(&self, addr: u64) -> bool {
+        addr >> self.ia_bits == 0
+    }
+
+    /// The leaf that maps `addr`, if any.
+    pub fn walk<M: Machine>(&self, m: &M, addr: u64) -> Option<Leaf> {
+        if !self.covers(addr) {
+            return None;
+        }
+        let mut table = self.root;
+        for level in 0..=3u8 {
+            let d = read_entry(m, table, level, addr);
+            if arch::is_table(d, level) {
+                table = d & desc::ADDR_MASK;
+                continue;
+            }
+            return if level > 0 && arch::is_leaf(d, level) { Some(Leaf { level, desc: d }) } else { None };
+        }
+        None
+    }
+
+    /// The shallowest level at which a leaf for `addr` could be written without replacing a
+    /// table: the first level whose entry is not a table descriptor.
+    pub fn first_non_table_level<M: Machine>(&self, m: &M, addr: u64) -> u8 {
+        let mut table = self.root;
+        for level in 0..3u8 {
+            let d = read_entry(m, table, level, addr);
+            if !arch::is_table(d, level) {
+                return level;
+            }
+            table = d & desc::ADDR_MASK;
+        }
+        3
+    }
+
+    /// Write leaf `d` for `addr` at `level` (1..=3), allocating intermediate tables from
+    /// `pool`. The entry must be invalid: replacing a live entry needs break-before-make,
+    /// which is the caller's job ([`Error::Exists`] otherwise; also for a block above).
+    pub fn set<M: Machine>(&self, m: &M, pool: &PagePool, addr: u64, level: u8, d: u64) -> Result<()> {
+        if !(1..=3).contains(&level) || !self.covers(addr) || addr & (level_size(level) - 1) != 0 {
+            return Err(Error::InvalidParameter);
+        }
+        let mut table = self.root;
+        for l in 0..level {
+            table = next_table(m, Some(pool), table, l, addr)?.ok_or(Error::NoMemory)?;
+        }
+        if read_entry(m, table, level, addr) & desc::VALID != 0 {
+            return Err(Error::Exists);
+        }
+        write_entry(m, table, level, addr, d);
+        Ok(())
+    }
+
+    /// Invalidate the leaf that maps `addr` and return it (the caller invalidates the TLB).
+    pub fn clear<M: Machine>(&self, m: &M, addr: u64) -> Option<Leaf> {
+        if !self.covers(addr) {
+            return None;
+        }
+        let mut table = self.root;
+        for level in 0..=3u8 {
+            let d = read_entry(m, table, level, addr);
+            if arch::is_table(d, level) {
+                table = d & desc::ADDR_MASK;
+                continue;
+            }
+            if level > 0 && arch::is_leaf(d, level) {
+                write_entry(m, table, level, addr, 0);
+                return Some(Leaf { level, desc: d });
+            }
+            return None;
+        }
+        None
+    }
+
+    /// Visit every leaf as `(input address, leaf)`, in address order.
+    pub fn for_each_leaf<M: Machine>(&self, m: &M, mut f: impl FnMut(u64, Leaf)) {
+        self.visit(m, self.root, 0, 0, &mut f);
+    }
+
+    fn visit<M: Machine>(&self, m: &M, table: u64, level: u8, base: u64, f: &mut impl FnMut(u64, Leaf)) {
+        let span = 1u64 << (12 + 9 * (3 - level as u32));
+        for i in 0..super::ptwalk::ENTRIES {
+            let addr = base + i * span;
+            if !self.covers(addr) {
+                break;
+            }
+            let d = m.load(table + 8 * i);
+            if arch::is_table(d, level) {
+                self.visit(m, d & desc::ADDR_MASK, level + 1, addr, f);
+            } else if level > 0 && arch::is_leaf(d, level) {
+                f(addr, Leaf { level, desc: d });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::sim::SimMachine;
+    use crate::{BLOCK_1G, BLOCK_2M, PAGE_SIZE};
+
+    const BASE: u64 = 0x4000_0000;
+
+    fn setup() -> (SimMachine, PagePool, Npt) {
+        let m = SimMachine::new(BASE, 64 * PAGE_SIZE);
+        let pool = PagePool::new(BASE + PAGE_SIZE, BASE + 64 * PAGE_SIZE);
+        (m, pool, Npt { root: BASE, ia_bits: 40 })
+    }
+
+    #[test]
+    fn set_then_walk_each_level() {
+        let (m, pool, npt) = setup();
+        let cases = [(1u8, BLOCK_1G * 3), (2, BLOCK_1G + BLOCK_2M * 5), (3, 0x9000_0000 + 7 * PAGE_SIZE)];
+        for (level, ipa) in cases {
+            let d = arch::s2_normal_leaf(ipa, level);
+            npt.set(&m, &pool, ipa, level, d).unwrap();
+            let leaf = npt.walk(&m, ipa + 0x123).unwrap();
+            assert_eq!(leaf, Leaf { level, desc: d });
+            assert_eq!(leaf.output(ipa + 0x123), ipa + 0x123);
+        }
+        let mut seen = vec![];
+        npt.for_each_leaf(&m, |a, l| seen.push((a, l.level)));
+        assert_eq!(seen, vec![(BLOCK_1G + BLOCK_2M * 5, 2), (0x9000_0000 + 7 * PAGE_SIZE, 3), (BLOCK_1G * 3, 1)]);
+    }
+
+    #[test]
+    fn set_refuses_live_entries_blocks_in_the_way_and_bad_args() {
+        let (m, pool, npt) = setup();
+        npt.set(&m, &pool, BLOCK_1G, 1, arch::s2_normal_leaf(BLOCK_1G, 1)).unwrap();
+        assert_eq!(npt.set(&m, &pool, BLOCK_1G, 1, 0x1), Err(Error::Exists));
+        assert_eq!(npt.set(&m, &pool, BLOCK_1G + PAGE_SIZE, 3, 0x3), Err(Error::Exists));
+        assert_eq!(npt.set(&m, &pool, PAGE_SIZE, 2, 0x1), Err(Error::InvalidParameter));
+        assert_eq!(npt.set(&m, &pool, 1 << 40, 3, 0x3), Err(Error::InvalidParameter));
+        assert_eq!(npt.set(&m, &pool, 0, 0, 0x1), Err(Error::InvalidParameter));
+    }
+
+    #[test]
+    fn clear_removes_only_that_leaf() {
+        let (m, pool, npt) = setup();
+        npt.set(&m, &pool, 0x5000, 3, arch::s2_normal_leaf(0x5000, 3)).unwrap();
+        npt.set(&m, &pool, 0x6000, 3, arch::s2_normal_leaf(0x6000, 3)).unwrap();
+        assert_eq!(npt.clear(&m, 0x5000).map(|l| l.level), Some(3));
+        assert_eq!(npt.walk(&m, 0x5000), None);
+        assert!(npt.walk(&m, 0x6000).is_some());
+        assert_eq!(npt.clear(&m, 0x5000), None);
+        assert_eq!(npt.first_non_table_level(&m, 0x5000), 3);
+        assert_eq!(npt.first_non_table_level(&m, BLOCK_1G), 1);
+    }
+
+    #[test]
+    fn pool_exhaustion_is_an_error() {
+        let m = SimMachine::new(BASE, 4 * PAGE_SIZE);
+        let pool = PagePool::new(BASE + PAGE_SIZE, BASE + 2 * PAGE_SIZE);
+        let npt = Npt { root: BASE, ia_bits: 40 };
+        assert_eq!(npt.set(&m, &pool, 0x1000, 3, 0x1003), Err(Error::NoMemory));
+    }
+}

@@ -1,0 +1,94 @@
+//! Layer 5 (PTAlloc): page-table pages from a KCore-owned pool.
+//!
+//! A pool is a physical range of KCore-owned pages handed out one at a time, zeroed, with a
+//! free list for pages given back. Exhaustion is an error (the host can donate more pages and
+//! retry), never a panic. The owner's `pt` lock serialises use; the fields are atomics only so
+//! the pool can be shared between CPUs without `unsafe`.
+
+use crate::error::{Error, Result};
+use crate::machine::Machine;
+use crate::PAGE_SIZE;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A pool of page-table pages.
+#[derive(Debug, Default)]
+pub struct PagePool {
+    /// Next never-used page.
+    next: AtomicU64,
+    /// End of the never-used range.
+    end: AtomicU64,
+    /// Head of the free list (0 = empty); each free page holds the next pointer in word 0.
+    free_head: AtomicU64,
+    /// Pages currently handed out.
+    in_use: AtomicU64,
+}
+
+impl PagePool {
+    /// A pool over the pages of `[start, end)`, both page aligned, owned by KCore.
+    pub const fn new(start: u64, end: u64) -> Self {
+        PagePool {
+            next: AtomicU64::new(start),
+            end: AtomicU64::new(end),
+            free_head: AtomicU64::new(0),
+            in_use: AtomicU64::new(0),
+        }
+    }
+
+    /// Allocate a zeroed page.
+    pub fn alloc<M: Machine>(&self, m: &M) -> Result<u64> {
+        let head = self.free_head.load(Relaxed);
+        let page = if head != 0 {
+            self.free_head.store(m.load(head), Relaxed);
+            head
+        } else {
+            let next = self.next.load(Relaxed);
+            if next >= self.end.load(Relaxed) {
+                return Err(Error::NoMemory);
+            }
+            self.next.store(next + PAGE_SIZE, Relaxed);
+            next
+        };
+        m.zero_page(page);
+        self.in_use.fetch_add(1, Relaxed);
+        Ok(page)
+    }
+
+    /// Return a page to the pool. It must have come from [`PagePool::alloc`].
+    pub fn free<M: Machine>(&self, m: &M, page: u64) {
+        m.store(page, self.free_head.load(Relaxed));
+        self.free_head.store(page, Relaxed);
+        self.in_use.fetch_sub(1, Relaxed);
+    }
+
+    /// Pages handed out and not returned.
+    pub fn in_use(&self) -> u64 {
+        self.in_use.load(Relaxed)
+    }
+
+    /// Pages that can still be allocated without a free.
+    pub fn never_used(&self) -> u64 {
+        (self.end.load(Relaxed) - self.next.load(Relaxed)) / PAGE_SIZE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::sim::SimMachine;
+
+    #[test]
+    fn alloc_zeroes_and_exhausts_with_an_error() {
+        let m = SimMachine::new(0x1000_0000, 4 * PAGE_SIZE);
+        m.fill_page(0x1000_0000, 0xaa);
+        let pool = PagePool::new(0x1000_0000, 0x1000_0000 + 2 * PAGE_SIZE);
+        let a = pool.alloc(&m).unwrap();
+        assert!(m.page_is_zero(a));
+        let b = pool.alloc(&m).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(pool.alloc(&m), Err(Error::NoMemory));
+        pool.free(&m, a);
+        assert_eq!(pool.alloc(&m), Ok(a));
+        assert!(m.page_is_zero(a), "a reused page is zeroed again");
+        assert_eq!(pool.in_use(), 2);
+    }
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Idempotent setup: the only place this project installs dependencies.
+#
+# Installs (as root, through apt and rustup):
+#   - qemu-system-arm 10.x from Debian bookworm-backports (bookworm's 7.2 lacks SMMUv3 stage-2),
+#     the backports suite being added by reusing the URIs of the machine's Debian source entry;
+#   - the aarch64 cross binutils/gcc (objcopy for the KCore Image, module builds later), dtc, cpio;
+#   - the Rust targets named in rust-toolchain.toml;
+# and downloads (not installs) arm64 packages into .cache/debs, extracted under .cache/arm64:
+#   - the current Debian 6.1 cloud arm64 kernel (resolved through the metapackage, never pinned);
+#   - busybox-static for the host initramfs.
+# A second run finds everything in place and touches no network.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$ROOT/.cache"
+DEBS="$CACHE/debs"
+SYSROOT="$CACHE/arm64"
+mkdir -p "$DEBS" "$SYSROOT"
+
+say() { echo "setup: $*"; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+
+# ---------------------------------------------------------------- apt sources
+BACKPORTS_FILE=/etc/apt/sources.list.d/kcore-bookworm-backports.sources
+APT_UPDATED=0
+apt_update() {
+    if [ "$APT_UPDATED" = 0 ]; then
+        say "apt-get update"
+        $SUDO apt-get update -qq
+        APT_UPDATED=1
+    fi
+}
+
+debian_uri() {
+    # The URI of the machine's existing Debian (non-security) entry, deb822 or one-line style.
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        uri=$(awk '
+            /^URIs:/ { u=$2 }
+            /^Suites:/ { if ($0 ~ /bookworm( |$)/ && u !~ /security/) { print u; exit } }
+            /^$/ { u="" }' "$f")
+        if [ -n "$uri" ]; then echo "$uri"; return; fi
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        uri=$(awk '$1=="deb" && $3=="bookworm" { for (i=2;i<=NF;i++) if ($i ~ /:\/\//) { print $i; exit } }' "$f")
+        if [ -n "$uri" ]; then echo "$uri"; return; fi
+    done
+}
+
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    uri="$(debian_uri)"
+    if [ -z "$uri" ]; then
+        echo "setup: no Debian bookworm source entry found to derive backports from" >&2
+        exit 1
+    fi
+    say "adding bookworm-backports (same URIs as the existing Debian entry)"
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$uri" | $SUDO tee "$BACKPORTS_FILE" >/dev/null
+    APT_UPDATED=0
+fi
+
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    say "dpkg --add-architecture arm64"
+    $SUDO dpkg --add-architecture arm64
+fi
+
+# ---------------------------------------------------------------- host packages
+qemu_ok() {
+    command -v qemu-system-aarch64 >/dev/null &&
+        qemu-system-aarch64 --version | head -1 | grep -Eq 'version (9\.[2-9]|[1-9][0-9])\.'
+}
+need=()
+qemu_ok || need+=(qemu-system-arm)
+for pkg_bin in gcc-aarch64-linux-gnu:aarch64-linux-gnu-gcc binutils-aarch64-linux-gnu:aarch64-linux-gnu-objcopy \
+               device-tree-compiler:dtc cpio:cpio; do
+    command -v "${pkg_bin#*:}" >/dev/null || need+=("${pkg_bin%%:*}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+    apt_update
+    say "apt-get install ${need[*]}"
+    # -t: qemu's own dependencies (qemu-system-common, -data) must come from backports too.
+    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports "${need[@]}" >/dev/null
+fi
+qemu_ok || { echo "setup: qemu-system-aarch64 >= 9.2 is required" >&2; exit 1; }
+
+# ---------------------------------------------------------------- rust targets
+if command -v rustup >/dev/null; then
+    installed="$(cd "$ROOT" && rustup target list --installed)"
+    for t in aarch64-unknown-none-softfloat aarch64-unknown-linux-musl; do
+        grep -qx "$t" <<<"$installed" || (cd "$ROOT" && rustup target add "$t")
+    done
+fi
+
+# ---------------------------------------------------------------- arm64 debs
+# Kernel: resolve the ABI package through the metapackage; never pin the ABI number.
+have_kernel() { compgen -G "$SYSROOT/boot/vmlinuz-6.1.*-cloud-arm64" >/dev/null; }
+have_busybox() { [ -x "$SYSROOT/bin/busybox" ]; }
+
+if ! have_kernel || ! have_busybox; then
+    apt_update
+    pkgs=()
+    if ! have_kernel; then
+        kpkg="$(apt-cache depends linux-image-cloud-arm64:arm64 | awk '/Depends: linux-image-6.1/ { sub(/:arm64$/, "", $2); print $2; exit }')"
+        [ -n "$kpkg" ] || { echo "setup: cannot resolve the Debian cloud arm64 kernel" >&2; exit 1; }
+        pkgs+=("$kpkg:arm64")
+    fi
+    have_busybox || pkgs+=("busybox-static:arm64")
+    say "apt-get download ${pkgs[*]}"
+    (cd "$DEBS" && apt-get download -qq "${pkgs[@]}" 2>&1 | grep -v 'unsandboxed' || true)
+    for d in "$DEBS"/*.deb; do
+        say "extracting $(basename "$d")"
+        dpkg-deb -x "$d" "$SYSROOT"
+    done
+fi
+have_kernel || { echo "setup: kernel missing after download" >&2; exit 1; }
+have_busybox || { echo "setup: busybox missing after download" >&2; exit 1; }
+
+say "ok: $(qemu-system-aarch64 --version | head -1); kernel $(basename "$(ls "$SYSROOT"/boot/vmlinuz-6.1.*-cloud-arm64 | sort -V | tail -1)")"
