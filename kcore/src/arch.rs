@@ -148,6 +148,8 @@ pub mod mode {
     pub const EL1T: u64 = 0b0100;
     /// EL1h.
     pub const EL1H: u64 = 0b0101;
+    /// AArch32 User mode (nRW set): an AArch32 process under an AArch64 kernel.
+    pub const A32_USR: u64 = 0b10000;
 }
 
 /// SPSR bits KCore uses when it enters or injects into EL1.
@@ -193,6 +195,7 @@ pub fn inject_sync_el1(elr: u64, spsr: u64, esr_el1: u64, vbar_el1: u64, sctlr_e
         mode::EL1T => 0x000,
         mode::EL1H => 0x200,
         mode::EL0T => 0x400,
+        mode::A32_USR => 0x600,
         _ => return None,
     };
     let mut pstate = spsr::DAIF | mode::EL1H;
@@ -214,7 +217,8 @@ pub fn inject_sync_el1(elr: u64, spsr: u64, esr_el1: u64, vbar_el1: u64, sctlr_e
 /// tells whether it came from EL0 or EL1. Keeps WnR for data aborts; FSC = 0b010000
 /// (synchronous external abort, not on a table walk).
 pub const fn external_abort_esr(esr_el2: u64, spsr: u64) -> u64 {
-    let from_el0 = spsr & spsr::MODE_MASK == mode::EL0T;
+    let m = spsr & spsr::MODE_MASK;
+    let from_el0 = m == mode::EL0T || m == mode::A32_USR;
     let is_data = esr_ec(esr_el2) == ec::DABT_LOW;
     let ec = match (is_data, from_el0) {
         (true, true) => ec::DABT_LOW,
@@ -348,6 +352,7 @@ mod tests {
         let inj = inject_sync_el1(0x1000, mode::EL1H | spsr::DAIF, 0, vbar, 1 << 23).unwrap();
         assert_eq!(inj.vector, vbar + 0x200);
         assert_eq!(inj.pstate & spsr::PAN, 0);
-        assert!(inject_sync_el1(0, 0b10000, 0, vbar, 0).is_none(), "AArch32 is refused");
+        assert_eq!(inject_sync_el1(0, mode::A32_USR, 0, vbar, 0).unwrap().vector, vbar + 0x600);
+        assert!(inject_sync_el1(0, 0b10011, 0, vbar, 0).is_none(), "AArch32 kernel modes are refused");
     }
 }

@@ -1,0 +1,191 @@
+// KCore entry points and EL2 exception vectors.
+//
+// Register use at entry (arm64 Linux boot protocol, Documentation/arch/arm64/booting.rst):
+// x0 = physical address of the device tree, MMU off, at EL2, interrupts masked.
+
+.equ STACK_SIZE, 0x8000
+.equ MAX_CPUS, 16
+.equ FRAME_SIZE, 272            // struct TrapFrame: x0..x30, elr, spsr, pad
+
+// ---------------------------------------------------------------- arm64 Image header
+.section .text.head, "ax"
+.global _start
+_start:
+    b       primary_entry       // code0
+    .long   0                   // code1
+    .quad   0                   // text_offset: loaded at a 2 MiB aligned base
+    .quad   __image_size        // image_size: must be non-zero (covers BSS and stacks)
+    .quad   0xa                 // flags: little-endian, 4 KiB pages, anywhere in RAM
+    .quad   0                   // res2
+    .quad   0                   // res3
+    .quad   0                   // res4
+    .ascii  "ARM\x64"           // magic
+    .long   0                   // res5
+
+.section .text.boot, "ax"
+primary_entry:
+    msr     daifset, #0xf
+    mov     x19, x0
+    mrs     x1, CurrentEL
+    cmp     x1, #(2 << 2)
+    b.ne    park                // KCore must own EL2
+    // Zero BSS before any Rust code runs.
+    adrp    x1, __bss_start
+    add     x1, x1, :lo12:__bss_start
+    adrp    x2, __bss_end
+    add     x2, x2, :lo12:__bss_end
+1:  cmp     x1, x2
+    b.hs    2f
+    stp     xzr, xzr, [x1], #16
+    b       1b
+2:  mov     x0, #0
+    bl      cpu_setup_stack
+    mov     x0, x19
+    bl      kcore_primary_main  // does not return
+    b       park
+
+// Where firmware starts every other CPU (PSCI CPU_ON / resume), x0 = KCore's CPU index.
+.global kcore_secondary_entry
+kcore_secondary_entry:
+    msr     daifset, #0xf
+    cmp     x0, #MAX_CPUS
+    b.hs    park
+    mov     x19, x0
+    bl      cpu_setup_stack
+    mov     x0, x19
+    bl      kcore_secondary_main // does not return
+    b       park
+
+// x0 = CPU index: SP_EL2 = top of its stack, TPIDR_EL2 = index, VBAR_EL2 = vectors.
+cpu_setup_stack:
+    adrp    x1, __stacks_start
+    add     x1, x1, :lo12:__stacks_start
+    add     x2, x0, #1
+    mov     x3, #STACK_SIZE
+    madd    x1, x2, x3, x1
+    mov     sp, x1
+    msr     tpidr_el2, x0
+    adrp    x1, el2_vectors
+    add     x1, x1, :lo12:el2_vectors
+    msr     vbar_el2, x1
+    isb
+    ret
+
+.global park
+park:
+    wfe
+    b       park
+
+// enter_el1(entry, arg, stack_top): drop to EL1h at `entry` with x0 = arg and every other
+// general-purpose register zero, resetting this CPU's EL2 stack. SPSR_EL2 is set by Rust.
+.global kcore_enter_el1
+kcore_enter_el1:
+    mov     sp, x2
+    msr     elr_el2, x0
+    mov     x0, x1
+    mov     x1, xzr
+    mov     x2, xzr
+    mov     x3, xzr
+    mov     x4, xzr
+    mov     x5, xzr
+    mov     x6, xzr
+    mov     x7, xzr
+    mov     x8, xzr
+    mov     x9, xzr
+    mov     x10, xzr
+    mov     x11, xzr
+    mov     x12, xzr
+    mov     x13, xzr
+    mov     x14, xzr
+    mov     x15, xzr
+    mov     x16, xzr
+    mov     x17, xzr
+    mov     x18, xzr
+    mov     x19, xzr
+    mov     x20, xzr
+    mov     x21, xzr
+    mov     x22, xzr
+    mov     x23, xzr
+    mov     x24, xzr
+    mov     x25, xzr
+    mov     x26, xzr
+    mov     x27, xzr
+    mov     x28, xzr
+    mov     x29, xzr
+    mov     x30, xzr
+    eret
+
+// ---------------------------------------------------------------- vectors
+// Each slot saves x0/x1, puts the slot number in x0 and branches to the common path, which
+// builds a full TrapFrame on the EL2 stack and calls kcore_trap(slot, frame).
+.macro VECTOR slot
+.balign 0x80
+    sub     sp, sp, #FRAME_SIZE
+    stp     x0, x1, [sp, #0]
+    mov     x0, #\slot
+    b       trap_common
+.endm
+
+.section .text.vectors, "ax"
+.balign 0x800
+.global el2_vectors
+el2_vectors:
+    VECTOR 0    // current EL, SP_EL0: sync
+    VECTOR 1    //   irq
+    VECTOR 2    //   fiq
+    VECTOR 3    //   serror
+    VECTOR 4    // current EL, SP_ELx: sync
+    VECTOR 5    //   irq
+    VECTOR 6    //   fiq
+    VECTOR 7    //   serror
+    VECTOR 8    // lower EL, AArch64: sync
+    VECTOR 9    //   irq
+    VECTOR 10   //   fiq
+    VECTOR 11   //   serror
+    VECTOR 12   // lower EL, AArch32: sync
+    VECTOR 13   //   irq
+    VECTOR 14   //   fiq
+    VECTOR 15   //   serror
+
+trap_common:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x19, [sp, #144]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    mrs     x2, elr_el2
+    mrs     x3, spsr_el2
+    stp     x30, x2, [sp, #240]
+    str     x3, [sp, #256]
+    mov     x1, sp
+    bl      kcore_trap
+    ldr     x3, [sp, #256]
+    ldp     x30, x2, [sp, #240]
+    msr     elr_el2, x2
+    msr     spsr_el2, x3
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldp     x18, x19, [sp, #144]
+    ldp     x20, x21, [sp, #160]
+    ldp     x22, x23, [sp, #176]
+    ldp     x24, x25, [sp, #192]
+    ldp     x26, x27, [sp, #208]
+    ldp     x28, x29, [sp, #224]
+    ldp     x0, x1, [sp, #0]
+    add     sp, sp, #FRAME_SIZE
+    eret

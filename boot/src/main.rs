@@ -1,0 +1,193 @@
+//! The KCore EL2 binary.
+//!
+//! Boot flow on the primary CPU: the Image header and `entry.S` set a stack and the vectors;
+//! [`kcore_primary_main`] reads the device tree, plans KCore's memory, hides it from the host
+//! in the device tree it hands on, builds KCore's own EL2 map and turns the MMU on, sets up
+//! the `kcore` state (ownership records, the host's stage-2 root), programs the EL2 state an
+//! EL1 host needs, and enters the host kernel at EL1 with x0 = device tree. Other CPUs arrive
+//! through the host's PSCI CPU_ON, which KCore rewrites so they start in
+//! [`kcore_secondary_main`] first.
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("kcore: the EL2 binary only builds for aarch64-unknown-none-softfloat; use scripts/build.sh");
+    std::process::exit(2);
+}
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod console;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod cpu;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod dtb;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod fatal;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod layout;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod platform;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod sysreg;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod trap;
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod el2 {
+    use crate::cpu::{self, El2Regs, Features};
+    use crate::fatal::fatal;
+    use crate::layout;
+    use crate::platform::Platform;
+    use crate::{console, dtb};
+    use kcore::el2map::{self, Kind, Segment};
+    use kcore::kcore::{KCore, MemoryPlan};
+    use kcore::machine::hw::Hardware;
+    use kcore::mem::memblock::MemBlocks;
+    use kcore::psci::{CpuTable, HostEntries};
+    use kcore::pt::nptwalk::Npt;
+    use kcore::pt::ptalloc::PagePool;
+    use kcore::{BLOCK_2M, PAGE_SIZE, align_up};
+    use spin::Once;
+
+    core::arch::global_asm!(include_str!("entry.S"));
+
+    unsafe extern "C" {
+        fn kcore_secondary_entry();
+        fn kcore_enter_el1(entry: u64, arg: u64, stack_top: u64) -> !;
+    }
+
+    /// KCore's state, set once by the primary CPU before any other CPU runs.
+    pub static KCORE: Once<KCore<Hardware>> = Once::new();
+    /// The machine's CPUs (device tree order; index 0 is the boot CPU).
+    pub static CPUS: Once<CpuTable> = Once::new();
+    /// EL2 register values every CPU loads.
+    pub static EL2_REGS: Once<El2Regs> = Once::new();
+    /// Where the host asked each CPU to start.
+    pub static HOST_ENTRIES: HostEntries = HostEntries::new();
+    /// Options from the command line.
+    pub static OPTIONS: Once<crate::platform::Options> = Once::new();
+
+    /// Pages of the pool reserved for KCore's own EL2 tables.
+    const EL2_POOL_PAGES: u64 = 64;
+
+    fn current_cpu() -> usize {
+        cpu::current_index()
+    }
+
+    /// Physical address where firmware starts secondary CPUs.
+    pub fn secondary_entry() -> u64 {
+        kcore_secondary_entry as *const () as u64
+    }
+
+    /// Enter the host at EL1 on this CPU.
+    fn enter_host(cpu_index: usize, entry: u64, arg: u64) -> ! {
+        cpu::set_host_return_state();
+        // SAFETY: `entry` is the host's entry point (the kernel Image KCore checked, or what
+        // the host gave PSCI); KCore's state for this CPU is complete, and the stack top is
+        // this CPU's own stack, which nothing references once we leave EL2.
+        unsafe { kcore_enter_el1(entry, arg, layout::stack_top(cpu_index)) }
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
+        let plat = match Platform::from_dtb(dtb_pa) {
+            Ok(p) => p,
+            Err(e) => fatal(format_args!("device tree at {dtb_pa:#x}: {e}")),
+        };
+        console::init(plat.uart, plat.options.log_level);
+        OPTIONS.call_once(|| plat.options);
+        let features = Features::read();
+        log::info!(
+            "KCore {} starting at EL2: {} CPUs, uart {:#x}, dtb {:#x}, PA {} bits",
+            env!("CARGO_PKG_VERSION"),
+            plat.cpus.len(),
+            plat.uart,
+            dtb_pa,
+            features.pa_bits
+        );
+        let Some(ipa_bits) = kcore::arch::host_ipa_bits(features.parange) else {
+            fatal(format_args!("the CPU's physical address size ({} bits) is below the 40 bits KCore needs", features.pa_bits))
+        };
+        CPUS.call_once(|| plat.cpus);
+
+        let mb = MemBlocks::new(plat.ram()).unwrap_or_else(|e| fatal(format_args!("memory map: {e:?}")));
+        let (image_start, image_end) = layout::image();
+        let host_image = plat.options.host_image.unwrap_or(align_up(image_end, BLOCK_2M));
+        if mb.search(host_image).is_none() {
+            fatal(format_args!("host kernel address {host_image:#x} is not RAM"));
+        }
+        let host_size = match layout::linux_image_size(host_image) {
+            Some(s) => s,
+            None => fatal(format_args!("no arm64 kernel Image at {host_image:#x} (load the host kernel there, or pass kcore.host=ADDR)")),
+        };
+        let mut keep = [(dtb_pa, dtb_pa + plat.dtb_size), (host_image, host_image + host_size), (0, 0)];
+        if let Some(initrd) = plat.initrd {
+            keep[2] = initrd;
+        }
+        let plan = MemoryPlan::new(&mb, (image_start, image_end), &keep)
+            .unwrap_or_else(|e| fatal(format_args!("no room for KCore's memory next to what the host needs ({e:?})")));
+        if let Err(e) = dtb::give_host(dtb_pa, plan.kcore_low.0, plan.host_part) {
+            fatal(format_args!("cannot hide KCore's memory in the device tree: {e}"));
+        }
+
+        // KCore's own EL2 identity map, written once here with the MMU off.
+        let hw = Hardware { cpu_index: current_cpu };
+        let el2_pool = PagePool::new(plan.pool.0, plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE);
+        let host_pool = PagePool::new(plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE, plan.pool.1);
+        let el2_root = el2_pool.alloc(&hw).unwrap_or_else(|_| fatal(format_args!("EL2 table pool empty")));
+        let el2 = Npt { root: el2_root, ia_bits: 48 };
+        let mut segs = [Segment { start: 0, end: 0, kind: Kind::ReadWrite }; 48];
+        let n = layout::el2_segments(&mb, plat.uart, &mut segs);
+        if let Err(e) = el2map::build(&hw, &el2_pool, &el2, &segs[..n]) {
+            fatal(format_args!("building KCore's EL2 map: {e:?}"));
+        }
+        let kc = KCore::new(hw, mb, plan.meta_base, host_pool, ipa_bits)
+            .unwrap_or_else(|e| fatal(format_args!("KCore state: {e:?}")));
+        let regs = El2Regs::new(&features, el2_root, kc.host.npt.root, ipa_bits);
+        EL2_REGS.call_once(|| regs);
+        cpu::enable_mmu(&regs);
+        console::mmu_on();
+
+        for (start, end) in [plan.kcore_low, plan.kcore_high] {
+            if let Err(e) = kc.mem().protect_kcore(start, end) {
+                fatal(format_args!("protecting KCore memory {start:#x}..{end:#x}: {e:?}"));
+            }
+        }
+        let kc = KCORE.call_once(|| kc);
+        log::info!(
+            "memory: KCore {:#x}..{:#x} (image) and {:#x}..{:#x} (metadata {} KiB, tables {} KiB); host RAM {:#x}..{:#x}",
+            plan.kcore_low.0,
+            plan.kcore_low.1,
+            plan.kcore_high.0,
+            plan.kcore_high.1,
+            (plan.pool.0 - plan.meta_base) / 1024,
+            (plan.pool.1 - plan.pool.0) / 1024,
+            plan.host_part.0,
+            plan.host_part.1
+        );
+        log::info!("host stage-2: {ipa_bits}-bit IPA, root {:#x}, filled on demand", kc.host.npt.root);
+        cpu::setup_host_el2(&features);
+        cpu::enable_host_stage2(&regs);
+        log::info!("entering host kernel at {host_image:#x} at EL1 (x0 = dtb {dtb_pa:#x})");
+        enter_host(0, host_image, dtb_pa)
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn kcore_secondary_main(index: u64) -> ! {
+        let index = index as usize;
+        let Some(regs) = EL2_REGS.get() else { fatal(format_args!("cpu {index} started before KCore was set up")) };
+        cpu::enable_mmu(regs);
+        let features = Features::read();
+        cpu::setup_host_el2(&features);
+        cpu::enable_host_stage2(regs);
+        let (entry, context) = HOST_ENTRIES.get(index);
+        if entry == 0 {
+            fatal(format_args!("cpu {index} started with no host entry point recorded"));
+        }
+        log::debug!("cpu {index} up, entering host at {entry:#x}");
+        enter_host(index, entry, context)
+    }
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Boot KCore at EL2 with a stock Debian arm64 Linux host (KServ) at EL1 under its stage-2,
+# in qemu-system-aarch64 -M virt,virtualization=on,gic-version=3.
+#
+#   scripts/run.sh                      interactive host shell on the console
+#   scripts/run.sh --exec 'CMD'         run CMD in the host, print its output, exit with its status
+#
+# Options:
+#   --cpus N            CPUs (default 2)
+#   --mem SIZE          RAM, QEMU syntax (default 1G)
+#   --cpu MODEL         QEMU CPU model: max (default) or cortex-a57 (AMD Seattle's core)
+#   --host-kernel IMG   another Debian arm64 kernel Image (default: the 6.1 cloud kernel setup fetched)
+#   --exec CMD          run CMD in the host after boot, then power off
+#   --append ARGS       extra kernel command-line words (kcore.* words are KCore's)
+#   --timeout SEC       give up after SEC seconds (with --exec; default 600)
+#   --verbose           with --exec: also stream the whole console to stderr
+#   --direct            boot the host kernel directly at EL2 with no KCore (for comparison)
+#   --no-setup          skip scripts/setup.sh (dependencies already installed)
+#   --semihosting       let the emulated machine exit through semihosting (tests only)
+#   --qemu-arg ARG      extra QEMU argument (repeatable)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$ROOT/out"
+
+cpus=2 mem=1G cpu=max host_kernel="" exec_cmd="" have_exec=0 append="" timeout_s=600
+verbose=0 direct=0 setup=1 semihosting=0 qemu_extra=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --cpus) cpus="$2"; shift 2 ;;
+        --mem) mem="$2"; shift 2 ;;
+        --cpu) cpu="$2"; shift 2 ;;
+        --host-kernel) host_kernel="$2"; shift 2 ;;
+        --exec) exec_cmd="$2"; have_exec=1; shift 2 ;;
+        --append) append="$2"; shift 2 ;;
+        --timeout) timeout_s="$2"; shift 2 ;;
+        --verbose) verbose=1; shift ;;
+        --direct) direct=1; shift ;;
+        --no-setup) setup=0; shift ;;
+        --semihosting) semihosting=1; shift ;;
+        --qemu-arg) qemu_extra+=("$2"); shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+if [ "$setup" = 1 ]; then
+    bash "$ROOT/scripts/setup.sh" >&2
+fi
+bash "$ROOT/scripts/build.sh"
+
+if [ -z "$host_kernel" ]; then
+    host_kernel="$(ls "$ROOT"/.cache/arm64/boot/vmlinuz-6.1.*-cloud-arm64 2>/dev/null | sort -V | tail -1)"
+fi
+[ -f "$host_kernel" ] || { echo "run.sh: host kernel '$host_kernel' not found" >&2; exit 2; }
+
+# Per-run initramfs: the base archive plus a second cpio with /kserv-exec (Linux unpacks
+# concatenated archives in order).
+initrd="$OUT/initrd-run.$$.img"
+trap 'rm -f "$initrd"' EXIT
+cp "$OUT/initramfs.cpio.gz" "$initrd"
+if [ "$have_exec" = 1 ]; then
+    extra="$(mktemp -d)"
+    printf '%s\n' "$exec_cmd" > "$extra/kserv-exec"
+    (cd "$extra" && echo kserv-exec | cpio -o -H newc --quiet -R 0:0) | gzip -9 >> "$initrd"
+    rm -rf "$extra"
+fi
+
+# The host kernel goes at the first 2 MiB boundary after KCore's image (RAM base + 2 MiB +
+# image_size from KCore's arm64 Image header); KCore looks for it there.
+ram_base=$((0x40000000))
+image_size=$(od -A n -t u8 -j 16 -N 8 "$OUT/kcore.bin" | tr -d ' ')
+host_addr=$(( (ram_base + 0x200000 + image_size + 0x1fffff) & ~0x1fffff ))
+
+cmdline="console=ttyAMA0 panic=-1"
+[ "$have_exec" = 1 ] && cmdline="$cmdline quiet"
+[ "$semihosting" = 1 ] && [ "$direct" = 0 ] && cmdline="$cmdline kcore.semihosting"
+[ -n "$append" ] && cmdline="$cmdline $append"
+
+qemu=(qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$cpu" -smp "$cpus" -m "$mem"
+      -nographic -no-reboot -nic none -initrd "$initrd" -append "$cmdline")
+[ "$semihosting" = 1 ] && qemu+=(-semihosting)
+if [ "$direct" = 1 ]; then
+    qemu+=(-kernel "$host_kernel")
+else
+    qemu+=(-kernel "$OUT/kcore.bin" -device "loader,file=$host_kernel,addr=$(printf '%#x' $host_addr),force-raw=on")
+fi
+qemu+=("${qemu_extra[@]}")
+
+if [ "$have_exec" = 0 ]; then
+    exec "${qemu[@]}"
+fi
+
+log="$OUT/console.log"
+set +e
+if [ "$verbose" = 1 ]; then
+    timeout --foreground "$timeout_s" "${qemu[@]}" < /dev/null 2>&1 | tee "$log" >&2
+    qrc=${PIPESTATUS[0]}
+else
+    timeout --foreground "$timeout_s" "${qemu[@]}" < /dev/null > "$log" 2>&1
+    qrc=$?
+fi
+set -e
+tr -d '\r' < "$log" > "$log.tmp" && mv "$log.tmp" "$log"
+status=$(sed -n 's/^KSERV-EXIT: \([0-9]*\)$/\1/p' "$log" | tail -1)
+if [ -z "$status" ]; then
+    echo "run.sh: the host did not finish the command (QEMU status $qrc); last console lines:" >&2
+    tail -n 40 "$log" >&2
+    exit 125
+fi
+# The command's output, without KCore's console lines that may interleave with it.
+sed -n '/^KSERV-OUTPUT-BEGIN$/,/^KSERV-OUTPUT-END$/p' "$log" | sed '1d;$d' |
+    grep -Ev '^\[kcore cpu[0-9]+ ' || true
+exit "$status"
