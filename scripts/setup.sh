@@ -90,10 +90,15 @@ fi
 qemu_ok || { echo "setup: qemu-system-aarch64 >= 9.2 is required" >&2; exit 1; }
 
 # ---------------------------------------------------------------- rust targets
+# rust-toolchain.toml pins the toolchain; make sure its targets and components are there.
 if command -v rustup >/dev/null; then
     installed="$(cd "$ROOT" && rustup target list --installed)"
     for t in aarch64-unknown-none-softfloat aarch64-unknown-linux-musl; do
         grep -qx "$t" <<<"$installed" || (cd "$ROOT" && rustup target add "$t")
+    done
+    components="$(cd "$ROOT" && rustup component list --installed)"
+    for c in clippy rustfmt; do
+        grep -q "^$c" <<<"$components" || (cd "$ROOT" && rustup component add "$c")
     done
 fi
 

@@ -68,7 +68,13 @@ impl Features {
             pa_bits: arch::pa_range_bits(parange),
             vmid16: field(mmfr1, 4) == 2,
             // APA, API, GPA, GPI (ISAR1) or APA3, GPA3 (ISAR2).
-            pauth: field(isar1, 4) | field(isar1, 8) | field(isar1, 24) | field(isar1, 28) | field(isar2, 12) | field(isar2, 8) != 0,
+            pauth: field(isar1, 4)
+                | field(isar1, 8)
+                | field(isar1, 24)
+                | field(isar1, 28)
+                | field(isar2, 12)
+                | field(isar2, 8)
+                != 0,
             hcx: field(mmfr1, 40) != 0,
             mops: field(isar2, 16) != 0,
             tcr2: field(mmfr3, 0) != 0,

@@ -35,7 +35,7 @@ pub fn stack_top(index: usize) -> u64 {
 /// The `image_size` of the arm64 Linux Image at `pa`, if there is one (magic "ARM\x64" at
 /// offset 0x38, Documentation/arch/arm64/booting.rst).
 pub fn linux_image_size(pa: u64) -> Option<u64> {
-    if pa % PAGE_SIZE != 0 {
+    if !pa.is_multiple_of(PAGE_SIZE) {
         return None;
     }
     // SAFETY: `pa` is page aligned and, being checked against the device tree's RAM by the

@@ -109,7 +109,10 @@ mod el2 {
             features.pa_bits
         );
         let Some(ipa_bits) = kcore::arch::host_ipa_bits(features.parange) else {
-            fatal(format_args!("the CPU's physical address size ({} bits) is below the 40 bits KCore needs", features.pa_bits))
+            fatal(format_args!(
+                "the CPU's physical address size ({} bits) is below the 40 bits KCore needs",
+                features.pa_bits
+            ))
         };
         CPUS.call_once(|| plat.cpus);
 
@@ -121,7 +124,9 @@ mod el2 {
         }
         let host_size = match layout::linux_image_size(host_image) {
             Some(s) => s,
-            None => fatal(format_args!("no arm64 kernel Image at {host_image:#x} (load the host kernel there, or pass kcore.host=ADDR)")),
+            None => fatal(format_args!(
+                "no arm64 kernel Image at {host_image:#x} (load the host kernel there, or pass kcore.host=ADDR)"
+            )),
         };
         let mut keep = [(dtb_pa, dtb_pa + plat.dtb_size), (host_image, host_image + host_size), (0, 0)];
         if let Some(initrd) = plat.initrd {

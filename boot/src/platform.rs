@@ -89,7 +89,7 @@ impl Options {
 impl Platform {
     /// Parse the device tree at physical address `dtb`.
     pub fn from_dtb(dtb: u64) -> Result<Platform, DtbError> {
-        if dtb == 0 || dtb % 8 != 0 {
+        if dtb == 0 || !dtb.is_multiple_of(8) {
             return Err(DtbError::Parse);
         }
         // SAFETY: the boot protocol passes the device tree's address in x0; `from_ptr` checks

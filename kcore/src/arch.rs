@@ -42,7 +42,7 @@ pub mod mair {
     /// Index of Normal Write-Back RA/WA.
     pub const NORMAL: u64 = 2;
     /// MAIR_EL2 value: attr0 Device-nGnRnE, attr1 Device-nGnRE (0x04), attr2 Normal WB (0xff).
-    pub const VALUE: u64 = 0x00 | (0x04 << 8) | (0xff << 16);
+    pub const VALUE: u64 = (0x04 << 8) | (0xff << 16);
 }
 
 /// Bytes mapped by one leaf at `level` (1, 2 or 3) with a 4 KiB granule.
@@ -56,12 +56,7 @@ pub const fn level_size(level: u8) -> u64 {
 
 /// A stage-2 leaf for host-owned (or shared) RAM at `level`: Normal WB, RW, executable.
 pub const fn s2_normal_leaf(pa: u64, level: u8) -> u64 {
-    leaf_type(level)
-        | (pa & desc::ADDR_MASK)
-        | desc::AF
-        | desc::SH_INNER
-        | desc::S2AP_RW
-        | desc::S2_MEMATTR_NORMAL_WB
+    leaf_type(level) | (pa & desc::ADDR_MASK) | desc::AF | desc::SH_INNER | desc::S2AP_RW | desc::S2_MEMATTR_NORMAL_WB
 }
 
 /// A stage-2 leaf for device memory at `level`: Device-nGnRE, RW, never executable.

@@ -2,12 +2,12 @@
 //! and never changed afterwards (Write-Once-Kernel-Mapping). Built with the same walker
 //! (layers 6-7) as the stage-2 tables.
 
+use crate::PAGE_SIZE;
 use crate::arch::{desc, level_size, mair};
 use crate::error::{Error, Result};
 use crate::machine::Machine;
 use crate::pt::nptwalk::Npt;
 use crate::pt::ptalloc::PagePool;
-use crate::PAGE_SIZE;
 
 /// How a range is mapped at EL2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +97,10 @@ mod tests {
         assert!(npt.walk(&m, 0x0900_1000).is_none());
         assert!(npt.walk(&m, BLOCK_1G * 2).is_none());
         let _ = BLOCK_2M;
-        let bad = [Segment { start: 0, end: 0x2000, kind: Kind::Text }, Segment { start: 0x1000, end: 0x3000, kind: Kind::Text }];
+        let bad = [
+            Segment { start: 0, end: 0x2000, kind: Kind::Text },
+            Segment { start: 0x1000, end: 0x3000, kind: Kind::Text },
+        ];
         assert_eq!(build(&m, &pool, &npt, &bad), Err(Error::InvalidParameter));
     }
 }

@@ -123,10 +123,7 @@ mod tests {
     #[test]
     fn plan_refuses_to_cover_what_the_host_needs() {
         let mb = MemBlocks::new(&[(0x4000_0000, 64 << 20)]).unwrap();
-        assert_eq!(
-            MemoryPlan::new(&mb, (0x4020_0000, 0x4030_0000), &[(0x43f0_0000, 0x4400_0000)]),
-            Err(Error::Exists)
-        );
+        assert_eq!(MemoryPlan::new(&mb, (0x4020_0000, 0x4030_0000), &[(0x43f0_0000, 0x4400_0000)]), Err(Error::Exists));
         let tiny = MemBlocks::new(&[(0x4000_0000, 4 << 20)]).unwrap();
         assert_eq!(MemoryPlan::new(&tiny, (0x4020_0000, 0x4030_0000), &[]), Err(Error::NoMemory));
     }

@@ -189,7 +189,8 @@ mod tests {
     fn smc32_arguments_are_truncated() {
         let cpus = CpuTable::new([0, 1]);
         let e = HostEntries::new();
-        let r = host_smc(&cpus, &e, 0x4020_0040, 0, [CPU_ON_32 as u64, 0xdead_0000_0000_0001, 0xffff_0000_4100_0000, 0]);
+        let r =
+            host_smc(&cpus, &e, 0x4020_0040, 0, [CPU_ON_32 as u64, 0xdead_0000_0000_0001, 0xffff_0000_4100_0000, 0]);
         assert_eq!(r, HostSmc::Rewrite([CPU_ON_32 as u64, 1, 0x4020_0040, 1]));
         assert_eq!(e.get(1).0, 0x4100_0000);
     }

@@ -30,7 +30,7 @@ thread_local! {
 impl SimMachine {
     /// A machine with zeroed RAM at `[base, base + size)`; both page aligned.
     pub fn new(base: u64, size: u64) -> Self {
-        assert!(base % PAGE_SIZE == 0 && size % PAGE_SIZE == 0);
+        assert!(base.is_multiple_of(PAGE_SIZE) && size.is_multiple_of(PAGE_SIZE));
         let words = (0..size / 8).map(|_| AtomicU64::new(0)).collect();
         SimMachine { base, words, tlb_log: Mutex::new(Vec::new()), publishes: AtomicUsize::new(0) }
     }
@@ -41,7 +41,7 @@ impl SimMachine {
     }
 
     fn word(&self, pa: u64) -> &AtomicU64 {
-        assert!(pa % 8 == 0, "unaligned word access at {pa:#x}");
+        assert!(pa.is_multiple_of(8), "unaligned word access at {pa:#x}");
         let off = pa.checked_sub(self.base).expect("access below simulated RAM");
         &self.words[(off / 8) as usize]
     }
@@ -78,7 +78,7 @@ impl Machine for SimMachine {
         self.word(pa).store(val, Ordering::Release)
     }
     fn zero_page(&self, pa: u64) {
-        assert!(pa % PAGE_SIZE == 0);
+        assert!(pa.is_multiple_of(PAGE_SIZE));
         for i in 0..PAGE_SIZE / 8 {
             self.store(pa + 8 * i, 0);
         }

@@ -42,7 +42,7 @@ impl<M: Machine> MemAux<'_, M> {
     /// Mark every RAM page of `[start, end)` as KCore's and make sure the host does not map
     /// it. Used at boot for KCore's image, stacks, metadata and table pools.
     pub fn protect_kcore(&self, start: u64, end: u64) -> Result<()> {
-        if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 || end < start {
+        if !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) || end < start {
             return Err(Error::InvalidParameter);
         }
         let cpu = self.m.cpu_index();
@@ -107,9 +107,8 @@ impl<M: Machine> MemAux<'_, M> {
             }
             let chunks = size / BLOCK_2M;
             let first = base >> PAGE_SHIFT;
-            let clear = (0..chunks).all(|c| {
-                self.meta.chunk_blockers(self.m, self.mb, first + c * CHUNK_PAGES) == Some(0)
-            });
+            let clear =
+                (0..chunks).all(|c| self.meta.chunk_blockers(self.m, self.mb, first + c * CHUNK_PAGES) == Some(0));
             if clear {
                 return level;
             }

@@ -118,7 +118,8 @@ impl PageMeta {
         }
         let addr = self.record_addr(mb, pfn).expect("page record of non-RAM");
         let old = m.load(addr);
-        let was_blocking = Self::blocks_host_block(Owner::decode(old >> OWNER_SHIFT), (old >> COUNT_SHIFT) & COUNT_MASK);
+        let was_blocking =
+            Self::blocks_host_block(Owner::decode(old >> OWNER_SHIFT), (old >> COUNT_SHIFT) & COUNT_MASK);
         let now_blocking = Self::blocks_host_block(info.owner, info.count);
         let new = (old & (FOREIGN_MASK << FOREIGN_SHIFT))
             | (info.owner.encode() << OWNER_SHIFT)

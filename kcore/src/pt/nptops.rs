@@ -71,7 +71,11 @@ mod tests {
         let base = 0x4000_0000;
         let m = SimMachine::new(base, 16 * PAGE_SIZE);
         let locks = Locks::new();
-        let t = S2Table { vmid: 0, npt: Npt { root: base, ia_bits: 40 }, pool: PagePool::new(base + PAGE_SIZE, base + 16 * PAGE_SIZE) };
+        let t = S2Table {
+            vmid: 0,
+            npt: Npt { root: base, ia_bits: 40 },
+            pool: PagePool::new(base + PAGE_SIZE, base + 16 * PAGE_SIZE),
+        };
         let block = 0x8000_0000;
         t.map(&m, &locks, block, 2, arch::s2_normal_leaf(block, 2)).unwrap();
         assert!(m.take_tlb_log().is_empty(), "mapping into an invalid entry needs no TLBI");

@@ -5,9 +5,9 @@
 //! retry), never a panic. The owner's `pt` lock serialises use; the fields are atomics only so
 //! the pool can be shared between CPUs without `unsafe`.
 
+use crate::PAGE_SIZE;
 use crate::error::{Error, Result};
 use crate::machine::Machine;
-use crate::PAGE_SIZE;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A pool of page-table pages.

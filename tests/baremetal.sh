@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Tier 2: KCore with bare-metal EL1 test payloads under QEMU; verdict by semihosting exit code.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$ROOT/out/tests"
+mkdir -p "$OUT"
+source "$ROOT/tests/lib.sh"
+
+# The payload is linked where KCore looks for the host kernel: the first 2 MiB boundary after
+# KCore's image (RAM base 0x40000000 + 2 MiB + image_size, rounded up).
+image_size=$(od -A n -t u8 -j 16 -N 8 "$ROOT/out/kcore.bin" | tr -d ' ')
+load=$(( (0x40200000 + image_size + 0x1fffff) & ~0x1fffff ))
+
+build_payload() {
+    local name="$1"
+    aarch64-linux-gnu-gcc -nostdlib -static -Wl,-Ttext="$(printf '%#x' $load)" -Wl,--build-id=none \
+        -o "$OUT/$name.elf" "$ROOT/tests/payloads/$name.S" &&
+        aarch64-linux-gnu-objcopy -O binary "$OUT/$name.elf" "$OUT/$name.bin"
+}
+
+# run_payload NAME CPU: boot KCore + payload; echo the exit status.
+run_payload() {
+    local name="$1" cpu="$2"
+    timeout 60 qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$cpu" -smp 2 -m 1G \
+        -nographic -no-reboot -nic none -semihosting -kernel "$ROOT/out/kcore.bin" \
+        -append "kcore.semihosting" \
+        -device "loader,file=$OUT/$name.bin,addr=$(printf '%#x' $load),force-raw=on" \
+        > "$OUT/$name-$cpu.log" 2>&1 < /dev/null
+    echo $?
+}
+
+echo "bare-metal QEMU scenarios"
+if ! build_payload smoke; then
+    fail "build smoke payload"
+else
+    for cpu in max cortex-a57; do
+        status=$(run_payload smoke "$cpu")
+        if [ "$status" = 0 ]; then
+            pass "smoke on $cpu: version, unknown call, UID, isolation abort, PSCI forward, device map"
+        else
+            fail "smoke on $cpu (failed check $status; see out/tests/smoke-$cpu.log)" "$(tail -5 "$OUT/smoke-$cpu.log")"
+        fi
+    done
+    if grep -q "host access to 0x40200000 refused" "$OUT/smoke-max.log"; then
+        pass "KCore logs the refused host access and keeps running"
+    else
+        fail "KCore logs the refused host access"
+    fi
+fi
+summary

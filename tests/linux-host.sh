@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Tier 3: KCore + the stock Debian arm64 kernel as the host, driven through scripts/run.sh
+# --exec; verdicts from the command's output and KCore's console lines.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$ROOT/out/tests"
+mkdir -p "$OUT"
+source "$ROOT/tests/lib.sh"
+
+# host NAME RUN.SH-ARGS...: boot, leaving output in $OUT/NAME.out, console in $OUT/NAME.log,
+# status in $OUT/NAME.status.
+host() {
+    local name="$1"; shift
+    "$ROOT/scripts/run.sh" --no-setup --semihosting --timeout 300 "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"
+    echo $? > "$OUT/$name.status"
+    cp "$ROOT/out/console.log" "$OUT/$name.log" 2>/dev/null || true
+}
+out() { cat "$OUT/$1.out"; }
+line() { sed -n "${2}p" "$OUT/$1.out"; }
+status() { cat "$OUT/$1.status"; }
+console_has() { grep -qF -- "$2" "$OUT/$1.log"; }
+
+busybox_md5=$(md5sum "$ROOT/.cache/arm64/bin/busybox" | cut -c1-32)
+
+echo "Linux host under KCore"
+
+# 1 CPU, -cpu max: the host starts at EL1 under KCore, and KCore's RAM is not in its memory map.
+host one --cpus 1 --exec '
+grep -c ^processor /proc/cpuinfo
+dmesg | grep -c "CPU: All CPU(s) started at EL1"
+grep "System RAM" /proc/iomem | tr -d " "'
+check "1 CPU: command exits 0" test "$(status one)" = 0
+check "1 CPU: one CPU online" test "$(line one 1)" = 1
+check "1 CPU: dmesg says all CPUs started at EL1" test "$(line one 2)" = 1
+check "1 CPU: KCore's RAM is not in the host's memory map" test "$(line one 3)" = "40400000-7f9fffff:SystemRAM"
+check "1 CPU: KCore announced itself at EL2" console_has one "starting at EL2"
+
+# 2 CPUs, -cpu max: isolation. A read of KCore's image through /dev/mem dies with SIGBUS
+# (status 135); the host keeps running: device reads still work and its RAM reads back right.
+# (iomem=relaxed lets /dev/mem reach registers a driver has claimed, here the GIC.)
+host iso --cpus 2 --append iomem=relaxed --exec '
+grep -c ^processor /proc/cpuinfo
+devmem 0x40200000 32; echo "kcore-read-status $?"
+devmem 0x40200000 32; echo "kcore-read-again-status $?"
+devmem 0x0800ffe8 32
+md5sum /bin/busybox | cut -c1-32'
+check "2 CPUs: command exits 0" test "$(status iso)" = 0
+check "2 CPUs: both CPUs online" test "$(line iso 1)" = 2
+check "isolation: reading KCore memory gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/iso.out"
+check "isolation: and again (KCore still running)" grep -qx "kcore-read-again-status 135" "$OUT/iso.out"
+check "isolation: KCore injected the abort" console_has iso "host access to 0x40200000 refused"
+check "isolation: device reads still work (GICD_PIDR2)" grep -qiE "^0x0000003b$|^0x0000004b$" "$OUT/iso.out"
+check "isolation: host RAM reads back correctly (busybox md5)" grep -qx "$busybox_md5" "$OUT/iso.out"
+
+# 4 CPUs, cortex-a57 (AMD Seattle's core): CPU offline and online through the PSCI proxy.
+host a57 --cpus 4 --cpu cortex-a57 --exec '
+grep -c ^processor /proc/cpuinfo
+echo 0 > /sys/devices/system/cpu/cpu1/online; cat /sys/devices/system/cpu/online
+echo 0 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online
+echo 1 > /sys/devices/system/cpu/cpu1/online; echo 1 > /sys/devices/system/cpu/cpu3/online
+cat /sys/devices/system/cpu/online
+dmesg | grep -c "CPU: All CPU(s) started at EL1"'
+check "cortex-a57: command exits 0" test "$(status a57)" = 0
+check "cortex-a57: four CPUs online" test "$(line a57 1)" = 4
+check "cortex-a57: cpu1 offline" test "$(line a57 2)" = "0,2-3"
+check "cortex-a57: cpu3 offline too" test "$(line a57 3)" = "0,2"
+check "cortex-a57: both back online" test "$(line a57 4)" = "0-3"
+check "cortex-a57: started at EL1" test "$(line a57 5)" = 1
+
+# The command's exit status is run.sh's.
+host status --cpus 2 --exec 'exit 7'
+check "--exec passes the command's status through" test "$(status status)" = 7
+
+summary
