@@ -26,3 +26,47 @@ pub fn host_hvc<M: Machine>(_k: &KCore<M>, x: &mut [u64; 8]) {
         _ => x[0] = abi::NOT_SUPPORTED as u64,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::sim::SimMachine;
+    use crate::mem::memblock::MemBlocks;
+    use crate::pt::ptalloc::PagePool;
+
+    fn kcore() -> KCore<SimMachine> {
+        let m = SimMachine::new(0x4000_0000, 4 << 20);
+        let mb = MemBlocks::new(&[(0x4000_0000, 64 << 20)]).unwrap();
+        KCore::new(m, mb, 0x4000_0000, PagePool::new(0x4010_0000, 0x4040_0000), 40).unwrap()
+    }
+
+    #[test]
+    fn version_reports_abi_and_features() {
+        let k = kcore();
+        let mut x = [abi::KCORE_VERSION as u64, 9, 9, 9, 0, 0, 0, 0];
+        host_hvc(&k, &mut x);
+        assert_eq!(&x[..3], &[0, 1, abi::FEATURE_HOST_STAGE2]);
+    }
+
+    #[test]
+    fn uid_is_reported_in_four_words() {
+        let k = kcore();
+        let mut x = [abi::VENDOR_HYP_CALL_UID as u64, 0, 0, 0, 0, 0, 0, 0];
+        host_hvc(&k, &mut x);
+        assert_eq!(x[..4], abi::KCORE_UID.map(u64::from));
+        assert_eq!(x[0], 0x787e_0a1f);
+    }
+
+    #[test]
+    fn every_other_id_is_not_supported() {
+        let k = kcore();
+        for id in [0u64, 0xC600_0001, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x1_C600_0000] {
+            let mut x = [id, 1, 2, 3, 4, 5, 6, 7];
+            host_hvc(&k, &mut x);
+            if id as u32 == abi::KCORE_VERSION {
+                continue; // upper bits are ignored, as SMCCC says
+            }
+            assert_eq!(x[0] as i64, abi::NOT_SUPPORTED, "id {id:#x}");
+        }
+    }
+}

@@ -35,3 +35,53 @@ pub fn host_stage2_fault<M: Machine>(k: &KCore<M>, esr: u64, far: u64, hpfar: u6
         Err(e) => HostFault::InjectAbort(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::sim::SimMachine;
+    use crate::mem::memblock::MemBlocks;
+    use crate::pt::ptalloc::PagePool;
+
+    const KMEM: u64 = 0x4000_0000;
+
+    fn kcore() -> KCore<SimMachine> {
+        let m = SimMachine::new(KMEM, 4 << 20);
+        let mb = MemBlocks::new(&[(KMEM, 64 << 20)]).unwrap();
+        let k = KCore::new(m, mb, KMEM, PagePool::new(KMEM + (1 << 20), KMEM + (4 << 20)), 40).unwrap();
+        k.mem().protect_kcore(KMEM, KMEM + (4 << 20)).unwrap();
+        k
+    }
+
+    /// ESR of a data abort from a lower EL: translation fault at level 3, read.
+    const DABT_TRANSLATION: u64 = (ec::DABT_LOW << 26) | arch::ESR_IL | 0b00_0111;
+    fn hpfar(ipa: u64) -> u64 {
+        (ipa >> 12) << 4
+    }
+
+    #[test]
+    fn host_ram_fault_is_resolved() {
+        let k = kcore();
+        let ipa = KMEM + (8 << 20);
+        assert_eq!(host_stage2_fault(&k, DABT_TRANSLATION, ipa, hpfar(ipa)), HostFault::Resume);
+        assert!(k.host.npt.walk(&k.m, ipa).is_some());
+    }
+
+    #[test]
+    fn kcore_memory_fault_injects_an_abort_and_maps_nothing() {
+        let k = kcore();
+        let ipa = KMEM + 0x2000;
+        assert_eq!(host_stage2_fault(&k, DABT_TRANSLATION, ipa, hpfar(ipa)), HostFault::InjectAbort(Error::Denied));
+        assert!(k.host.npt.walk(&k.m, ipa).is_none());
+    }
+
+    #[test]
+    fn permission_faults_and_foreign_classes_are_refused() {
+        let k = kcore();
+        let ipa = KMEM + (8 << 20);
+        let perm = (ec::DABT_LOW << 26) | arch::ESR_IL | 0b00_1111;
+        assert_eq!(host_stage2_fault(&k, perm, ipa, hpfar(ipa)), HostFault::InjectAbort(Error::Denied));
+        let hvc = ec::HVC64 << 26;
+        assert_eq!(host_stage2_fault(&k, hvc, ipa, hpfar(ipa)), HostFault::InjectAbort(Error::InvalidParameter));
+    }
+}
