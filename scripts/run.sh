@@ -92,6 +92,7 @@ fi
 
 log="$OUT/console.log"
 set +e
+t0=$(date +%s.%N)
 if [ "$verbose" = 1 ]; then
     timeout --foreground "$timeout_s" "${qemu[@]}" < /dev/null 2>&1 | tee "$log" >&2
     qrc=${PIPESTATUS[0]}
@@ -99,7 +100,9 @@ else
     timeout --foreground "$timeout_s" "${qemu[@]}" < /dev/null > "$log" 2>&1
     qrc=$?
 fi
+t1=$(date +%s.%N)
 set -e
+echo "run.sh: QEMU ran $(echo "$t1 - $t0" | bc | sed 's/^\./0./') s (status $qrc)" >&2
 tr -d '\r' < "$log" > "$log.tmp" && mv "$log.tmp" "$log"
 status=$(sed -n 's/^KSERV-EXIT: \([0-9]*\)$/\1/p' "$log" | tail -1)
 if [ -z "$status" ]; then
