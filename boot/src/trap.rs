@@ -67,10 +67,13 @@ fn host_sync(frame: &mut TrapFrame) {
         ec::DABT_LOW | ec::IABT_LOW => {
             let far = read_sysreg!("far_el2");
             let hpfar = read_sysreg!("hpfar_el2");
-            if let HostFault::InjectAbort(why) = faulthandler::host_stage2_fault(k, esr, far, hpfar) {
-                let ipa = arch::fault_ipa(hpfar, far);
-                log::warn!("host access to {ipa:#x} refused ({why:?}); external abort injected");
-                inject(frame, arch::external_abort_esr(esr, frame.spsr), Some(far));
+            match faulthandler::host_stage2_fault(k, esr, far, hpfar) {
+                HostFault::Resume => log::trace!("host stage-2 fault at {:#x} resolved", arch::fault_ipa(hpfar, far)),
+                HostFault::InjectAbort(why) => {
+                    let ipa = arch::fault_ipa(hpfar, far);
+                    log::warn!("host access to {ipa:#x} refused ({why:?}); external abort injected");
+                    inject(frame, arch::external_abort_esr(esr, frame.spsr), Some(far));
+                }
             }
         }
         class => {
