@@ -78,7 +78,7 @@ qemu_ok() {
 need=()
 qemu_ok || need+=(qemu-system-arm)
 for pkg_bin in gcc-aarch64-linux-gnu:aarch64-linux-gnu-gcc binutils-aarch64-linux-gnu:aarch64-linux-gnu-objcopy \
-               device-tree-compiler:dtc cpio:cpio; do
+               device-tree-compiler:dtc cpio:cpio bc:bc; do
     command -v "${pkg_bin#*:}" >/dev/null || need+=("${pkg_bin%%:*}")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -4,8 +4,13 @@
 //! values: on hardware they are UNKNOWN.
 
 use crate::sysreg::{isb, read_sysreg, write_sysreg};
+use aarch64_cpu::registers::{
+    ID_AA64DFR0_EL1, ID_AA64ISAR1_EL1, ID_AA64MMFR0_EL1, ID_AA64MMFR1_EL1, ID_AA64PFR0_EL1, MIDR_EL1, MPIDR_EL1,
+    TPIDR_EL2,
+};
 use bitflags::bitflags;
 use kcore::arch;
+use tock_registers::interfaces::Readable;
 
 bitflags! {
     /// HCR_EL2 bits KCore sets for the host (Arm ARM D17.2.48).
@@ -53,14 +58,14 @@ fn field(reg: u64, shift: u32) -> u64 {
 impl Features {
     /// Read this CPU's ID registers.
     pub fn read() -> Features {
-        let mmfr0 = read_sysreg!("id_aa64mmfr0_el1");
-        let mmfr1 = read_sysreg!("id_aa64mmfr1_el1");
+        let mmfr0 = ID_AA64MMFR0_EL1.get();
+        let mmfr1 = ID_AA64MMFR1_EL1.get();
         let mmfr3 = read_sysreg!("S3_0_C0_C7_3"); // ID_AA64MMFR3_EL1
-        let isar1 = read_sysreg!("id_aa64isar1_el1");
+        let isar1 = ID_AA64ISAR1_EL1.get();
         let isar2 = read_sysreg!("S3_0_C0_C6_2"); // ID_AA64ISAR2_EL1
-        let pfr0 = read_sysreg!("id_aa64pfr0_el1");
+        let pfr0 = ID_AA64PFR0_EL1.get();
         let pfr1 = read_sysreg!("id_aa64pfr1_el1");
-        let dfr0 = read_sysreg!("id_aa64dfr0_el1");
+        let dfr0 = ID_AA64DFR0_EL1.get();
         let parange = field(mmfr0, 0);
         let pmuver = field(dfr0, 8);
         Features {
@@ -192,8 +197,8 @@ pub fn setup_host_el2(f: &Features) {
     }
     write_sysreg!("mdcr_el2", mdcr);
     write_sysreg!("hstr_el2", 0);
-    write_sysreg!("vpidr_el2", read_sysreg!("midr_el1"));
-    write_sysreg!("vmpidr_el2", read_sysreg!("mpidr_el1"));
+    write_sysreg!("vpidr_el2", MIDR_EL1.get());
+    write_sysreg!("vmpidr_el2", MPIDR_EL1.get());
     // SCTLR_EL1: MMU off, little-endian, RES1 bits (booting.rst: the kernel sets it up).
     write_sysreg!("sctlr_el1", 0x30d0_0800);
     isb();
@@ -217,5 +222,5 @@ pub fn set_host_return_state() {
 
 /// KCore's index of the executing CPU (kept in TPIDR_EL2 by `entry.S`).
 pub fn current_index() -> usize {
-    read_sysreg!("tpidr_el2") as usize
+    TPIDR_EL2.get() as usize
 }

@@ -3,11 +3,13 @@
 
 use crate::el2::{CPUS, HOST_ENTRIES, KCORE, secondary_entry};
 use crate::fatal::{fatal, halted, park};
-use crate::sysreg::{read_sysreg, write_sysreg};
+use crate::sysreg::write_sysreg;
+use aarch64_cpu::registers::{ELR_EL2, ESR_EL2, FAR_EL2, HPFAR_EL2, SCTLR_EL1, VBAR_EL1};
 use kcore::arch::{self, ec};
 use kcore::psci::{self, HostSmc};
 use kcore::trap::dispatcher;
 use kcore::trap::faulthandler::{self, HostFault};
+use tock_registers::interfaces::Readable;
 
 /// The registers `entry.S` saves on every exception; layout shared with the assembly.
 #[repr(C)]
@@ -42,16 +44,16 @@ extern "C" fn kcore_trap(slot: u64, frame: &mut TrapFrame) {
         }
         _ => fatal(format_args!(
             "exception in KCore itself: slot {slot} esr {:#x} elr {:#x} far {:#x}",
-            read_sysreg!("esr_el2"),
-            read_sysreg!("elr_el2"),
-            read_sysreg!("far_el2")
+            ESR_EL2.get(),
+            ELR_EL2.get(),
+            FAR_EL2.get()
         )),
     }
 }
 
 fn host_sync(frame: &mut TrapFrame) {
     let Some(k) = KCORE.get() else { fatal(format_args!("host trap before KCore was set up")) };
-    let esr = read_sysreg!("esr_el2");
+    let esr = ESR_EL2.get();
     match arch::esr_ec(esr) {
         ec::HVC64 => {
             let mut x = [0u64; 8];
@@ -65,8 +67,8 @@ fn host_sync(frame: &mut TrapFrame) {
             host_smc(frame);
         }
         ec::DABT_LOW | ec::IABT_LOW => {
-            let far = read_sysreg!("far_el2");
-            let hpfar = read_sysreg!("hpfar_el2");
+            let far = FAR_EL2.get();
+            let hpfar = HPFAR_EL2.get();
             match faulthandler::host_stage2_fault(k, esr, far, hpfar) {
                 HostFault::Resume => log::trace!("host stage-2 fault at {:#x} resolved", arch::fault_ipa(hpfar, far)),
                 HostFault::InjectAbort(why) => {
@@ -85,8 +87,8 @@ fn host_sync(frame: &mut TrapFrame) {
 
 /// Deliver a synchronous exception with syndrome `esr_el1` to the host's EL1.
 fn inject(frame: &mut TrapFrame, esr_el1: u64, far: Option<u64>) {
-    let vbar = read_sysreg!("vbar_el1");
-    let sctlr = read_sysreg!("sctlr_el1");
+    let vbar = VBAR_EL1.get();
+    let sctlr = SCTLR_EL1.get();
     let Some(inj) = arch::inject_sync_el1(frame.elr, frame.spsr, esr_el1, vbar, sctlr) else {
         fatal(format_args!("host trapped from an unsupported mode, spsr {:#x}", frame.spsr));
     };
