@@ -8,6 +8,7 @@
 #   - the Rust targets named in rust-toolchain.toml;
 # and downloads (not installs) arm64 packages into .cache/debs, extracted under .cache/arm64:
 #   - the current Debian 6.1 cloud arm64 kernel (resolved through the metapackage, never pinned);
+#   - the current bookworm-backports cloud arm64 kernel (6.12 or later), a second host kernel;
 #   - busybox-static for the host initramfs.
 # A second run finds everything in place and touches no network.
 set -euo pipefail
@@ -105,14 +106,24 @@ fi
 # ---------------------------------------------------------------- arm64 debs
 # Kernel: resolve the ABI package through the metapackage; never pin the ABI number.
 have_kernel() { compgen -G "$SYSROOT/boot/vmlinuz-6.1.*-cloud-arm64" >/dev/null; }
+have_bpo_kernel() { compgen -G "$SYSROOT/boot/vmlinuz-*+bpo-cloud-arm64" >/dev/null || compgen -G "$SYSROOT/boot/vmlinuz-6.1[2-9].*-cloud-arm64" >/dev/null; }
 have_busybox() { [ -x "$SYSROOT/bin/busybox" ]; }
+# resolve_kernel SUITE-SUFFIX PATTERN: the ABI package the cloud metapackage depends on.
+resolve_kernel() {
+    apt-cache depends "linux-image-cloud-arm64:arm64$1" | awk -v pat="$2" '$1 == "Depends:" && $2 ~ pat { sub(/:arm64$/, "", $2); print $2; exit }'
+}
 
-if ! have_kernel || ! have_busybox; then
+if ! have_kernel || ! have_bpo_kernel || ! have_busybox; then
     apt_update
     pkgs=()
     if ! have_kernel; then
-        kpkg="$(apt-cache depends linux-image-cloud-arm64:arm64 | awk '/Depends: linux-image-6.1/ { sub(/:arm64$/, "", $2); print $2; exit }')"
+        kpkg="$(resolve_kernel "" '^linux-image-6[.]1[.]')"
         [ -n "$kpkg" ] || { echo "setup: cannot resolve the Debian cloud arm64 kernel" >&2; exit 1; }
+        pkgs+=("$kpkg:arm64")
+    fi
+    if ! have_bpo_kernel; then
+        kpkg="$(resolve_kernel /bookworm-backports '^linux-image-6[.]1[2-9]')"
+        [ -n "$kpkg" ] || { echo "setup: cannot resolve the bookworm-backports cloud arm64 kernel" >&2; exit 1; }
         pkgs+=("$kpkg:arm64")
     fi
     have_busybox || pkgs+=("busybox-static:arm64")
@@ -124,6 +135,7 @@ if ! have_kernel || ! have_busybox; then
     done
 fi
 have_kernel || { echo "setup: kernel missing after download" >&2; exit 1; }
+have_bpo_kernel || { echo "setup: backports kernel missing after download" >&2; exit 1; }
 have_busybox || { echo "setup: busybox missing after download" >&2; exit 1; }
 
 say "ok: $(qemu-system-aarch64 --version | head -1); kernel $(basename "$(ls "$SYSROOT"/boot/vmlinuz-6.1.*-cloud-arm64 | sort -V | tail -1)")"

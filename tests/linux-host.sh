@@ -67,6 +67,20 @@ check "cortex-a57: cpu3 offline too" test "$(line a57 3)" = "0,2"
 check "cortex-a57: both back online" test "$(line a57 4)" = "0-3"
 check "cortex-a57: started at EL1" test "$(line a57 5)" = 1
 
+# A newer Debian kernel (bookworm-backports, 6.12+) through --host-kernel. Kernels >= 6.5 use
+# FEAT_MOPS memcpy in user space (glibc-static busybox here), which needs HCRX_EL2.MSCEn.
+bpo_kernel="$(ls "$ROOT"/.cache/arm64/boot/vmlinuz-6.1[2-9]*-cloud-arm64 2>/dev/null | sort -V | tail -1)"
+host newer --cpus 2 --host-kernel "$bpo_kernel" --exec '
+uname -r
+grep -c ^processor /proc/cpuinfo
+cp /bin/busybox /tmp/b && cmp /bin/busybox /tmp/b && echo copy-ok
+devmem 0x40200000 32; echo "kcore-read-status $?"'
+check "newer kernel: command exits 0" test "$(status newer)" = 0
+check "newer kernel: it is the 6.12+ kernel" grep -qE "^6[.]1[2-9]" "$OUT/newer.out"
+check "newer kernel: both CPUs online" test "$(line newer 2)" = 2
+check "newer kernel: user-space memcpy works" grep -qx copy-ok "$OUT/newer.out"
+check "newer kernel: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/newer.out"
+
 # The command's exit status is run.sh's.
 host status --cpus 2 --exec 'exit 7'
 check "--exec passes the command's status through" test "$(status status)" = 7

@@ -114,6 +114,7 @@ mod el2 {
                 features.pa_bits
             ))
         };
+        log::info!("GICv3: distributor {:#x}, redistributors {:#x} (+{:#x})", plat.gicd, plat.gicr.0, plat.gicr.1);
         CPUS.call_once(|| plat.cpus);
 
         let mb = MemBlocks::new(plat.ram()).unwrap_or_else(|e| fatal(format_args!("memory map: {e:?}")));

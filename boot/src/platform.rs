@@ -26,6 +26,10 @@ pub struct Platform {
     pub cpus: CpuTable,
     /// PL011 console base.
     pub uart: u64,
+    /// GICv3 distributor base.
+    pub gicd: u64,
+    /// GICv3 redistributor region `(base, size)` (the first one).
+    pub gicr: (u64, u64),
     /// Size of the device tree blob.
     pub dtb_size: u64,
     /// Initrd `[start, end)`, if any.
@@ -138,6 +142,14 @@ impl Platform {
             .map(|r| r.starting_address as u64)
             .ok_or(DtbError::Missing("console reg"))?;
 
+        let gic = fdt.find_compatible(&["arm,gic-v3"]).ok_or(DtbError::Missing("a GICv3 interrupt controller"))?;
+        let mut gic_regs = gic.reg().ok_or(DtbError::Missing("GIC reg"))?;
+        let gicd = gic_regs.next().map(|r| r.starting_address as u64).ok_or(DtbError::Missing("GICD reg"))?;
+        let gicr = gic_regs
+            .next()
+            .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64))
+            .ok_or(DtbError::Missing("GICR reg"))?;
+
         let initrd = match (
             chosen.property("linux,initrd-start").and_then(|p| p.as_usize()),
             chosen.property("linux,initrd-end").and_then(|p| p.as_usize()),
@@ -151,6 +163,8 @@ impl Platform {
             ram_count,
             cpus,
             uart,
+            gicd,
+            gicr,
             dtb_size: fdt.total_size() as u64,
             initrd,
             options: Options::parse(bootargs),
