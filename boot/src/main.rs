@@ -152,7 +152,7 @@ mod el2 {
         }
         let kc = KCore::new(hw, mb, plan.meta_base, host_pool, ipa_bits)
             .unwrap_or_else(|e| fatal(format_args!("KCore state: {e:?}")));
-        let regs = El2Regs::new(&features, el2_root, kc.host.npt.root, ipa_bits);
+        let regs = El2Regs::new(&features, el2_root, kc.host.expect_npt().root, ipa_bits);
         EL2_REGS.call_once(|| regs);
         cpu::enable_mmu(&regs);
         console::mmu_on();
@@ -174,7 +174,7 @@ mod el2 {
             plan.host_part.0,
             plan.host_part.1
         );
-        log::info!("host stage-2: {ipa_bits}-bit IPA, root {:#x}, filled on demand", kc.host.npt.root);
+        log::info!("host stage-2: {ipa_bits}-bit IPA, root {:#x}, filled on demand", kc.host.expect_npt().root);
         cpu::setup_host_el2(&features);
         cpu::enable_host_stage2(&regs);
         log::info!("entering host kernel at {host_image:#x} at EL1 (x0 = dtb {dtb_pa:#x})");

@@ -2,12 +2,12 @@
 
 use crate::error::{Error, Result};
 use crate::locks::Locks;
+use crate::locks::locks::MAX_PT;
 use crate::machine::{HOST_VMID, Machine};
 use crate::mem::memaux::MemAux;
 use crate::mem::memblock::MemBlocks;
 use crate::mem::pagemgmt::{PageMeta, meta_bytes};
 use crate::pt::nptops::S2Table;
-use crate::pt::nptwalk::Npt;
 use crate::pt::ptalloc::PagePool;
 use crate::{BLOCK_2M, PAGE_SIZE, align_down, align_up};
 
@@ -70,6 +70,9 @@ impl MemoryPlan {
     }
 }
 
+/// Most VMs: vmids 1..=MAX_VMS.
+pub const MAX_VMS: usize = MAX_PT - 1;
+
 /// Everything KCore knows, generic over the machine it runs on.
 pub struct KCore<M: Machine> {
     /// Layer 0.
@@ -82,6 +85,8 @@ pub struct KCore<M: Machine> {
     pub meta: PageMeta,
     /// The host's stage-2 table (layers 5-8).
     pub host: S2Table,
+    /// VM stage-2 tables, vmid 1.. at index 0..; a table exists once its root is allocated.
+    pub vms: [S2Table; MAX_VMS],
 }
 
 impl<M: Machine> KCore<M> {
@@ -93,14 +98,16 @@ impl<M: Machine> KCore<M> {
         for page in (0..meta_len).step_by(PAGE_SIZE as usize) {
             m.zero_page(meta_base + page);
         }
-        let root = pool.alloc(&m)?;
-        let host = S2Table { vmid: HOST_VMID, npt: Npt { root, ia_bits: ipa_bits }, pool };
-        Ok(KCore { m, locks: Locks::new(), mb, meta: PageMeta { base: meta_base }, host })
+        let host = S2Table::new(HOST_VMID, ipa_bits, pool);
+        let vms = core::array::from_fn(|i| S2Table::new(i as u16 + 1, ipa_bits, PagePool::new(0, 0)));
+        let k = KCore { m, locks: Locks::new(), mb, meta: PageMeta { base: meta_base }, host, vms };
+        k.host.init_root(&k.m, &k.locks)?;
+        Ok(k)
     }
 
-    /// Layer 16 over this state.
+    /// Layers 16-17 over this state.
     pub fn mem(&self) -> MemAux<'_, M> {
-        MemAux { m: &self.m, locks: &self.locks, mb: &self.mb, meta: &self.meta, host: &self.host }
+        MemAux { m: &self.m, locks: &self.locks, mb: &self.mb, meta: &self.meta, host: &self.host, vms: &self.vms }
     }
 }
 

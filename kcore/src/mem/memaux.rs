@@ -1,15 +1,28 @@
-//! Layer 16 (MemAux): the checked ownership transitions. This part is the host's
-//! side: marking KCore's memory as KCore's before the host runs, and the lazy identity map of
-//! the host (`map_page_host`), run on every host stage-2 translation fault.
+//! Layer 16 (MemAux): the checked ownership transitions.
+//!
+//! Every transition takes the `s2page` lock, checks every precondition, and only then changes
+//! anything, so a refused request leaves no trace. Table updates happen under `pt(vmid)`,
+//! nested inside `s2page` (lock order s2page -> pt). Each function has a `_locked` core for
+//! layer 17, which composes several under one `s2page` hold.
+//!
+//! | transition | precondition | effect |
+//! |---|---|---|
+//! | `map_page_host` | RAM owned by the host, or a VM page it shared; or device space | identity-mapped in the host stage-2 |
+//! | `donate_to_pool` | host page, share count 0 | KCore-owned, unmapped from the host, a page of a table pool |
+//! | `assign_pfn_to_vm` | host page with count 0 (no DMA), or already the VM's at that gfn | VM-owned at gfn; unmapped from the host |
+//! | `map_pfn_vm` | the VM owns every page at the matching gfn; nothing mapped there | mapped in the VM stage-2 (4 KiB, or a 2 MiB block) |
+//! | `grant_vm_page` / `revoke_vm_page` | VM page; count below the cap / above 0 | count +1 / -1 (at 0 unmapped from the host) |
+//! | `clear_vm_page` | VM page | unmapped from the VM and host, zeroed and cleaned to PoC, host-owned |
+//! | `map_vm_io` | the physical address is not RAM; nothing mapped there | device mapping in the VM stage-2 |
 
 use super::memblock::MemBlocks;
-use super::pagemgmt::{CHUNK_PAGES, Owner, PageInfo, PageMeta};
+use super::pagemgmt::{CHUNK_PAGES, MAX_SHARE_COUNT, Owner, PageInfo, PageMeta};
 use crate::arch::{self, level_size};
 use crate::error::{Error, Result};
-use crate::locks::{LockId, Locks};
+use crate::locks::{LockGuard, LockId, Locks};
 use crate::machine::Machine;
 use crate::pt::nptops::S2Table;
-use crate::{BLOCK_2M, PAGE_SHIFT, PAGE_SIZE, align_down};
+use crate::{BLOCK_2M, Gfn, PAGE_SHIFT, PAGE_SIZE, Pfn, align_down};
 
 /// What a successful host fault mapping installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,17 +49,64 @@ pub struct MemAux<'a, M: Machine> {
     pub meta: &'a PageMeta,
     /// The host's stage-2 table.
     pub host: &'a S2Table,
+    /// VM stage-2 tables (vmid 1 at index 0).
+    pub vms: &'a [S2Table],
+}
+
+/// Pages a leaf at `level` (2 or 3) covers.
+pub const fn pages_at(level: u8) -> u64 {
+    if level == 2 { CHUNK_PAGES } else { 1 }
 }
 
 impl<M: Machine> MemAux<'_, M> {
+    /// Take the `s2page` lock for a sequence of `_locked` calls.
+    pub fn lock_s2page(&self) -> LockGuard<'_> {
+        self.locks.acquire(LockId::S2Page, self.m.cpu_index())
+    }
+
+    fn check_s2page(&self, g: &LockGuard<'_>) {
+        assert_eq!(g.id(), LockId::S2Page, "caller must hold s2page");
+    }
+
+    /// The stage-2 table of `vmid` (0 = host), whether or not it has a root yet.
+    pub fn table(&self, vmid: u16) -> Result<&S2Table> {
+        match vmid {
+            0 => Ok(self.host),
+            v => self.vms.get(v as usize - 1).ok_or(Error::InvalidParameter),
+        }
+    }
+
+    /// The stage-2 table of VM `vmid`, which must exist.
+    pub fn vm(&self, vmid: u16) -> Result<&S2Table> {
+        if vmid == 0 {
+            return Err(Error::InvalidParameter);
+        }
+        let t = self.table(vmid)?;
+        t.npt().ok_or(Error::NotFound)?;
+        Ok(t)
+    }
+
+    /// The record of `pfn`; [`Error::InvalidParameter`] if it is not RAM.
+    pub fn page(&self, pfn: Pfn) -> Result<PageInfo> {
+        self.meta.get(self.m, self.mb, pfn).ok_or(Error::InvalidParameter)
+    }
+
+    fn check_gfn(&self, t: &S2Table, gfn: Gfn, pages: u64) -> Result<u64> {
+        let ipa = gfn.checked_mul(PAGE_SIZE).ok_or(Error::InvalidParameter)?;
+        let end = ipa.checked_add(pages * PAGE_SIZE).ok_or(Error::InvalidParameter)?;
+        if gfn >> 36 != 0 || end > 1u64 << t.ia_bits {
+            return Err(Error::InvalidParameter);
+        }
+        Ok(ipa)
+    }
+
     /// Mark every RAM page of `[start, end)` as KCore's and make sure the host does not map
     /// it. Used at boot for KCore's image, stacks, metadata and table pools.
     pub fn protect_kcore(&self, start: u64, end: u64) -> Result<()> {
-        if !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) || end < start {
+        if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 || end < start {
             return Err(Error::InvalidParameter);
         }
-        let cpu = self.m.cpu_index();
-        let _s2 = self.locks.acquire(LockId::S2Page, cpu);
+        let _s2 = self.lock_s2page();
         let mut pa = start;
         while pa < end {
             let pfn = pa >> PAGE_SHIFT;
@@ -64,15 +124,16 @@ impl<M: Machine> MemAux<'_, M> {
     /// (host-owned, or a VM page shared with the host, page by page), or device memory (any
     /// range with no RAM in it). RAM the host may not touch gives [`Error::Denied`].
     pub fn map_page_host(&self, ipa: u64) -> Result<HostMapping> {
-        if !self.host.npt.covers(ipa) {
+        let npt = self.host.expect_npt();
+        if !npt.covers(ipa) {
             return Err(Error::InvalidParameter);
         }
         let cpu = self.m.cpu_index();
         // s2page stays held while the table is updated, so the page cannot change hands
-        // between the ownership check and the mapping (lock order s2page -> pt).
-        let _s2 = self.locks.acquire(LockId::S2Page, cpu);
+        // between the ownership check and the mapping (SeKVM's proof-found race, bug 1).
+        let _s2 = self.lock_s2page();
         let _pt = self.locks.acquire(LockId::Pt(self.host.vmid), cpu);
-        let min_level = self.host.npt.first_non_table_level(self.m, ipa).max(1);
+        let min_level = npt.first_non_table_level(self.m, ipa).max(1);
         let pfn = ipa >> PAGE_SHIFT;
         let (level, device) = match self.meta.get(self.m, self.mb, pfn) {
             Some(info) => {
@@ -86,7 +147,7 @@ impl<M: Machine> MemAux<'_, M> {
             None => (self.largest_device_level(ipa, min_level), true),
         };
         let base = align_down(ipa, level_size(level));
-        if let Some(leaf) = self.host.npt.walk(self.m, ipa) {
+        if let Some(leaf) = npt.walk(self.m, ipa) {
             // Resolved by another CPU between the fault and now.
             return Ok(HostMapping { base: align_down(ipa, leaf.size()), level: leaf.level, device, already: true });
         }
@@ -127,6 +188,206 @@ impl<M: Machine> MemAux<'_, M> {
         }
         3
     }
+
+    /// Give host page `pfn` to KCore as a page-table page for the pool of `vmid` (0 = host).
+    pub fn donate_to_pool(&self, vmid: u16, pfn: Pfn) -> Result<()> {
+        let s2 = self.lock_s2page();
+        self.donate_to_pool_locked(&s2, vmid, pfn)
+    }
+
+    /// [`MemAux::donate_to_pool`] under a held `s2page`.
+    pub fn donate_to_pool_locked(&self, s2: &LockGuard<'_>, vmid: u16, pfn: Pfn) -> Result<()> {
+        self.check_s2page(s2);
+        let t = self.table(vmid)?;
+        let info = self.page(pfn)?;
+        if info.owner != Owner::Host || info.count != 0 {
+            return Err(Error::Denied);
+        }
+        self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
+        self.host.clear_pfn_host(self.m, self.locks, pfn);
+        let _pt = self.locks.acquire(LockId::Pt(vmid), self.m.cpu_index());
+        self.m.zero_page(pfn << PAGE_SHIFT);
+        t.pool.add(self.m, pfn << PAGE_SHIFT);
+        Ok(())
+    }
+
+    /// `assign_pfn_to_vm`: VM `vmid` takes host page `pfn`, to be mapped at `gfn`.
+    pub fn assign_pfn_to_vm(&self, vmid: u16, gfn: Gfn, pfn: Pfn) -> Result<()> {
+        let s2 = self.lock_s2page();
+        self.check_assign_locked(&s2, vmid, gfn, pfn)?;
+        self.assign_pfn_to_vm_locked(&s2, vmid, gfn, pfn);
+        Ok(())
+    }
+
+    /// Would [`MemAux::assign_pfn_to_vm`] succeed? Changes nothing.
+    pub fn check_assign_locked(&self, s2: &LockGuard<'_>, vmid: u16, gfn: Gfn, pfn: Pfn) -> Result<()> {
+        self.check_s2page(s2);
+        let t = self.vm(vmid)?;
+        self.check_gfn(t, gfn, 1)?;
+        let info = self.page(pfn)?;
+        match info.owner {
+            // A host page with a share count is mapped by host DMA: never given away.
+            Owner::Host if info.count == 0 => Ok(()),
+            Owner::Vm(v) if v == vmid && info.gfn == gfn => Ok(()),
+            _ => Err(Error::Denied),
+        }
+    }
+
+    /// Perform a checked assignment ([`MemAux::check_assign_locked`] returned `Ok`).
+    pub fn assign_pfn_to_vm_locked(&self, s2: &LockGuard<'_>, vmid: u16, gfn: Gfn, pfn: Pfn) {
+        self.check_s2page(s2);
+        let info = self.page(pfn).expect("checked");
+        if info.owner == Owner::Vm(vmid) {
+            return;
+        }
+        self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::Vm(vmid), count: 0, gfn });
+        self.host.clear_pfn_host(self.m, self.locks, pfn);
+    }
+
+    /// `map_pfn_vm`: map `pfn` at `gfn` in VM `vmid`'s stage-2, as a 4 KiB page (`level` 3)
+    /// or a 2 MiB block (`level` 2, both aligned, every one of the 512 pages checked).
+    pub fn map_pfn_vm(&self, vmid: u16, gfn: Gfn, pfn: Pfn, level: u8) -> Result<()> {
+        let s2 = self.lock_s2page();
+        self.check_map_vm_locked(&s2, vmid, gfn, level)?;
+        for i in 0..pages_at(level) {
+            let info = self.page(pfn + i)?;
+            if info.owner != Owner::Vm(vmid) || info.gfn != gfn + i {
+                return Err(Error::Denied);
+            }
+        }
+        self.map_pfn_vm_locked(&s2, vmid, gfn, pfn, level);
+        Ok(())
+    }
+
+    /// The table-side checks of a VM mapping at `gfn`/`level`: valid arguments, nothing mapped
+    /// in the way (never overwrite a live entry: bug 2), and enough pool pages. Changes nothing.
+    pub fn check_map_vm_locked(&self, s2: &LockGuard<'_>, vmid: u16, gfn: Gfn, level: u8) -> Result<()> {
+        self.check_s2page(s2);
+        let t = self.vm(vmid)?;
+        if level != 2 && level != 3 || gfn % pages_at(level) != 0 {
+            return Err(Error::InvalidParameter);
+        }
+        let ipa = self.check_gfn(t, gfn, pages_at(level))?;
+        let _pt = self.locks.acquire(LockId::Pt(vmid), self.m.cpu_index());
+        let npt = t.expect_npt();
+        if npt.walk(self.m, ipa).is_some() || npt.first_non_table_level(self.m, ipa) > level {
+            return Err(Error::Exists);
+        }
+        if t.tables_needed(self.m, ipa, level) > t.pool.available() {
+            return Err(Error::NoMemory);
+        }
+        Ok(())
+    }
+
+    /// Install a checked VM mapping (normal memory, RW, executable; KServ's wishes for
+    /// permissions are not taken).
+    pub fn map_pfn_vm_locked(&self, s2: &LockGuard<'_>, vmid: u16, gfn: Gfn, pfn: Pfn, level: u8) {
+        self.check_s2page(s2);
+        let t = self.vm(vmid).expect("checked");
+        let (ipa, pa) = (gfn << PAGE_SHIFT, pfn << PAGE_SHIFT);
+        let _pt = self.locks.acquire(LockId::Pt(vmid), self.m.cpu_index());
+        t.map_locked(self.m, ipa, level, arch::s2_normal_leaf(pa, level)).expect("checked VM mapping");
+    }
+
+    /// `grant_vm_page`: VM `vmid` shares its page `pfn` with the host (count + 1).
+    pub fn grant_vm_page(&self, vmid: u16, pfn: Pfn) -> Result<u64> {
+        let s2 = self.lock_s2page();
+        self.check_share_locked(&s2, vmid, pfn, true)?;
+        Ok(self.share_locked(&s2, pfn, true))
+    }
+
+    /// `revoke_vm_page`: VM `vmid` takes back one grant of `pfn`; at 0 the host loses it.
+    pub fn revoke_vm_page(&self, vmid: u16, pfn: Pfn) -> Result<u64> {
+        let s2 = self.lock_s2page();
+        self.check_share_locked(&s2, vmid, pfn, false)?;
+        Ok(self.share_locked(&s2, pfn, false))
+    }
+
+    /// Would a grant (`up`) or revoke succeed? Changes nothing.
+    pub fn check_share_locked(&self, s2: &LockGuard<'_>, vmid: u16, pfn: Pfn, up: bool) -> Result<()> {
+        self.check_s2page(s2);
+        self.table(vmid)?;
+        let info = self.page(pfn)?;
+        if vmid == 0 || info.owner != Owner::Vm(vmid) {
+            return Err(Error::Denied);
+        }
+        match up {
+            true if info.count >= MAX_SHARE_COUNT => Err(Error::BadState),
+            false if info.count == 0 => Err(Error::BadState),
+            _ => Ok(()),
+        }
+    }
+
+    /// Perform a checked grant or revoke; returns the new count.
+    pub fn share_locked(&self, s2: &LockGuard<'_>, pfn: Pfn, up: bool) -> u64 {
+        self.check_s2page(s2);
+        let info = self.page(pfn).expect("checked");
+        let count = if up { info.count + 1 } else { info.count - 1 };
+        self.meta.set(self.m, self.mb, pfn, PageInfo { count, ..info });
+        if count == 0 {
+            self.host.clear_pfn_host(self.m, self.locks, pfn);
+        }
+        count
+    }
+
+    /// `clear_vm_page`: scrub VM `vmid`'s page `pfn` and give it back to the host.
+    pub fn clear_vm_page(&self, vmid: u16, pfn: Pfn) -> Result<()> {
+        let s2 = self.lock_s2page();
+        self.check_clear_locked(&s2, vmid, pfn)?;
+        self.clear_vm_page_locked(&s2, vmid, pfn);
+        Ok(())
+    }
+
+    /// Would [`MemAux::clear_vm_page`] succeed? Changes nothing.
+    pub fn check_clear_locked(&self, s2: &LockGuard<'_>, vmid: u16, pfn: Pfn) -> Result<()> {
+        self.check_s2page(s2);
+        if vmid == 0 {
+            return Err(Error::InvalidParameter);
+        }
+        self.table(vmid)?;
+        if self.page(pfn)?.owner != Owner::Vm(vmid) { Err(Error::Denied) } else { Ok(()) }
+    }
+
+    /// Perform a checked scrub: unmap from the VM (a block around it goes whole) and from the
+    /// host, zero and clean to PoC, then hand to the host.
+    pub fn clear_vm_page_locked(&self, s2: &LockGuard<'_>, vmid: u16, pfn: Pfn) {
+        self.check_s2page(s2);
+        let info = self.page(pfn).expect("checked");
+        let t = self.table(vmid).expect("checked");
+        let ipa = info.gfn << PAGE_SHIFT;
+        if let Some(leaf) = t.npt().and_then(|npt| npt.walk(self.m, ipa))
+            && leaf.output(ipa) == pfn << PAGE_SHIFT
+        {
+            t.unmap(self.m, self.locks, ipa);
+        }
+        self.host.clear_pfn_host(self.m, self.locks, pfn);
+        self.m.zero_page(pfn << PAGE_SHIFT);
+        self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
+    }
+
+    /// `map_vm_io`: map device (non-RAM) page `pa` at `gpa` in VM `vmid`.
+    pub fn map_vm_io(&self, vmid: u16, gpa: u64, pa: u64) -> Result<()> {
+        let s2 = self.lock_s2page();
+        if gpa % PAGE_SIZE != 0 || pa % PAGE_SIZE != 0 || pa >> 48 != 0 {
+            return Err(Error::InvalidParameter);
+        }
+        if self.meta.get(self.m, self.mb, pa >> PAGE_SHIFT).is_some() {
+            return Err(Error::Denied);
+        }
+        self.check_map_vm_locked(&s2, vmid, gpa >> PAGE_SHIFT, 3)?;
+        let t = self.vm(vmid)?;
+        let _pt = self.locks.acquire(LockId::Pt(vmid), self.m.cpu_index());
+        t.map_locked(self.m, gpa, 3, arch::s2_device_leaf(pa, 3)).expect("checked device mapping");
+        Ok(())
+    }
+
+    /// Create VM `vmid`'s stage-2 root from its pool.
+    pub fn create_vm_table(&self, vmid: u16) -> Result<()> {
+        if vmid == 0 {
+            return Err(Error::InvalidParameter);
+        }
+        self.table(vmid)?.init_root(self.m, self.locks)
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +421,7 @@ mod tests {
         // The second GiB holds KCore's memory at its top: 2 MiB blocks below it.
         let m = k.mem().map_page_host(RAM + BLOCK_1G + 5 * BLOCK_2M + 8).unwrap();
         assert_eq!((m.base, m.level), (RAM + BLOCK_1G + 5 * BLOCK_2M, 2));
-        let leaf = k.host.npt.walk(&k.m, RAM + BLOCK_1G + 5 * BLOCK_2M + 0x1000).unwrap();
+        let leaf = k.host.expect_npt().walk(&k.m, RAM + BLOCK_1G + 5 * BLOCK_2M + 0x1000).unwrap();
         assert_eq!(leaf.output(RAM + BLOCK_1G + 5 * BLOCK_2M + 0x1000), RAM + BLOCK_1G + 5 * BLOCK_2M + 0x1000);
         // Mapping again is recognised as done.
         assert!(k.mem().map_page_host(RAM + 0x5000).unwrap().already);
@@ -171,7 +432,7 @@ mod tests {
         let k = kcore();
         for pa in [KMEM, KMEM + 0x1000, KMEM + (16 << 20) - 8] {
             assert_eq!(k.mem().map_page_host(pa), Err(Error::Denied));
-            assert!(k.host.npt.walk(&k.m, pa).is_none());
+            assert!(k.host.expect_npt().walk(&k.m, pa).is_none());
         }
     }
 
@@ -195,7 +456,7 @@ mod tests {
         k.mem().map_page_host(RAM).unwrap();
         k.m.take_tlb_log();
         k.mem().protect_kcore(RAM + BLOCK_2M, RAM + BLOCK_2M + PAGE_SIZE).unwrap();
-        assert!(k.host.npt.walk(&k.m, RAM).is_none(), "the 1 GiB block around it is gone");
+        assert!(k.host.expect_npt().walk(&k.m, RAM).is_none(), "the 1 GiB block around it is gone");
         assert_eq!(k.m.take_tlb_log(), vec![crate::machine::sim::TlbOp::Ipa { vmid: 0, ipa: RAM }]);
         assert_eq!(k.mem().map_page_host(RAM + BLOCK_2M), Err(Error::Denied));
         assert_eq!(k.mem().map_page_host(RAM).unwrap().level, 2);
@@ -207,7 +468,7 @@ mod tests {
         let uart = 0x0900_0000;
         let m = k.mem().map_page_host(uart).unwrap();
         assert_eq!((m.base, m.level, m.device), (0, 1, true));
-        let leaf = k.host.npt.walk(&k.m, uart).unwrap();
+        let leaf = k.host.expect_npt().walk(&k.m, uart).unwrap();
         assert_eq!(leaf.desc & crate::arch::desc::S2_MEMATTR_DEVICE, crate::arch::desc::S2_MEMATTR_DEVICE);
         assert_ne!(leaf.desc & crate::arch::desc::S2_XN, 0);
         // High PCIe space far above RAM.

@@ -2,5 +2,6 @@
 
 pub mod memaux;
 pub mod memblock;
+pub mod memops;
 pub mod pageindex;
 pub mod pagemgmt;

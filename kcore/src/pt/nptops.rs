@@ -3,27 +3,60 @@
 
 use super::nptwalk::{Leaf, Npt};
 use super::ptalloc::PagePool;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::locks::{LockId, Locks};
 use crate::machine::Machine;
 use crate::{PAGE_SHIFT, Pfn};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// One vmid's stage-2 table and the pool its table pages come from.
 #[derive(Debug)]
 pub struct S2Table {
     /// The owner's vmid (0 = host).
     pub vmid: u16,
-    /// The table.
-    pub npt: Npt,
-    /// Pool for intermediate tables.
+    /// Root table, 0 until [`S2Table::init_root`].
+    root: AtomicU64,
+    /// Input (IPA) size in bits.
+    pub ia_bits: u32,
+    /// Pool for the root and intermediate tables.
     pub pool: PagePool,
 }
 
 impl S2Table {
+    /// A table with no root yet, drawing pages from `pool`.
+    pub const fn new(vmid: u16, ia_bits: u32, pool: PagePool) -> Self {
+        S2Table { vmid, root: AtomicU64::new(0), ia_bits, pool }
+    }
+
+    /// Allocate the root table from the pool. [`Error::Exists`] if there is one already,
+    /// [`Error::NoMemory`] if the pool is empty (donate pages and retry).
+    pub fn init_root<M: Machine>(&self, m: &M, locks: &Locks) -> Result<()> {
+        let _pt = locks.acquire(LockId::Pt(self.vmid), m.cpu_index());
+        if self.root.load(Ordering::Acquire) != 0 {
+            return Err(Error::Exists);
+        }
+        let root = self.pool.alloc(m)?;
+        self.root.store(root, Ordering::Release);
+        Ok(())
+    }
+
+    /// The table, if it has a root.
+    pub fn npt(&self) -> Option<Npt> {
+        match self.root.load(Ordering::Acquire) {
+            0 => None,
+            root => Some(Npt { root, ia_bits: self.ia_bits }),
+        }
+    }
+
+    /// The table; callers have checked it exists (a missing host table is a KCore bug).
+    pub fn expect_npt(&self) -> Npt {
+        self.npt().expect("stage-2 table has a root")
+    }
+
     /// The leaf mapping `ipa`, if any.
     pub fn walk<M: Machine>(&self, m: &M, locks: &Locks, ipa: u64) -> Option<Leaf> {
         let _pt = locks.acquire(LockId::Pt(self.vmid), m.cpu_index());
-        self.npt.walk(m, ipa)
+        self.npt()?.walk(m, ipa)
     }
 
     /// Install leaf `d` for `ipa` at `level`. An existing mapping gives `Err(Exists)`.
@@ -34,7 +67,7 @@ impl S2Table {
 
     /// [`S2Table::map`] for a caller that holds `pt(vmid)` already.
     pub fn map_locked<M: Machine>(&self, m: &M, ipa: u64, level: u8, d: u64) -> Result<()> {
-        self.npt.set(m, &self.pool, ipa, level, d)?;
+        self.npt().ok_or(Error::NotFound)?.set(m, &self.pool, ipa, level, d)?;
         m.publish_table_writes();
         Ok(())
     }
@@ -43,7 +76,7 @@ impl S2Table {
     /// Returns the removed leaf.
     pub fn unmap<M: Machine>(&self, m: &M, locks: &Locks, ipa: u64) -> Option<Leaf> {
         let _pt = locks.acquire(LockId::Pt(self.vmid), m.cpu_index());
-        let leaf = self.npt.clear(m, ipa)?;
+        let leaf = self.npt()?.clear(m, ipa)?;
         // The TLBI must complete before the lock is released: the next holder may hand the
         // page to someone else (Transactional-Page-Table, Weak-Memory-Isolation).
         m.tlb_flush_ipa(self.vmid, ipa & !(leaf.size() - 1));
@@ -56,6 +89,15 @@ impl S2Table {
     pub fn clear_pfn_host<M: Machine>(&self, m: &M, locks: &Locks, pfn: Pfn) -> bool {
         debug_assert_eq!(self.vmid, crate::machine::HOST_VMID);
         self.unmap(m, locks, pfn << PAGE_SHIFT).is_some()
+    }
+
+    /// How many new table pages mapping a leaf at `ipa`/`level` would take (0..=3), so a
+    /// transition can check the pool before it changes anything. Caller holds `pt(vmid)`.
+    pub fn tables_needed<M: Machine>(&self, m: &M, ipa: u64, level: u8) -> u64 {
+        match self.npt() {
+            Some(npt) => level.saturating_sub(npt.first_non_table_level(m, ipa)) as u64,
+            None => u64::MAX,
+        }
     }
 }
 
@@ -71,18 +113,28 @@ mod tests {
         let base = 0x4000_0000;
         let m = SimMachine::new(base, 16 * PAGE_SIZE);
         let locks = Locks::new();
-        let t = S2Table {
-            vmid: 0,
-            npt: Npt { root: base, ia_bits: 40 },
-            pool: PagePool::new(base + PAGE_SIZE, base + 16 * PAGE_SIZE),
-        };
+        let t = S2Table::new(0, 40, PagePool::new(base, base + 16 * PAGE_SIZE));
+        t.init_root(&m, &locks).unwrap();
+        assert_eq!(t.init_root(&m, &locks), Err(Error::Exists));
         let block = 0x8000_0000;
+        assert_eq!(t.tables_needed(&m, block, 2), 2);
         t.map(&m, &locks, block, 2, arch::s2_normal_leaf(block, 2)).unwrap();
+        assert_eq!(t.tables_needed(&m, block + BLOCK_2M, 3), 1);
         assert!(m.take_tlb_log().is_empty(), "mapping into an invalid entry needs no TLBI");
         assert!(t.clear_pfn_host(&m, &locks, (block + 5 * PAGE_SIZE) >> 12));
         assert_eq!(m.take_tlb_log(), vec![TlbOp::Ipa { vmid: 0, ipa: block }]);
         assert!(t.walk(&m, &locks, block + BLOCK_2M - 1).is_none());
         assert!(!t.clear_pfn_host(&m, &locks, block >> 12));
         assert!(m.take_tlb_log().is_empty(), "nothing mapped, nothing flushed");
+    }
+
+    #[test]
+    fn a_table_without_root_maps_nothing() {
+        let m = SimMachine::new(0x4000_0000, PAGE_SIZE);
+        let t = S2Table::new(3, 40, PagePool::new(0, 0));
+        let locks = Locks::new();
+        assert_eq!(t.map(&m, &locks, 0, 3, 3), Err(Error::NotFound));
+        assert_eq!(t.init_root(&m, &locks), Err(Error::NoMemory));
+        assert!(t.unmap(&m, &locks, 0).is_none());
     }
 }

@@ -19,6 +19,8 @@ pub struct PagePool {
     end: AtomicU64,
     /// Head of the free list (0 = empty); each free page holds the next pointer in word 0.
     free_head: AtomicU64,
+    /// Pages on the free list.
+    free_count: AtomicU64,
     /// Pages currently handed out.
     in_use: AtomicU64,
 }
@@ -30,6 +32,7 @@ impl PagePool {
             next: AtomicU64::new(start),
             end: AtomicU64::new(end),
             free_head: AtomicU64::new(0),
+            free_count: AtomicU64::new(0),
             in_use: AtomicU64::new(0),
         }
     }
@@ -39,6 +42,7 @@ impl PagePool {
         let head = self.free_head.load(Relaxed);
         let page = if head != 0 {
             self.free_head.store(m.load(head), Relaxed);
+            self.free_count.fetch_sub(1, Relaxed);
             head
         } else {
             let next = self.next.load(Relaxed);
@@ -55,9 +59,24 @@ impl PagePool {
 
     /// Return a page to the pool. It must have come from [`PagePool::alloc`].
     pub fn free<M: Machine>(&self, m: &M, page: u64) {
+        self.push(m, page);
+        self.in_use.fetch_sub(1, Relaxed);
+    }
+
+    /// Add a page that was not in the pool (a page the host donated, now KCore-owned).
+    pub fn add<M: Machine>(&self, m: &M, page: u64) {
+        self.push(m, page);
+    }
+
+    fn push<M: Machine>(&self, m: &M, page: u64) {
         m.store(page, self.free_head.load(Relaxed));
         self.free_head.store(page, Relaxed);
-        self.in_use.fetch_sub(1, Relaxed);
+        self.free_count.fetch_add(1, Relaxed);
+    }
+
+    /// Pages that can be allocated now.
+    pub fn available(&self) -> u64 {
+        self.never_used() + self.free_count.load(Relaxed)
     }
 
     /// Pages handed out and not returned.
@@ -87,8 +106,12 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(pool.alloc(&m), Err(Error::NoMemory));
         pool.free(&m, a);
+        assert_eq!(pool.available(), 1);
         assert_eq!(pool.alloc(&m), Ok(a));
         assert!(m.page_is_zero(a), "a reused page is zeroed again");
         assert_eq!(pool.in_use(), 2);
+        pool.add(&m, 0x1000_0000 + 3 * PAGE_SIZE);
+        assert_eq!(pool.available(), 1);
+        assert_eq!(pool.alloc(&m), Ok(0x1000_0000 + 3 * PAGE_SIZE));
     }
 }

@@ -64,7 +64,7 @@ mod tests {
         let k = kcore();
         let ipa = KMEM + (8 << 20);
         assert_eq!(host_stage2_fault(&k, DABT_TRANSLATION, ipa, hpfar(ipa)), HostFault::Resume);
-        assert!(k.host.npt.walk(&k.m, ipa).is_some());
+        assert!(k.host.expect_npt().walk(&k.m, ipa).is_some());
     }
 
     #[test]
@@ -72,7 +72,7 @@ mod tests {
         let k = kcore();
         let ipa = KMEM + 0x2000;
         assert_eq!(host_stage2_fault(&k, DABT_TRANSLATION, ipa, hpfar(ipa)), HostFault::InjectAbort(Error::Denied));
-        assert!(k.host.npt.walk(&k.m, ipa).is_none());
+        assert!(k.host.expect_npt().walk(&k.m, ipa).is_none());
     }
 
     #[test]
