@@ -23,8 +23,11 @@ pub mod mem;
 pub mod pt;
 
 pub mod el2map;
+pub mod invariants;
 pub mod kcore;
 pub mod psci;
+#[cfg(not(target_os = "none"))]
+pub mod spec;
 pub mod trap;
 
 pub use error::Error;

@@ -21,11 +21,22 @@ impl TicketLock {
 
     /// Take a ticket and wait until it is served. Returns the ticket.
     pub fn wait_lock(&self) -> u32 {
-        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        while self.now.load(Ordering::Acquire) != ticket {
+        let ticket = self.take_ticket();
+        while !self.is_served(ticket) {
             core::hint::spin_loop();
         }
         ticket
+    }
+
+    /// `incr_ticket`: join the queue.
+    pub fn take_ticket(&self) -> u32 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// `get_now == ticket`: has `ticket` reached the head (acquiring everything the previous
+    /// holder released)?
+    pub fn is_served(&self, ticket: u32) -> bool {
+        self.now.load(Ordering::Acquire) == ticket
     }
 
     /// Serve the next ticket (release the lock). Only the holder may call this.

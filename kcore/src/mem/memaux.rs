@@ -103,7 +103,7 @@ impl<M: Machine> MemAux<'_, M> {
     /// Mark every RAM page of `[start, end)` as KCore's and make sure the host does not map
     /// it. Used at boot for KCore's image, stacks, metadata and table pools.
     pub fn protect_kcore(&self, start: u64, end: u64) -> Result<()> {
-        if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 || end < start {
+        if !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) || end < start {
             return Err(Error::InvalidParameter);
         }
         let _s2 = self.lock_s2page();
@@ -248,7 +248,7 @@ impl<M: Machine> MemAux<'_, M> {
     /// or a 2 MiB block (`level` 2, both aligned, every one of the 512 pages checked).
     pub fn map_pfn_vm(&self, vmid: u16, gfn: Gfn, pfn: Pfn, level: u8) -> Result<()> {
         let s2 = self.lock_s2page();
-        self.check_map_vm_locked(&s2, vmid, gfn, level)?;
+        self.check_map_vm_locked(&s2, vmid, gfn, pfn, level)?;
         for i in 0..pages_at(level) {
             let info = self.page(pfn + i)?;
             if info.owner != Owner::Vm(vmid) || info.gfn != gfn + i {
@@ -259,12 +259,14 @@ impl<M: Machine> MemAux<'_, M> {
         Ok(())
     }
 
-    /// The table-side checks of a VM mapping at `gfn`/`level`: valid arguments, nothing mapped
-    /// in the way (never overwrite a live entry: bug 2), and enough pool pages. Changes nothing.
-    pub fn check_map_vm_locked(&self, s2: &LockGuard<'_>, vmid: u16, gfn: Gfn, level: u8) -> Result<()> {
+    /// The table-side checks of a VM mapping of `pfn` at `gfn`/`level`: valid arguments (both
+    /// aligned to the leaf size: a block descriptor ignores the low bits, so an unaligned pfn
+    /// would map pages nobody checked), nothing mapped in the way (never overwrite a live
+    /// entry: bug 2), and enough pool pages for the tables. Changes nothing.
+    pub fn check_map_vm_locked(&self, s2: &LockGuard<'_>, vmid: u16, gfn: Gfn, pfn: Pfn, level: u8) -> Result<()> {
         self.check_s2page(s2);
         let t = self.vm(vmid)?;
-        if level != 2 && level != 3 || gfn % pages_at(level) != 0 {
+        if level != 2 && level != 3 || !gfn.is_multiple_of(pages_at(level)) || !pfn.is_multiple_of(pages_at(level)) {
             return Err(Error::InvalidParameter);
         }
         let ipa = self.check_gfn(t, gfn, pages_at(level))?;
@@ -368,13 +370,13 @@ impl<M: Machine> MemAux<'_, M> {
     /// `map_vm_io`: map device (non-RAM) page `pa` at `gpa` in VM `vmid`.
     pub fn map_vm_io(&self, vmid: u16, gpa: u64, pa: u64) -> Result<()> {
         let s2 = self.lock_s2page();
-        if gpa % PAGE_SIZE != 0 || pa % PAGE_SIZE != 0 || pa >> 48 != 0 {
+        if !gpa.is_multiple_of(PAGE_SIZE) || !pa.is_multiple_of(PAGE_SIZE) || pa >> 48 != 0 {
             return Err(Error::InvalidParameter);
         }
         if self.meta.get(self.m, self.mb, pa >> PAGE_SHIFT).is_some() {
             return Err(Error::Denied);
         }
-        self.check_map_vm_locked(&s2, vmid, gpa >> PAGE_SHIFT, 3)?;
+        self.check_map_vm_locked(&s2, vmid, gpa >> PAGE_SHIFT, pa >> PAGE_SHIFT, 3)?;
         let t = self.vm(vmid)?;
         let _pt = self.locks.acquire(LockId::Pt(vmid), self.m.cpu_index());
         t.map_locked(self.m, gpa, 3, arch::s2_device_leaf(pa, 3)).expect("checked device mapping");

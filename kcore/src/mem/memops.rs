@@ -21,10 +21,7 @@ impl<M: Machine> MemAux<'_, M> {
     /// all 512 pages of a block, not only the first), so a refusal changes nothing.
     pub fn prot_and_map_vm(&self, vmid: u16, gfn: Gfn, pfn: Pfn, level: u8) -> Result<()> {
         let s2 = self.lock_s2page();
-        self.check_map_vm_locked(&s2, vmid, gfn, level)?;
-        if pfn % pages_at(level) != 0 {
-            return Err(Error::InvalidParameter);
-        }
+        self.check_map_vm_locked(&s2, vmid, gfn, pfn, level)?;
         for i in 0..pages_at(level) {
             self.check_assign_locked(&s2, vmid, gfn + i, pfn + i)?;
         }
@@ -57,7 +54,11 @@ impl<M: Machine> MemAux<'_, M> {
     /// `[gpa, gpa + size)` mapped in VM `vmid`'s stage-2 (unmapped pages are skipped). All or
     /// nothing: if any mapped page cannot change, none does. Returns how many changed.
     pub fn share_gpa_range(&self, vmid: u16, gpa: u64, size: u64, up: bool) -> Result<u64> {
-        if vmid == 0 || gpa % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 || !pfn_range_is_valid(gpa >> 12, size >> 12) {
+        if vmid == 0
+            || !gpa.is_multiple_of(PAGE_SIZE)
+            || !size.is_multiple_of(PAGE_SIZE)
+            || !pfn_range_is_valid(gpa >> 12, size >> 12)
+        {
             return Err(Error::InvalidParameter);
         }
         let t = self.vm(vmid)?;

@@ -115,10 +115,25 @@ impl Npt {
 
     /// Visit every leaf as `(input address, leaf)`, in address order.
     pub fn for_each_leaf<M: Machine>(&self, m: &M, mut f: impl FnMut(u64, Leaf)) {
-        self.visit(m, self.root, 0, 0, &mut f);
+        self.visit(m, self.root, 0, 0, &mut f, &mut |_, _, _| {});
     }
 
-    fn visit<M: Machine>(&self, m: &M, table: u64, level: u8, base: u64, f: &mut impl FnMut(u64, Leaf)) {
+    /// Visit every table page as `(table address, level, input address it starts at)`,
+    /// the root included.
+    pub fn for_each_table<M: Machine>(&self, m: &M, mut f: impl FnMut(u64, u8, u64)) {
+        f(self.root, 0, 0);
+        self.visit(m, self.root, 0, 0, &mut |_, _| {}, &mut f);
+    }
+
+    fn visit<M: Machine>(
+        &self,
+        m: &M,
+        table: u64,
+        level: u8,
+        base: u64,
+        f: &mut impl FnMut(u64, Leaf),
+        t: &mut impl FnMut(u64, u8, u64),
+    ) {
         let span = 1u64 << (12 + 9 * (3 - level as u32));
         for i in 0..super::ptwalk::ENTRIES {
             let addr = base + i * span;
@@ -127,7 +142,8 @@ impl Npt {
             }
             let d = m.load(table + 8 * i);
             if arch::is_table(d, level) {
-                self.visit(m, d & desc::ADDR_MASK, level + 1, addr, f);
+                t(d & desc::ADDR_MASK, level + 1, addr);
+                self.visit(m, d & desc::ADDR_MASK, level + 1, addr, f, t);
             } else if level > 0 && arch::is_leaf(d, level) {
                 f(addr, Leaf { level, desc: d });
             }

@@ -1,0 +1,130 @@
+//! KCore's security invariants (DESIGN section 4), checked over the concrete state: the
+//! ownership records and the page tables themselves. Run after every operation in the tests
+//! and after every host trap in debug builds of the EL2 binary; a violation there is fatal.
+//!
+//! 1. KCore's pages (image, metadata, table pools, every table page) are mapped in no stage-2.
+//! 2. The host stage-2 is an identity map of device space, host-owned pages, and pages a VM
+//!    shared (count > 0).
+//! 3. A VM's stage-2 maps RAM only where that VM owns the page and the page's gfn is that
+//!    address (so a page is mapped at one gfn at most, and in one VM at most).
+//! 4. Page 0 is never RAM; the 2 MiB block counters match the records.
+
+use crate::error::Result;
+use crate::kcore::KCore;
+use crate::machine::Machine;
+use crate::mem::pagemgmt::{CHUNK_PAGES, Owner};
+use crate::pt::nptops::S2Table;
+use crate::{PAGE_SHIFT, Pfn};
+
+/// A broken invariant, with where it broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// A page-table page of `vmid`'s table is not KCore-owned RAM.
+    TablePageNotKCore { vmid: u16, table: u64 },
+    /// A host leaf maps `ipa` somewhere else.
+    HostNotIdentity { ipa: u64, pa: u64 },
+    /// The host maps a RAM page it may not use.
+    HostMapsForeign { pfn: Pfn, owner: Owner },
+    /// A host device-typed leaf covers RAM, or a normal leaf covers non-RAM.
+    HostWrongMemoryType { ipa: u64 },
+    /// VM `vmid` maps at `gfn` a RAM page it does not own at that gfn.
+    VmMapsForeign { vmid: u16, gfn: u64, pfn: Pfn, owner: Owner },
+    /// A VM maps RAM with a device leaf.
+    VmDeviceLeafOnRam { vmid: u16, gfn: u64 },
+    /// Page 0 is RAM.
+    PageZeroIsRam,
+    /// A 2 MiB block counter disagrees with the records.
+    ChunkCounter { chunk: Pfn, stored: u64, actual: u64 },
+}
+
+fn is_device_leaf(d: u64) -> bool {
+    d & (0b1111 << 2) == crate::arch::desc::S2_MEMATTR_DEVICE
+}
+
+/// Check every invariant; the first violation found is returned.
+pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
+    let owner = |pfn: Pfn| k.meta.owner(&k.m, &k.mb, pfn);
+    if owner(0).is_some() {
+        return Err(Violation::PageZeroIsRam);
+    }
+    let mut err = None;
+    let mut note = |v: Violation| {
+        err.get_or_insert(v);
+    };
+    for t in core::iter::once(&k.host).chain(k.vms.iter()) {
+        check_tables(k, t, &mut note);
+    }
+    if let Some(npt) = k.host.npt() {
+        npt.for_each_leaf(&k.m, |ipa, leaf| {
+            if leaf.output(ipa) != ipa {
+                note(Violation::HostNotIdentity { ipa, pa: leaf.output(ipa) });
+                return;
+            }
+            let device = is_device_leaf(leaf.desc);
+            if device && k.mb.intersects(ipa, ipa + leaf.size()) {
+                note(Violation::HostWrongMemoryType { ipa });
+            }
+            if device {
+                return;
+            }
+            for pfn in (ipa >> PAGE_SHIFT)..((ipa + leaf.size()) >> PAGE_SHIFT) {
+                match k.meta.get(&k.m, &k.mb, pfn) {
+                    None => note(Violation::HostWrongMemoryType { ipa }),
+                    Some(i) if i.owner == Owner::Host => {}
+                    Some(i) if matches!(i.owner, Owner::Vm(_)) && i.count > 0 => {}
+                    Some(i) => note(Violation::HostMapsForeign { pfn, owner: i.owner }),
+                }
+            }
+        });
+    }
+    for t in k.vms.iter() {
+        let Some(npt) = t.npt() else { continue };
+        npt.for_each_leaf(&k.m, |ipa, leaf| {
+            let first = leaf.output(ipa) >> PAGE_SHIFT;
+            for i in 0..leaf.size() >> PAGE_SHIFT {
+                let (gfn, pfn) = ((ipa >> PAGE_SHIFT) + i, first + i);
+                match k.meta.get(&k.m, &k.mb, pfn) {
+                    None => {}
+                    Some(_) if is_device_leaf(leaf.desc) => note(Violation::VmDeviceLeafOnRam { vmid: t.vmid, gfn }),
+                    Some(info) if info.owner == Owner::Vm(t.vmid) && info.gfn == gfn => {}
+                    Some(info) => note(Violation::VmMapsForeign { vmid: t.vmid, gfn, pfn, owner: info.owner }),
+                }
+            }
+        });
+    }
+    for r in k.mb.regions() {
+        let first = r.base >> PAGE_SHIFT;
+        let end = r.end() >> PAGE_SHIFT;
+        let mut chunk = first.next_multiple_of(CHUNK_PAGES);
+        while chunk < end {
+            let actual = (chunk..(chunk + CHUNK_PAGES).min(end))
+                .filter(|&p| k.meta.get(&k.m, &k.mb, p).is_some_and(|i| i.owner != Owner::Host || i.count != 0))
+                .count() as u64;
+            let stored = k.meta.chunk_blockers(&k.m, &k.mb, chunk).unwrap_or(0);
+            if stored != actual {
+                note(Violation::ChunkCounter { chunk, stored, actual });
+            }
+            chunk += CHUNK_PAGES;
+        }
+    }
+    match err {
+        Some(v) => Err(v),
+        None => Ok(()),
+    }
+}
+
+fn check_tables<M: Machine>(k: &KCore<M>, t: &S2Table, note: &mut impl FnMut(Violation)) {
+    let Some(npt) = t.npt() else { return };
+    npt.for_each_table(&k.m, |table, _, _| {
+        // Table pages come from KCore's reserve or donated pages; either way KCore's. A table
+        // outside RAM would be a KCore bug too.
+        if k.meta.owner(&k.m, &k.mb, table >> PAGE_SHIFT) != Some(Owner::KCore) {
+            note(Violation::TablePageNotKCore { vmid: t.vmid, table });
+        }
+    });
+}
+
+/// [`check`] as a `Result` for callers that only need pass/fail.
+pub fn holds<M: Machine>(k: &KCore<M>) -> Result<()> {
+    check(k).map_err(|_| crate::Error::BadState)
+}

@@ -1,0 +1,19 @@
+//! Executable specifications, one per layer, in the spirit of SeKVM's `RData` specs: pure
+//! functions over an abstract state. The refinement checks in `kcore/tests/refine_*.rs` run the
+//! real code on the simulated machine beside these, over generated operation sequences, and
+//! compare results and the abstraction of the concrete state after every step. This is
+//! testing, not proof.
+//!
+//! | layers | spec |
+//! |---|---|
+//! | 1-4 | [`locks`]: a FIFO queue of CPUs per lock |
+//! | 5 | [`ptalloc`]: a set of handed-out pages and a capacity |
+//! | 6-8 | [`npt`]: leaves and present tables of one translation table |
+//! | 13-15 | [`pages`]: RAM as a set of pfns, records as a map pfn -> record |
+//! | 16-17 | [`mem`]: owners, counts, gfns, host and VM maps, and every transition |
+
+pub mod locks;
+pub mod mem;
+pub mod npt;
+pub mod pages;
+pub mod ptalloc;
