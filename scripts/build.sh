@@ -7,12 +7,17 @@ OUT="$ROOT/out"
 mkdir -p "$OUT"
 cd "$ROOT"
 
-profile=release
-cargo build -q -p kcore-boot --target aarch64-unknown-none-softfloat --profile "$profile"
-elf="$ROOT/target/aarch64-unknown-none-softfloat/$profile/kcore"
-aarch64-linux-gnu-objcopy -O binary "$elf" "$OUT/kcore.bin.tmp"
-mv "$OUT/kcore.bin.tmp" "$OUT/kcore.bin"
-cp "$elf" "$OUT/kcore.elf"
+# out/kcore.bin: release. out/kcore-debug.bin: debug assertions on, which also checks the
+# security invariants after every host trap (slow; for tests).
+for profile in release dev; do
+    cargo build -q -p kcore-boot --target aarch64-unknown-none-softfloat --profile "$profile"
+    dir=$([ "$profile" = dev ] && echo debug || echo release)
+    name=$([ "$profile" = dev ] && echo kcore-debug || echo kcore)
+    elf="$ROOT/target/aarch64-unknown-none-softfloat/$dir/kcore"
+    aarch64-linux-gnu-objcopy -O binary "$elf" "$OUT/$name.bin.tmp"
+    mv "$OUT/$name.bin.tmp" "$OUT/$name.bin"
+    cp "$elf" "$OUT/$name.elf"
+done
 
 # Host initramfs: busybox (static, arm64) plus the project's /init.
 stage="$OUT/initramfs"

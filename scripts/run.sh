@@ -15,6 +15,7 @@
 #   --timeout SEC       give up after SEC seconds (with --exec; default 600)
 #   --verbose           with --exec: also stream the whole console to stderr
 #   --direct            boot the host kernel directly at EL2 with no KCore (for comparison)
+#   --debug             use the debug build of KCore (checks its invariants after every trap)
 #   --no-setup          skip scripts/setup.sh (dependencies already installed)
 #   --semihosting       let the emulated machine exit through semihosting (tests only)
 #   --qemu-arg ARG      extra QEMU argument (repeatable)
@@ -23,7 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/out"
 
 cpus=2 mem=1G cpu=max host_kernel="" exec_cmd="" have_exec=0 append="" timeout_s=600
-verbose=0 direct=0 setup=1 semihosting=0 qemu_extra=()
+verbose=0 direct=0 debug=0 setup=1 semihosting=0 qemu_extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpus) cpus="$2"; shift 2 ;;
@@ -35,6 +36,7 @@ while [ $# -gt 0 ]; do
         --timeout) timeout_s="$2"; shift 2 ;;
         --verbose) verbose=1; shift ;;
         --direct) direct=1; shift ;;
+        --debug) debug=1; shift ;;
         --no-setup) setup=0; shift ;;
         --semihosting) semihosting=1; shift ;;
         --qemu-arg) qemu_extra+=("$2"); shift 2 ;;
@@ -68,7 +70,9 @@ fi
 # The host kernel goes at the first 2 MiB boundary after KCore's image (RAM base + 2 MiB +
 # image_size from KCore's arm64 Image header); KCore looks for it there.
 ram_base=$((0x40000000))
-image_size=$(od -A n -t u8 -j 16 -N 8 "$OUT/kcore.bin" | tr -d ' ')
+kcore_bin="$OUT/kcore.bin"
+[ "$debug" = 1 ] && kcore_bin="$OUT/kcore-debug.bin"
+image_size=$(od -A n -t u8 -j 16 -N 8 "$kcore_bin" | tr -d ' ')
 host_addr=$(( (ram_base + 0x200000 + image_size + 0x1fffff) & ~0x1fffff ))
 
 cmdline="console=ttyAMA0 panic=-1"
@@ -82,7 +86,7 @@ qemu=(qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$cpu" -s
 if [ "$direct" = 1 ]; then
     qemu+=(-kernel "$host_kernel")
 else
-    qemu+=(-kernel "$OUT/kcore.bin" -device "loader,file=$host_kernel,addr=$(printf '%#x' $host_addr),force-raw=on")
+    qemu+=(-kernel "$kcore_bin" -device "loader,file=$host_kernel,addr=$(printf '%#x' $host_addr),force-raw=on")
 fi
 qemu+=("${qemu_extra[@]}")
 

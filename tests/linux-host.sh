@@ -81,6 +81,15 @@ check "newer kernel: both CPUs online" test "$(line newer 2)" = 2
 check "newer kernel: user-space memcpy works" grep -qx copy-ok "$OUT/newer.out"
 check "newer kernel: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/newer.out"
 
+# The debug build of KCore checks every security invariant (kcore::invariants) after each
+# host trap and halts on a violation; boot a host on it and touch KCore memory once.
+host debug --debug --cpus 2 --exec '
+grep -c ^processor /proc/cpuinfo
+devmem 0x40200000 32; echo "kcore-read-status $?"'
+check "debug KCore (invariants after every trap): host boots, 2 CPUs" test "$(status debug):$(line debug 1)" = "0:2"
+check "debug KCore: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/debug.out"
+check "debug KCore: no invariant violation" bash -c "! grep -q 'invariant broken' '$OUT/debug.log'"
+
 # The command's exit status is run.sh's.
 host status --cpus 2 --exec 'exit 7'
 check "--exec passes the command's status through" test "$(status status)" = 7

@@ -3,7 +3,7 @@
 // Register use at entry (arm64 Linux boot protocol, Documentation/arch/arm64/booting.rst):
 // x0 = physical address of the device tree, MMU off, at EL2, interrupts masked.
 
-.equ STACK_SIZE, 0x8000
+.equ STACK_SIZE, 0x10000
 .equ MAX_CPUS, 16
 .equ FRAME_SIZE, 272            // struct TrapFrame: x0..x30, elr, spsr, pad
 
@@ -40,6 +40,9 @@ primary_entry:
     b       1b
 2:  mov     x0, #0
     bl      cpu_setup_stack
+    adrp    x1, __boot_stack_top        // the boot CPU sets KCore up on its larger boot stack
+    add     x1, x1, :lo12:__boot_stack_top
+    mov     sp, x1
     mov     x0, x19
     bl      kcore_primary_main  // does not return
     b       park

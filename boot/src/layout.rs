@@ -10,10 +10,16 @@ unsafe extern "C" {
     static __rodata_end: u8;
     static __image_end: u8;
     static __stacks_start: u8;
+    static __stacks_end: u8;
+    static __boot_stack_bottom: u8;
 }
 
-/// Per-CPU EL2 stack size; must match `entry.S` and `linker/kcore.ld`.
-pub const STACK_SIZE: u64 = 0x8000;
+/// Per-CPU EL2 stack slot; must match `entry.S` and `linker/kcore.ld`. The lowest page of
+/// each slot is a guard page KCore's EL2 map leaves unmapped, so an overflow faults (and
+/// halts KCore) instead of running into the next CPU's stack or BSS.
+pub const STACK_SIZE: u64 = 0x10000;
+/// Number of stack slots; must match `linker/kcore.ld`.
+const STACK_SLOTS: u64 = kcore::locks::locks::MAX_CPUS as u64;
 
 fn sym(s: &u8) -> u64 {
     s as *const u8 as u64
@@ -48,12 +54,24 @@ pub fn linux_image_size(pa: u64) -> Option<u64> {
 }
 
 /// Segments of KCore's EL2 identity map: all RAM read/write and never executable, except
-/// KCore's own text (read-only, executable) and rodata (read-only); the console UART as device
-/// memory. Returns how many entries of `out` were filled.
+/// KCore's own text (read-only, executable), rodata (read-only) and the stack guard pages
+/// (unmapped); the console UART as device memory. Returns how many entries of `out` were
+/// filled.
 pub fn el2_segments(mb: &MemBlocks, uart: u64, out: &mut [Segment]) -> usize {
     // SAFETY: linker-script symbols; only their addresses are taken.
-    let (start, text_end, rodata_end, end) =
-        unsafe { (sym(&__image_start), sym(&__text_end), sym(&__rodata_end), sym(&__image_end)) };
+    let (start, text_end, rodata_end, stacks, stacks_end, end) = unsafe {
+        (
+            sym(&__image_start),
+            sym(&__text_end),
+            sym(&__rodata_end),
+            sym(&__stacks_start),
+            sym(&__stacks_end),
+            sym(&__image_end),
+        )
+    };
+    // SAFETY: linker-script symbol; only its address is taken.
+    let boot_stack = unsafe { sym(&__boot_stack_bottom) };
+    assert_eq!(stacks_end - stacks, STACK_SLOTS * STACK_SIZE, "stack slots match the linker script");
     let mut n = 0;
     let mut push = |s: u64, e: u64, kind: Kind| {
         if e > s && n < out.len() {
@@ -66,7 +84,13 @@ pub fn el2_segments(mb: &MemBlocks, uart: u64, out: &mut [Segment]) -> usize {
             push(r.base, start, Kind::ReadWrite);
             push(start, text_end, Kind::Text);
             push(text_end, rodata_end, Kind::ReadOnly);
-            push(rodata_end, end, Kind::ReadWrite);
+            push(rodata_end, stacks, Kind::ReadWrite);
+            for slot in 0..STACK_SLOTS {
+                let base = stacks + slot * STACK_SIZE;
+                push(base + PAGE_SIZE, base + STACK_SIZE, Kind::ReadWrite);
+            }
+            // The page between the slots and the boot stack is the boot stack's guard.
+            push(boot_stack, end, Kind::ReadWrite);
             push(end, r.end(), Kind::ReadWrite);
         } else {
             push(r.base, r.end(), Kind::ReadWrite);

@@ -37,7 +37,16 @@ extern "C" fn kcore_trap(slot: u64, frame: &mut TrapFrame) {
         park();
     }
     match slot {
-        SLOT_LOWER_A64_SYNC | SLOT_LOWER_A32_SYNC => host_sync(frame),
+        SLOT_LOWER_A64_SYNC | SLOT_LOWER_A32_SYNC => {
+            host_sync(frame);
+            // Debug builds check KCore's security invariants after every host trap.
+            #[cfg(debug_assertions)]
+            if let Some(k) = KCORE.get()
+                && let Err(v) = kcore::invariants::check_quiesced(k)
+            {
+                fatal(format_args!("security invariant broken: {v:?}"));
+            }
+        }
         9..=11 | 13..=15 => {
             // KCore routes no host interrupt or SError to EL2 (HCR_EL2.IMO/FMO/AMO = 0).
             log::warn!("unexpected {} from the host ignored", ["irq", "fiq", "serror"][(slot % 4 - 1) as usize]);

@@ -124,6 +124,13 @@ fn check_tables<M: Machine>(k: &KCore<M>, t: &S2Table, note: &mut impl FnMut(Vio
     });
 }
 
+/// [`check`] while holding `s2page`, so no transition is half done (every transition holds it
+/// from its first check to its last write). For use while other CPUs run.
+pub fn check_quiesced<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
+    let _s2 = k.locks.acquire(crate::locks::LockId::S2Page, k.m.cpu_index());
+    check(k)
+}
+
 /// [`check`] as a `Result` for callers that only need pass/fail.
 pub fn holds<M: Machine>(k: &KCore<M>) -> Result<()> {
     check(k).map_err(|_| crate::Error::BadState)

@@ -42,9 +42,9 @@ proptest! {
         for (off, owner, count, gfn) in writes {
             let pfn = (0x4000_0000 + off) >> PAGE_SHIFT;
             let info = PageInfo { owner, count, gfn };
-            if spec.records.contains_key(&pfn) {
+            if let Some(record) = spec.records.get_mut(&pfn) {
                 meta.set(&m, &mb, pfn, info);
-                spec.records.insert(pfn, info);
+                *record = info;
             } else {
                 prop_assert_eq!(meta.get(&m, &mb, pfn), None);
             }
