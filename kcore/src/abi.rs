@@ -23,6 +23,8 @@ pub const BAD_STATE: i64 = -6;
 pub const EXISTS: i64 = -7;
 /// KCore: no such object / nothing mapped.
 pub const NOT_FOUND: i64 = -8;
+/// KCore: a boot image's signature does not verify.
+pub const BAD_SIGNATURE: i64 = -9;
 
 /// SMCCC: `SMCCC_VERSION` (arch service, fast call).
 pub const SMCCC_VERSION: u32 = 0x8000_0000;
@@ -35,13 +37,35 @@ pub const VENDOR_HYP_REVISION: u32 = 0x8600_FF03;
 /// x2 = feature bits ([`FEATURE_HOST_STAGE2`], ...).
 pub const KCORE_VERSION: u32 = 0xC600_0000;
 
+/// Give host page x2 to the page-table pool of vmid x1 (0 = the host's own stage-2 pool).
+/// The page becomes KCore's until the VM is destroyed.
+pub const DONATE_PAGE: u32 = 0xC600_0001;
+/// Register a VM whose stage-2 root is host page x1 (donated). Returns x1 = vmid.
+pub const REGISTER_VM: u32 = 0xC600_0002;
+/// Register vCPU x2 of VM x1.
+pub const REGISTER_VCPU: u32 = 0xC600_0003;
+/// Boot image of VM x1: load IPA x2, x3 bytes, signature = the first 64 bytes of host page
+/// x4. Returns x1 = image index.
+pub const SET_BOOT_INFO: u32 = 0xC600_0004;
+/// Give host page x4 to VM x1 as page x3 of image x2 (owned and mapped at once).
+pub const MAP_IMAGE_PAGE: u32 = 0xC600_0005;
+/// Verify VM x1's images; only a verified VM can run.
+pub const VERIFY_VM: u32 = 0xC600_0006;
+/// Destroy VM x1: scrub and return all its memory, free its vmid.
+pub const DESTROY_VM: u32 = 0xC600_0007;
+/// State of VM x1: x1 = VM state (0 unused, 1 ready, 2 verified, 3 powered off, 4 invalid),
+/// x2 = bitmap of registered vCPUs.
+pub const VM_STATE: u32 = 0xC600_0008;
+
 /// ABI major version.
 pub const ABI_MAJOR: u64 = 0;
 /// ABI minor version.
-pub const ABI_MINOR: u64 = 1;
+pub const ABI_MINOR: u64 = 2;
 
 /// Feature bit: the host runs under a KCore-owned stage-2 table.
 pub const FEATURE_HOST_STAGE2: u64 = 1 << 0;
+/// Feature bit: VM lifecycle and image authentication calls (REGISTER_VM .. VM_STATE).
+pub const FEATURE_VM_LIFECYCLE: u64 = 1 << 1;
 
 /// KCore's vendor-hypervisor UID, `1f0a7e78-2a96-46e6-8a0f-af2034a27b98`, as the four 32-bit
 /// words SMCCC returns in w0..w3 (bytes in UUID order, little-endian within each word).

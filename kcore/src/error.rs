@@ -19,6 +19,8 @@ pub enum Error {
     Exists,
     /// Nothing is mapped or registered there.
     NotFound,
+    /// A boot image's signature does not verify.
+    BadSignature,
 }
 
 impl Error {
@@ -32,6 +34,7 @@ impl Error {
             Error::BadState => abi::BAD_STATE,
             Error::Exists => abi::EXISTS,
             Error::NotFound => abi::NOT_FOUND,
+            Error::BadSignature => abi::BAD_SIGNATURE,
         }
     }
 }

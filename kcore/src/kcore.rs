@@ -9,6 +9,7 @@ use crate::mem::memblock::MemBlocks;
 use crate::mem::pagemgmt::{PageMeta, meta_bytes};
 use crate::pt::nptops::S2Table;
 use crate::pt::ptalloc::PagePool;
+use crate::vm::VmInfo;
 use crate::{BLOCK_2M, PAGE_SIZE, align_down, align_up};
 
 /// Where KCore's memory goes, decided at boot from the firmware's memory map and the KCore
@@ -87,6 +88,10 @@ pub struct KCore<M: Machine> {
     pub host: S2Table,
     /// VM stage-2 tables, vmid 1.. at index 0..; a table exists once its root is allocated.
     pub vms: [S2Table; MAX_VMS],
+    /// Per-VM state (layers 18-21), vmid 1.. at index 0.. .
+    pub vminfo: [VmInfo; MAX_VMS],
+    /// The Ed25519 public key VM images must be signed with.
+    pub vm_key: [u8; 32],
 }
 
 impl<M: Machine> KCore<M> {
@@ -100,9 +105,25 @@ impl<M: Machine> KCore<M> {
         }
         let host = S2Table::new(HOST_VMID, ipa_bits, pool);
         let vms = core::array::from_fn(|i| S2Table::new(i as u16 + 1, ipa_bits, PagePool::new(0, 0)));
-        let k = KCore { m, locks: Locks::new(), mb, meta: PageMeta { base: meta_base }, host, vms };
+        let vminfo = core::array::from_fn(|_| VmInfo::default());
+        let k = KCore {
+            m,
+            locks: Locks::new(),
+            mb,
+            meta: PageMeta { base: meta_base },
+            host,
+            vms,
+            vminfo,
+            vm_key: [0; 32],
+        };
         k.host.init_root(&k.m, &k.locks)?;
         Ok(k)
+    }
+
+    /// Set the key VM images must be signed with (from KCore's build or boot configuration).
+    pub fn with_vm_key(mut self, key: [u8; 32]) -> Self {
+        self.vm_key = key;
+        self
     }
 
     /// Layers 16-17 over this state.

@@ -91,6 +91,20 @@ impl S2Table {
         self.unmap(m, locks, pfn << PAGE_SHIFT).is_some()
     }
 
+    /// Tear the table down: every table page (root included) and every page left in the pool
+    /// goes to `give_back`, the TLBs of this VMID are invalidated, and the table has no root
+    /// any more. Caller holds `s2page` (the pages change owner).
+    pub fn release<M: Machine>(&self, m: &M, locks: &Locks, mut give_back: impl FnMut(u64)) {
+        let _pt = locks.acquire(LockId::Pt(self.vmid), m.cpu_index());
+        if let Some(npt) = self.npt() {
+            npt.release_tables(m, &mut give_back);
+            self.root.store(0, Ordering::Release);
+            m.tlb_flush_vmid(self.vmid);
+            give_back(npt.root);
+        }
+        self.pool.drain(m, give_back);
+    }
+
     /// How many new table pages mapping a leaf at `ipa`/`level` would take (0..=3), so a
     /// transition can check the pool before it changes anything. Caller holds `pt(vmid)`.
     pub fn tables_needed<M: Machine>(&self, m: &M, ipa: u64, level: u8) -> u64 {

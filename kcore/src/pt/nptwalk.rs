@@ -125,6 +125,25 @@ impl Npt {
         self.visit(m, self.root, 0, 0, &mut |_, _| {}, &mut f);
     }
 
+    /// Hand every table page below the root to `free`, children before parents, then clear
+    /// the root. The caller invalidates the TLBs of this table's VMID afterwards.
+    pub fn release_tables<M: Machine>(&self, m: &M, mut free: impl FnMut(u64)) {
+        self.release(m, self.root, 0, &mut free);
+    }
+
+    fn release<M: Machine>(&self, m: &M, table: u64, level: u8, free: &mut impl FnMut(u64)) {
+        for i in 0..super::ptwalk::ENTRIES {
+            let d = m.load(table + 8 * i);
+            if arch::is_table(d, level) {
+                self.release(m, d & desc::ADDR_MASK, level + 1, free);
+                free(d & desc::ADDR_MASK);
+            }
+            if d != 0 {
+                m.store(table + 8 * i, 0);
+            }
+        }
+    }
+
     fn visit<M: Machine>(
         &self,
         m: &M,

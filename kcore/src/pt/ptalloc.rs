@@ -74,6 +74,20 @@ impl PagePool {
         self.free_count.fetch_add(1, Relaxed);
     }
 
+    /// Take every page off the free list (for giving back to the host); the bump range is
+    /// left alone (it is KCore's own reserve).
+    pub fn drain<M: Machine>(&self, m: &M, mut f: impl FnMut(u64)) {
+        loop {
+            let head = self.free_head.load(Relaxed);
+            if head == 0 {
+                return;
+            }
+            self.free_head.store(m.load(head), Relaxed);
+            self.free_count.fetch_sub(1, Relaxed);
+            f(head);
+        }
+    }
+
     /// Pages that can be allocated now.
     pub fn available(&self) -> u64 {
         self.never_used() + self.free_count.load(Relaxed)

@@ -1,30 +1,66 @@
-//! Layer 32 (TrapDispatcher), host part: the host's hypercalls. Every id not listed in
-//! `docs/ABI.md` answers SMCCC `NOT_SUPPORTED`; nothing the host passes can stop KCore.
+//! Layer 32 (TrapDispatcher), host part: the host's hypercalls. Every register is untrusted:
+//! each call range-checks its arguments and answers an error code; every id not listed in
+//! `docs/ABI.md` answers SMCCC `NOT_SUPPORTED`. Nothing the host passes can stop KCore.
 
 use crate::abi;
+use crate::error::{Error, Result};
 use crate::kcore::KCore;
 use crate::machine::Machine;
+use crate::vm::MAX_VCPUS;
+use crate::vm::vmpower::check_vmid;
 
 /// Handle a host `HVC #0`; `x` holds x0..x7 on entry and the results on return.
-pub fn host_hvc<M: Machine>(_k: &KCore<M>, x: &mut [u64; 8]) {
+pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) {
     let id = x[0] as u32;
-    match id {
+    let r: Result<Option<u64>> = match id {
         abi::KCORE_VERSION => {
-            x[0] = abi::SUCCESS as u64;
             x[1] = (abi::ABI_MAJOR << 16) | abi::ABI_MINOR;
-            x[2] = abi::FEATURE_HOST_STAGE2;
+            x[2] = abi::FEATURE_HOST_STAGE2 | abi::FEATURE_VM_LIFECYCLE;
+            Ok(None)
         }
         abi::VENDOR_HYP_CALL_UID => {
             for (r, w) in x.iter_mut().zip(abi::KCORE_UID) {
                 *r = w as u64;
             }
+            return;
         }
         abi::VENDOR_HYP_REVISION => {
             x[0] = abi::ABI_MAJOR;
             x[1] = abi::ABI_MINOR;
+            return;
         }
-        _ => x[0] = abi::NOT_SUPPORTED as u64,
+        abi::DONATE_PAGE => donate(k, x[1], x[2]).map(|_| None),
+        abi::REGISTER_VM => k.register_vm(x[1]).map(|v| Some(v as u64)),
+        abi::REGISTER_VCPU => k.register_vcpu(x[1], x[2]).map(|_| None),
+        abi::SET_BOOT_INFO => k.set_boot_info(x[1], x[2], x[3], x[4]).map(|i| Some(i as u64)),
+        abi::MAP_IMAGE_PAGE => k.map_image_page(x[1], x[2], x[3], x[4]).map(|_| None),
+        abi::VERIFY_VM => k.verify_vm(x[1]).map(|_| None),
+        abi::DESTROY_VM => k.destroy_vm(x[1]).map(|_| None),
+        abi::VM_STATE => vm_state(k, x),
+        _ => Err(Error::NotSupported),
+    };
+    match r {
+        Ok(v) => {
+            x[0] = abi::SUCCESS as u64;
+            if let Some(v) = v {
+                x[1] = v;
+            }
+        }
+        Err(e) => x[0] = e.code() as u64,
     }
+}
+
+fn donate<M: Machine>(k: &KCore<M>, vmid: u64, pfn: u64) -> Result<()> {
+    let vmid = if vmid == 0 { 0 } else { check_vmid(vmid)? };
+    k.mem().donate_to_pool(vmid, pfn)
+}
+
+fn vm_state<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> Result<Option<u64>> {
+    let vmid = check_vmid(x[1])?;
+    let _vm = k.lock_vm(vmid);
+    let info = &k.vminfo[vmid as usize - 1];
+    x[2] = (0..MAX_VCPUS).filter(|&v| info.vcpu(v) != crate::vm::VcpuState::Unused).fold(0, |m, v| m | 1 << v);
+    Ok(Some(info.state() as u64))
 }
 
 #[cfg(test)]
@@ -45,7 +81,7 @@ mod tests {
         let k = kcore();
         let mut x = [abi::KCORE_VERSION as u64, 9, 9, 9, 0, 0, 0, 0];
         host_hvc(&k, &mut x);
-        assert_eq!(&x[..3], &[0, 1, abi::FEATURE_HOST_STAGE2]);
+        assert_eq!(&x[..3], &[0, 2, abi::FEATURE_HOST_STAGE2 | abi::FEATURE_VM_LIFECYCLE]);
     }
 
     #[test]
@@ -60,12 +96,9 @@ mod tests {
     #[test]
     fn every_other_id_is_not_supported() {
         let k = kcore();
-        for id in [0u64, 0xC600_0001, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x1_C600_0000] {
+        for id in [0u64, 0xC600_0009, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x8600_0000] {
             let mut x = [id, 1, 2, 3, 4, 5, 6, 7];
             host_hvc(&k, &mut x);
-            if id as u32 == abi::KCORE_VERSION {
-                continue; // upper bits are ignored, as SMCCC says
-            }
             assert_eq!(x[0] as i64, abi::NOT_SUPPORTED, "id {id:#x}");
         }
     }

@@ -37,3 +37,22 @@ pub fn kcore() -> (KCore<SimMachine>, BTreeMap<u16, u64>) {
     let pools = BTreeMap::from([(0, 1000), (1, 63), (2, 63), (3, 16)]);
     (k, pools)
 }
+
+/// KCore on the same machine with no VM tables at all (for the VM lifecycle), and the test
+/// image-signing key pair (seed 0x42...).
+pub fn bare_kcore() -> (KCore<SimMachine>, ed25519_compact::KeyPair) {
+    let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([0x42; 32]));
+    let m = SimMachine::new(RAM, RAM_SIZE);
+    let mb = MemBlocks::new(&[(RAM, RAM_SIZE)]).unwrap();
+    let pool = PagePool::new(KMEM + (1 << 20), RAM + RAM_SIZE);
+    let k = KCore::new(m, mb, KMEM, pool, 40).unwrap().with_vm_key(*kp.pk);
+    k.mem().protect_kcore(KMEM, RAM + RAM_SIZE).unwrap();
+    (k, kp)
+}
+
+/// Sign `image` for loading at `load_ipa`, as the signing tool does.
+pub fn sign_image(kp: &ed25519_compact::KeyPair, load_ipa: u64, image: &[u8]) -> [u8; 64] {
+    let mut msg = kcore::vm::bootaux::signed_header(load_ipa, image.len() as u64).to_vec();
+    msg.extend_from_slice(image);
+    *kp.sk.sign(msg, None)
+}

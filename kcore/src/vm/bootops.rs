@@ -1,0 +1,172 @@
+//! Layer 21 (BootOps): the VM lifecycle calls the host makes. Every argument is untrusted and
+//! checked; every refusal is an error code with nothing changed.
+
+use super::vmpower::check_vmid;
+use super::{Image, MAX_IMAGE_BYTES, MAX_IMAGES, MAX_VCPUS, VcpuState, VmState};
+use crate::error::{Error, Result};
+use crate::kcore::KCore;
+use crate::machine::Machine;
+use crate::mem::pagemgmt::{Owner, PageInfo};
+use crate::{PAGE_SHIFT, PAGE_SIZE, Pfn};
+
+impl<M: Machine> KCore<M> {
+    /// `register_kvm`: a new VM whose stage-2 root is host page `root_pfn` (donated). Returns
+    /// the vmid.
+    pub fn register_vm(&self, root_pfn: Pfn) -> Result<u16> {
+        // Check the page before claiming a vmid, so the common refusal leaves no trace.
+        let info = self.mem().page(root_pfn)?;
+        if info.owner != Owner::Host || info.count != 0 {
+            return Err(Error::Denied);
+        }
+        let vmid = self.gen_vmid()?;
+        let _vm = self.lock_vm(vmid);
+        let made = self.mem().donate_to_pool(vmid, root_pfn).and_then(|_| self.mem().create_vm_table(vmid));
+        if let Err(e) = made {
+            // The page changed hands meanwhile (another CPU); give the vmid back.
+            self.release_vm_memory(vmid);
+            self.vminfo[vmid as usize - 1].clear();
+            return Err(e);
+        }
+        Ok(vmid)
+    }
+
+    /// `register_vcpu`: vCPU `vcpuid` of a VM that is still being set up.
+    pub fn register_vcpu(&self, vmid: u64, vcpuid: u64) -> Result<()> {
+        let vmid = check_vmid(vmid)?;
+        if vcpuid >= MAX_VCPUS as u64 {
+            return Err(Error::InvalidParameter);
+        }
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        if info.state() != VmState::Ready {
+            return Err(Error::BadState);
+        }
+        if info.vcpu(vcpuid as usize) != VcpuState::Unused {
+            return Err(Error::Exists);
+        }
+        info.set_vcpu(vcpuid as usize, VcpuState::Ready);
+        Ok(())
+    }
+
+    /// `set_boot_info`: announce an image of `bytes` bytes to be loaded at `load_ipa`, signed
+    /// with the 64-byte signature at the start of host page `sig_pfn` (copied now). Returns the
+    /// image's index.
+    pub fn set_boot_info(&self, vmid: u64, load_ipa: u64, bytes: u64, sig_pfn: Pfn) -> Result<usize> {
+        let vmid = check_vmid(vmid)?;
+        let ia_bits = self.host.ia_bits;
+        let end = load_ipa.checked_add(bytes).ok_or(Error::InvalidParameter)?;
+        if !load_ipa.is_multiple_of(PAGE_SIZE) || bytes == 0 || bytes > MAX_IMAGE_BYTES || end > 1u64 << ia_bits {
+            return Err(Error::InvalidParameter);
+        }
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        if info.state() != VmState::Ready {
+            return Err(Error::BadState);
+        }
+        if info.image_count() == MAX_IMAGES {
+            return Err(Error::NoMemory);
+        }
+        for i in 0..info.image_count() {
+            let other = info.image(i);
+            if load_ipa < other.load_ipa + other.pages() * PAGE_SIZE && other.load_ipa < end {
+                return Err(Error::Exists);
+            }
+        }
+        let mut signature = [0u8; 64];
+        {
+            // The signature is copied out of a page the host owns, under s2page, once: later
+            // changes by the host do not matter.
+            let mem = self.mem();
+            let s2 = mem.lock_s2page();
+            let page = mem.page(sig_pfn)?;
+            if page.owner != Owner::Host {
+                return Err(Error::Denied);
+            }
+            for (w, chunk) in signature.chunks_exact_mut(8).enumerate() {
+                chunk.copy_from_slice(&self.m.load((sig_pfn << PAGE_SHIFT) + 8 * w as u64).to_le_bytes());
+            }
+            drop(s2);
+        }
+        Ok(info.push_image(Image { load_ipa, bytes, mapped: 0, signature }))
+    }
+
+    /// `remap_vm_image`, KCore style: host page `pfn` becomes page `index` of image `image`.
+    pub fn map_image_page(&self, vmid: u64, image: u64, index: u64, pfn: Pfn) -> Result<()> {
+        let vmid = check_vmid(vmid)?;
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        if info.state() != VmState::Ready {
+            return Err(Error::BadState);
+        }
+        if image >= MAX_IMAGES as u64 {
+            return Err(Error::InvalidParameter);
+        }
+        self.load_image_page(info, vmid, image as usize, index, pfn)
+    }
+
+    /// `verify_and_load_images`: check every image's signature; only then may the VM run.
+    /// A failure is final: the VM becomes `Invalid` and can only be destroyed.
+    pub fn verify_vm(&self, vmid: u64) -> Result<()> {
+        let vmid = check_vmid(vmid)?;
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        if info.state() != VmState::Ready || info.image_count() == 0 {
+            return Err(Error::BadState);
+        }
+        for i in 0..info.image_count() {
+            let img = info.image(i);
+            if img.mapped != img.pages() {
+                return Err(Error::BadState);
+            }
+        }
+        for i in 0..info.image_count() {
+            if let Err(e) = self.verify_image(vmid, &info.image(i), &self.vm_key) {
+                info.set_state(VmState::Invalid);
+                return Err(e);
+            }
+        }
+        info.set_state(VmState::Verified);
+        Ok(())
+    }
+
+    /// Destroy VM `vmid`: it stops being runnable, every page it owns is scrubbed and returned
+    /// to the host, its table and pool pages go back to the host zeroed, and the vmid is free.
+    pub fn destroy_vm(&self, vmid: u64) -> Result<()> {
+        let vmid = check_vmid(vmid)?;
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        if info.state() == VmState::Unused {
+            return Err(Error::BadState);
+        }
+        if (0..MAX_VCPUS).any(|v| info.vcpu(v) == VcpuState::Active) {
+            return Err(Error::BadState);
+        }
+        info.set_state(VmState::PowerOff);
+        self.release_vm_memory(vmid);
+        info.clear();
+        Ok(())
+    }
+
+    /// Scrub and return every page VM `vmid` owns, then its table and pool pages. Caller
+    /// holds `vm(vmid)`.
+    fn release_vm_memory(&self, vmid: u16) {
+        let mem = self.mem();
+        for r in self.mb.regions() {
+            let first = r.base >> PAGE_SHIFT;
+            let pages = r.size >> PAGE_SHIFT;
+            let mut p = first;
+            while p < first + pages {
+                let n = (first + pages - p).min(crate::mem::memops::MAX_RANGE_PAGES);
+                mem.clear_vm_range(vmid, p, n).expect("valid range of a valid vmid");
+                p += n;
+            }
+        }
+        let s2 = mem.lock_s2page();
+        let table = mem.table(vmid).expect("valid vmid");
+        table.release(&self.m, &self.locks, |pa| {
+            self.m.zero_page(pa);
+            self.meta.set(&self.m, &self.mb, pa >> PAGE_SHIFT, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
+        });
+        drop(s2);
+    }
+}

@@ -1,0 +1,168 @@
+//! Layers 18-21: VMs: power state, vmid allocation, boot images and their authentication,
+//! and the lifecycle calls.
+//!
+//! Lifecycle: `Unused` -> register -> `Ready` (boot info, image pages, vCPUs) -> verify ->
+//! `Verified` (may run) -> power off -> `PowerOff`; a failed verification gives `Invalid`.
+//! Destroy takes any registered VM back to `Unused`: every page it owns is scrubbed and
+//! returned, its tables and pool pages go back to the host, and its vmid is free again.
+
+pub mod bootaux;
+pub mod bootcore;
+pub mod bootops;
+pub mod vmpower;
+
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+
+/// vCPUs per VM.
+pub const MAX_VCPUS: usize = 8;
+/// Boot images per VM (kernel, initrd, device tree, ...).
+pub const MAX_IMAGES: usize = 4;
+/// Largest boot image.
+pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
+
+/// A VM's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum VmState {
+    /// No VM with this vmid.
+    Unused = 0,
+    /// Registered; boot images and vCPUs may be added.
+    Ready = 1,
+    /// Images owned by the VM, mapped and authenticated: it may run.
+    Verified = 2,
+    /// Powered off; it only waits to be destroyed.
+    PowerOff = 3,
+    /// Image verification failed: it never runs, it can only be destroyed.
+    Invalid = 4,
+}
+
+impl VmState {
+    fn from_u8(v: u8) -> VmState {
+        match v {
+            1 => VmState::Ready,
+            2 => VmState::Verified,
+            3 => VmState::PowerOff,
+            4 => VmState::Invalid,
+            _ => VmState::Unused,
+        }
+    }
+}
+
+/// A vCPU's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VcpuState {
+    /// Not registered.
+    Unused = 0,
+    /// Registered, not running.
+    Ready = 1,
+    /// Running on a CPU.
+    Active = 2,
+}
+
+impl VcpuState {
+    fn from_u8(v: u8) -> VcpuState {
+        match v {
+            1 => VcpuState::Ready,
+            2 => VcpuState::Active,
+            _ => VcpuState::Unused,
+        }
+    }
+}
+
+/// One boot image: where it goes, how big it is, its signature, how many pages are in.
+#[derive(Debug, Default)]
+pub struct ImageSlot {
+    load_ipa: AtomicU64,
+    bytes: AtomicU64,
+    mapped: AtomicU64,
+    signature: [AtomicU64; 8],
+}
+
+/// A decoded image slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// Guest address of its first byte (page aligned).
+    pub load_ipa: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Pages given so far.
+    pub mapped: u64,
+    /// The Ed25519 signature.
+    pub signature: [u8; 64],
+}
+
+impl Image {
+    /// Pages the image spans.
+    pub const fn pages(&self) -> u64 {
+        self.bytes.div_ceil(crate::PAGE_SIZE)
+    }
+}
+
+/// What KCore keeps about one VM. Fields are atomics only so the record can be shared between
+/// CPUs without `unsafe`; the VM's `vm(vmid)` lock serialises every access.
+#[derive(Debug, Default)]
+pub struct VmInfo {
+    state: AtomicU8,
+    vcpus: [AtomicU8; MAX_VCPUS],
+    image_count: AtomicU8,
+    images: [ImageSlot; MAX_IMAGES],
+}
+
+impl VmInfo {
+    /// The VM's state.
+    pub fn state(&self) -> VmState {
+        VmState::from_u8(self.state.load(Relaxed))
+    }
+    pub(crate) fn set_state(&self, s: VmState) {
+        self.state.store(s as u8, Relaxed);
+    }
+    /// The state of vCPU `i` (< [`MAX_VCPUS`]).
+    pub fn vcpu(&self, i: usize) -> VcpuState {
+        VcpuState::from_u8(self.vcpus[i].load(Relaxed))
+    }
+    pub(crate) fn set_vcpu(&self, i: usize, s: VcpuState) {
+        self.vcpus[i].store(s as u8, Relaxed);
+    }
+    /// Number of images.
+    pub fn image_count(&self) -> usize {
+        self.image_count.load(Relaxed) as usize
+    }
+    /// Image `i` (< [`VmInfo::image_count`]).
+    pub fn image(&self, i: usize) -> Image {
+        let s = &self.images[i];
+        let mut signature = [0u8; 64];
+        for (chunk, w) in signature.chunks_exact_mut(8).zip(&s.signature) {
+            chunk.copy_from_slice(&w.load(Relaxed).to_le_bytes());
+        }
+        Image {
+            load_ipa: s.load_ipa.load(Relaxed),
+            bytes: s.bytes.load(Relaxed),
+            mapped: s.mapped.load(Relaxed),
+            signature,
+        }
+    }
+    pub(crate) fn push_image(&self, img: Image) -> usize {
+        let i = self.image_count();
+        let s = &self.images[i];
+        s.load_ipa.store(img.load_ipa, Relaxed);
+        s.bytes.store(img.bytes, Relaxed);
+        s.mapped.store(img.mapped, Relaxed);
+        for (w, chunk) in s.signature.iter().zip(img.signature.chunks_exact(8)) {
+            w.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Relaxed);
+        }
+        self.image_count.store(i as u8 + 1, Relaxed);
+        i
+    }
+    pub(crate) fn count_mapped(&self, i: usize) {
+        self.images[i].mapped.fetch_add(1, Relaxed);
+    }
+    /// Forget everything (the vmid becomes free).
+    pub(crate) fn clear(&self) {
+        for v in &self.vcpus {
+            v.store(0, Relaxed);
+        }
+        self.image_count.store(0, Relaxed);
+        self.set_state(VmState::Unused);
+    }
+}
