@@ -5,6 +5,19 @@ fn main() {
     let script = dir.join("../linker/kcore.ld").canonicalize().unwrap();
     println!("cargo:rerun-if-changed={}", script.display());
     println!("cargo:rerun-if-changed=src/entry.S");
+    // The Ed25519 key VM images must be signed with: KCORE_VM_PUBKEY (64 hex digits) from the
+    // build configuration, else the public test key (tests/keys), which KCore then announces.
+    println!("cargo:rerun-if-env-changed=KCORE_VM_PUBKEY");
+    let test_key = dir.join("../tests/keys/test-vm.pub");
+    println!("cargo:rerun-if-changed={}", test_key.display());
+    let (key, source) = match std::env::var("KCORE_VM_PUBKEY") {
+        Ok(k) => (k, "build configuration"),
+        Err(_) => (std::fs::read_to_string(&test_key).unwrap(), "TEST key from tests/keys: not for real VMs"),
+    };
+    let key = key.trim();
+    assert!(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()), "KCORE_VM_PUBKEY must be 64 hex digits");
+    println!("cargo:rustc-env=KCORE_VM_PUBKEY_HEX={key}");
+    println!("cargo:rustc-env=KCORE_VM_KEY_SOURCE={source}");
     if std::env::var("TARGET").unwrap().ends_with("-none-softfloat") {
         println!("cargo:rustc-link-arg-bins=-T{}", script.display());
     }

@@ -70,6 +70,28 @@ mod el2 {
     /// Options from the command line.
     pub static OPTIONS: Once<crate::platform::Options> = Once::new();
 
+    /// The Ed25519 public key VM images must be signed with (boot/build.rs).
+    const VM_KEY: [u8; 32] = hex32(env!("KCORE_VM_PUBKEY_HEX"));
+
+    const fn hex32(s: &str) -> [u8; 32] {
+        const fn nibble(c: u8) -> u8 {
+            match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => panic!("not hex"),
+            }
+        }
+        let b = s.as_bytes();
+        let mut out = [0u8; 32];
+        let mut i = 0;
+        while i < 32 {
+            out[i] = nibble(b[2 * i]) << 4 | nibble(b[2 * i + 1]);
+            i += 1;
+        }
+        out
+    }
+
     /// Pages of the pool reserved for KCore's own EL2 tables.
     const EL2_POOL_PAGES: u64 = 64;
 
@@ -151,7 +173,8 @@ mod el2 {
             fatal(format_args!("building KCore's EL2 map: {e:?}"));
         }
         let kc = KCore::new(hw, mb, plan.meta_base, host_pool, ipa_bits)
-            .unwrap_or_else(|e| fatal(format_args!("KCore state: {e:?}")));
+            .unwrap_or_else(|e| fatal(format_args!("KCore state: {e:?}")))
+            .with_vm_key(VM_KEY);
         let regs = El2Regs::new(&features, el2_root, kc.host.expect_npt().root, ipa_bits);
         EL2_REGS.call_once(|| regs);
         cpu::enable_mmu(&regs);
@@ -175,6 +198,14 @@ mod el2 {
             plan.host_part.1
         );
         log::info!("host stage-2: {ipa_bits}-bit IPA, root {:#x}, filled on demand", kc.host.expect_npt().root);
+        log::info!(
+            "VM images must be signed with Ed25519 key {:02x}{:02x}{:02x}{:02x}... ({})",
+            VM_KEY[0],
+            VM_KEY[1],
+            VM_KEY[2],
+            VM_KEY[3],
+            env!("KCORE_VM_KEY_SOURCE")
+        );
         cpu::setup_host_el2(&features);
         cpu::enable_host_stage2(&regs);
         log::info!("entering host kernel at {host_image:#x} at EL1 (x0 = dtb {dtb_pa:#x})");

@@ -1,0 +1,87 @@
+//! `kcore-sign`: keys and signatures for KCore's VM image authentication.
+//!
+//! ```text
+//! kcore-sign pubkey SEED_FILE                      print the public key (hex) for KCORE_VM_PUBKEY
+//! kcore-sign sign SEED_FILE LOAD_IPA IMAGE SIG     write IMAGE's 64-byte signature for LOAD_IPA
+//! kcore-sign verify PUBKEY_HEX LOAD_IPA IMAGE SIG  check a signature as KCore will
+//! ```
+//!
+//! A seed file holds 64 hex digits (32 bytes); keep it secret. What is signed is defined once,
+//! in `kcore::vm::bootaux::signed_header`.
+
+use ed25519_compact::{KeyPair, PublicKey, Seed, Signature};
+use std::process::ExitCode;
+
+fn hex32(s: &str) -> Result<[u8; 32], String> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return Err(format!("expected 64 hex digits, got {}", s.len()));
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn number(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("bad number {s}: {e}"))
+}
+
+fn key_pair(seed_file: &str) -> Result<KeyPair, String> {
+    let seed = std::fs::read_to_string(seed_file).map_err(|e| format!("{seed_file}: {e}"))?;
+    Ok(KeyPair::from_seed(Seed::new(hex32(&seed)?)))
+}
+
+fn message(load_ipa: u64, image: &[u8]) -> Vec<u8> {
+    let mut m = kcore::vm::bootaux::signed_header(load_ipa, image.len() as u64).to_vec();
+    m.extend_from_slice(image);
+    m
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    match args {
+        [cmd, seed] if cmd == "pubkey" => {
+            println!("{}", hex(&*key_pair(seed)?.pk));
+            Ok(())
+        }
+        [cmd, seed, ipa, image, sig] if cmd == "sign" => {
+            let kp = key_pair(seed)?;
+            let img = std::fs::read(image).map_err(|e| format!("{image}: {e}"))?;
+            let s = kp.sk.sign(message(number(ipa)?, &img), None);
+            std::fs::write(sig, *s).map_err(|e| format!("{sig}: {e}"))
+        }
+        [cmd, pk, ipa, image, sig] if cmd == "verify" => {
+            let pk = PublicKey::new(hex32(pk)?);
+            let img = std::fs::read(image).map_err(|e| format!("{image}: {e}"))?;
+            let s = std::fs::read(sig).map_err(|e| format!("{sig}: {e}"))?;
+            let s = Signature::from_slice(&s).map_err(|e| e.to_string())?;
+            pk.verify(message(number(ipa)?, &img), &s).map_err(|_| "signature does not verify".to_string())?;
+            println!("ok");
+            Ok(())
+        }
+        _ => {
+            Err("usage: kcore-sign pubkey SEED | sign SEED LOAD_IPA IMAGE SIG | verify PUBKEY LOAD_IPA IMAGE SIG"
+                .into())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kcore-sign: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
