@@ -18,14 +18,14 @@ build_payload() {
         aarch64-linux-gnu-objcopy -O binary "$OUT/$name.elf" "$OUT/$name.bin"
 }
 
-# run_payload NAME CPU: boot KCore + payload; echo the exit status.
+# run_payload NAME CPU [KCORE]: boot KCore + payload; echo the exit status.
 run_payload() {
-    local name="$1" cpu="$2"
-    timeout 60 qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$cpu" -smp 2 -m 1G \
-        -nographic -no-reboot -nic none -semihosting -kernel "$ROOT/out/kcore.bin" \
-        -append "kcore.semihosting" \
+    local name="$1" cpu="$2" kcore="${3:-kcore}"
+    timeout 120 qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$cpu" -smp 2 -m 1G \
+        -nographic -no-reboot -nic none -semihosting -kernel "$ROOT/out/$kcore.bin" \
+        -append "kcore.semihosting kcore.host=$(printf '%#x' $load)" \
         -device "loader,file=$OUT/$name.bin,addr=$(printf '%#x' $load),force-raw=on" \
-        > "$OUT/$name-$cpu.log" 2>&1 < /dev/null
+        > "$OUT/$name-$cpu-$kcore.log" 2>&1 < /dev/null
     echo $?
 }
 
@@ -38,13 +38,33 @@ else
         if [ "$status" = 0 ]; then
             pass "smoke on $cpu: version, unknown call, UID, isolation abort, PSCI forward, device map"
         else
-            fail "smoke on $cpu (failed check $status; see out/tests/smoke-$cpu.log)" "$(tail -5 "$OUT/smoke-$cpu.log")"
+            fail "smoke on $cpu (failed check $status; see out/tests/smoke-$cpu-kcore.log)" "$(tail -5 "$OUT/smoke-$cpu-kcore.log")"
         fi
     done
-    if grep -q "host access to 0x40200000 refused" "$OUT/smoke-max.log"; then
+    if grep -q "host access to 0x40200000 refused" "$OUT/smoke-max-kcore.log"; then
         pass "KCore logs the refused host access and keeps running"
     else
         fail "KCore logs the refused host access"
     fi
+fi
+# The Rust test host (tests/testhost): the VM lifecycle through real hypercalls. It is linked
+# at a fixed address; KCore is told where with kcore.host=.
+testhost_load=$((0x40400000))
+if [ "$load" != "$testhost_load" ]; then
+    fail "test host link address $(printf '%#x' $testhost_load) != host load address $(printf '%#x' $load)"
+elif ! (cd "$ROOT" && cargo build -q -p kcore-testhost --target aarch64-unknown-none-softfloat --release) ||
+     ! aarch64-linux-gnu-objcopy -O binary "$ROOT/target/aarch64-unknown-none-softfloat/release/testhost" "$OUT/testhost.bin"; then
+    fail "build the test host"
+else
+    for run in "max kcore" "cortex-a57 kcore" "max kcore-debug"; do
+        set -- $run
+        status=$(run_payload testhost "$1" "$2")
+        what="VM lifecycle on $1 ($2): signed image verified, VM and KCore pages refused to the host, bad signature refused, destroy scrubs, vmid reused, malformed calls refused"
+        if [ "$status" = 0 ] && grep -q "TESTHOST: all passed" "$OUT/testhost-$1-$2.log"; then
+            pass "$what"
+        else
+            fail "$what (failed check $status; see out/tests/testhost-$1-$2.log)" "$(tail -5 "$OUT/testhost-$1-$2.log")"
+        fi
+    done
 fi
 summary

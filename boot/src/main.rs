@@ -172,9 +172,11 @@ mod el2 {
         if let Err(e) = el2map::build(&hw, &el2_pool, &el2, &segs[..n]) {
             fatal(format_args!("building KCore's EL2 map: {e:?}"));
         }
-        let kc = KCore::new(hw, mb, plan.meta_base, host_pool, ipa_bits)
-            .unwrap_or_else(|e| fatal(format_args!("KCore state: {e:?}")))
-            .with_vm_key(VM_KEY);
+        // Built in place in its static: the state is tens of KiB, too big to move around.
+        let kc = KCORE.call_once(|| {
+            KCore::new_with_key(hw, mb, plan.meta_base, host_pool, ipa_bits, VM_KEY)
+                .unwrap_or_else(|e| fatal(format_args!("KCore state: {e:?}")))
+        });
         let regs = El2Regs::new(&features, el2_root, kc.host.expect_npt().root, ipa_bits);
         EL2_REGS.call_once(|| regs);
         cpu::enable_mmu(&regs);
@@ -185,7 +187,6 @@ mod el2 {
                 fatal(format_args!("protecting KCore memory {start:#x}..{end:#x}: {e:?}"));
             }
         }
-        let kc = KCORE.call_once(|| kc);
         log::info!(
             "memory: KCore {:#x}..{:#x} (image) and {:#x}..{:#x} (metadata {} KiB, tables {} KiB); host RAM {:#x}..{:#x}",
             plan.kcore_low.0,

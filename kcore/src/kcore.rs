@@ -99,6 +99,18 @@ impl<M: Machine> KCore<M> {
     /// host-owned), and the host stage-2 root taken from `pool`. The pool must lie in
     /// KCore-owned memory.
     pub fn new(m: M, mb: MemBlocks, meta_base: u64, pool: PagePool, ipa_bits: u32) -> Result<Self> {
+        Self::new_with_key(m, mb, meta_base, pool, ipa_bits, [0; 32])
+    }
+
+    /// [`KCore::new`] with the Ed25519 key VM images must be signed with.
+    pub fn new_with_key(
+        m: M,
+        mb: MemBlocks,
+        meta_base: u64,
+        pool: PagePool,
+        ipa_bits: u32,
+        vm_key: [u8; 32],
+    ) -> Result<Self> {
         let meta_len = align_up(meta_bytes(mb.total_pages()), PAGE_SIZE);
         for page in (0..meta_len).step_by(PAGE_SIZE as usize) {
             m.zero_page(meta_base + page);
@@ -106,16 +118,7 @@ impl<M: Machine> KCore<M> {
         let host = S2Table::new(HOST_VMID, ipa_bits, pool);
         let vms = core::array::from_fn(|i| S2Table::new(i as u16 + 1, ipa_bits, PagePool::new(0, 0)));
         let vminfo = core::array::from_fn(|_| VmInfo::default());
-        let k = KCore {
-            m,
-            locks: Locks::new(),
-            mb,
-            meta: PageMeta { base: meta_base },
-            host,
-            vms,
-            vminfo,
-            vm_key: [0; 32],
-        };
+        let k = KCore { m, locks: Locks::new(), mb, meta: PageMeta { base: meta_base }, host, vms, vminfo, vm_key };
         k.host.init_root(&k.m, &k.locks)?;
         Ok(k)
     }

@@ -1,0 +1,208 @@
+//! The bare-metal test host: KCore boots it at EL1 in place of Linux. It drives KCore's host
+//! hypercalls through real `HVC`s and checks the answers and the isolation KCore enforces.
+//! Verdict through semihosting: exit status 0 = all passed, otherwise the number of the
+//! failed check (tens digit = scenario).
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("the test host only builds for aarch64-unknown-none-softfloat (tests/baremetal.sh)");
+}
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod el1 {
+    use core::arch::asm;
+    use core::sync::atomic::{AtomicU64, Ordering};
+    use kcore::abi;
+
+    core::arch::global_asm!(include_str!("entry.S"));
+
+    /// Written by the EL1 vector: [synchronous exceptions taken, last ESR_EL1, last FAR_EL1].
+    #[unsafe(no_mangle)]
+    static TESTHOST_FAULTS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+    const GUEST_IMG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.img"));
+    const GUEST_SIG: &[u8; 64] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.sig"));
+    /// Where the guest image was signed to be loaded.
+    const LOAD_IPA: u64 = 0x8000_0000;
+    const UART: u64 = 0x0900_0000;
+    /// The test host's scratch RAM (inside the host's part of RAM on QEMU virt, 1 GiB).
+    const SCRATCH: u64 = 0x4200_0000;
+    /// KCore's image: the test host must never be able to touch it.
+    const KCORE_PFN: u64 = 0x40200;
+
+    fn page(i: u64) -> u64 {
+        SCRATCH + i * 4096
+    }
+    fn pfn(pa: u64) -> u64 {
+        pa >> 12
+    }
+
+    fn hvc(id: u32, a: [u64; 4]) -> [u64; 4] {
+        let r: [u64; 4];
+        // SAFETY: HVC #0 enters KCore, which follows SMCCC: only x0..x3 carry results and
+        // KCore preserves every other register (x4..x17 are declared clobbered anyway).
+        unsafe {
+            let (r0, r1, r2, r3);
+            asm!("hvc #0",
+                inlateout("x0") id as u64 => r0, inlateout("x1") a[0] => r1,
+                inlateout("x2") a[1] => r2, inlateout("x3") a[2] => r3, inlateout("x4") a[3] => _,
+                lateout("x5") _, lateout("x6") _, lateout("x7") _, options(nostack));
+            r = [r0, r1, r2, r3];
+        }
+        r
+    }
+
+    fn status(r: [u64; 4]) -> i64 {
+        r[0] as i64
+    }
+
+    fn read(pa: u64) -> u64 {
+        // SAFETY: a single aligned load from RAM or from a page KCore may refuse; a refused
+        // load becomes an external abort that the EL1 vector counts and skips.
+        unsafe { core::ptr::read_volatile(pa as *const u64) }
+    }
+
+    fn write(pa: u64, v: u64) {
+        // SAFETY: as for `read`, a single aligned store.
+        unsafe { core::ptr::write_volatile(pa as *mut u64, v) }
+    }
+
+    fn fill(pa: u64, bytes: &[u8]) {
+        for (i, chunk) in bytes.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            write(pa + 8 * i as u64, u64::from_le_bytes(w));
+        }
+    }
+
+    fn faults() -> u64 {
+        TESTHOST_FAULTS[0].load(Ordering::SeqCst)
+    }
+
+    fn print(s: &str) {
+        for b in s.bytes() {
+            // SAFETY: the PL011 data register of QEMU virt; the host owns the console.
+            unsafe { core::ptr::write_volatile(UART as *mut u32, b as u32) };
+        }
+    }
+
+    fn exit(code: u64) -> ! {
+        let block = [0x20026u64, code];
+        // SAFETY: semihosting SYS_EXIT; QEMU reads the parameter block and stops.
+        unsafe { asm!("hlt #0xf000", in("x0") 0x18u64, in("x1") block.as_ptr(), options(nostack)) };
+        loop {
+            core::hint::spin_loop();
+        }
+    }
+
+    fn check(ok: bool, code: u64) {
+        if !ok {
+            print("TESTHOST: check failed\n");
+            exit(code);
+        }
+    }
+
+    /// A VM with root page `root`, table pool `tables`, the guest image in pages `img..img+2`
+    /// and the signature `sig` in page `sigp`. Returns the vmid.
+    fn load_vm(root: u64, tables: u64, img: u64, sigp: u64, sig: &[u8; 64], code: u64) -> u64 {
+        let r = hvc(abi::REGISTER_VM, [pfn(root), 0, 0, 0]);
+        check(status(r) == 0, code + 1);
+        let vmid = r[1];
+        for i in 0..8 {
+            check(status(hvc(abi::DONATE_PAGE, [vmid, pfn(tables) + i, 0, 0])) == 0, code + 2);
+        }
+        fill(sigp, sig);
+        fill(img, GUEST_IMG);
+        let r = hvc(abi::SET_BOOT_INFO, [vmid, LOAD_IPA, GUEST_IMG.len() as u64, pfn(sigp)]);
+        check(status(r) == 0 && r[1] == 0, code + 3);
+        for i in 0..3 {
+            check(status(hvc(abi::MAP_IMAGE_PAGE, [vmid, 0, i, pfn(img) + i])) == 0, code + 4);
+        }
+        vmid
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn testhost_main() -> ! {
+        print("TESTHOST: start\n");
+
+        // 1x: discovery.
+        let r = hvc(abi::KCORE_VERSION, [0; 4]);
+        check(status(r) == 0 && r[1] == 2 && r[2] & 3 == 3, 11);
+
+        // 2x: a VM from a correctly signed image.
+        let vm1 = load_vm(page(0), page(1), page(16), page(32), GUEST_SIG, 20);
+        check(vm1 == 1, 25);
+        check(status(hvc(abi::REGISTER_VCPU, [vm1, 0, 0, 0])) == 0, 26);
+        check(status(hvc(abi::REGISTER_VCPU, [vm1, 0, 0, 0])) == abi::EXISTS, 27);
+        check(status(hvc(abi::VERIFY_VM, [vm1, 0, 0, 0])) == 0, 28);
+        let r = hvc(abi::VM_STATE, [vm1, 0, 0, 0]);
+        check(status(r) == 0 && r[1] == 2 && r[2] == 1, 29);
+
+        // 3x: the VM's pages and KCore's are out of the host's reach; the host keeps running.
+        let before = faults();
+        let _ = read(page(16));
+        check(faults() == before + 1, 31);
+        let esr = TESTHOST_FAULTS[1].load(Ordering::SeqCst);
+        check(esr >> 26 == 0x25 && esr & 0x3f == 0x10, 32);
+        check(TESTHOST_FAULTS[2].load(Ordering::SeqCst) == page(16), 33);
+        write(page(17) + 8, 0xdead);
+        check(faults() == before + 2, 34);
+        let _ = read(page(0)); // the VM's stage-2 root
+        let _ = read(page(1)); // a page-table page
+        let _ = read(KCORE_PFN << 12);
+        check(faults() == before + 5, 35);
+        let _ = read(page(40)); // still its own memory
+        check(faults() == before + 5, 36);
+
+        // 4x: a signature that does not match is refused, for good.
+        let mut bad = *GUEST_SIG;
+        bad[17] ^= 4;
+        let vm2 = load_vm(page(64), page(65), page(80), page(96), &bad, 40);
+        check(vm2 == 2, 45);
+        check(status(hvc(abi::VERIFY_VM, [vm2, 0, 0, 0])) == abi::BAD_SIGNATURE, 46);
+        check(hvc(abi::VM_STATE, [vm2, 0, 0, 0])[1] == 4, 47);
+        check(status(hvc(abi::VERIFY_VM, [vm2, 0, 0, 0])) == abi::BAD_STATE, 48);
+        check(status(hvc(abi::REGISTER_VCPU, [vm2, 1, 0, 0])) == abi::BAD_STATE, 49);
+
+        // 5x: destroy scrubs: the host gets every page back, zeroed; the vmid is reused.
+        check(status(hvc(abi::DESTROY_VM, [vm1, 0, 0, 0])) == 0, 51);
+        let before = faults();
+        let mut nonzero = 0;
+        for p in [0u64, 1, 2, 3, 4, 5, 6, 7, 8, 16, 17, 18] {
+            for w in 0..512 {
+                nonzero |= read(page(p) + 8 * w);
+            }
+        }
+        check(faults() == before, 52);
+        check(nonzero == 0, 53);
+        check(hvc(abi::VM_STATE, [vm1, 0, 0, 0])[1] == 0, 54);
+        let r = hvc(abi::REGISTER_VM, [pfn(page(0)), 0, 0, 0]);
+        check(status(r) == 0 && r[1] == vm1, 55);
+        check(status(hvc(abi::DESTROY_VM, [vm1, 0, 0, 0])) == 0, 56);
+
+        // 6x: malformed and out-of-order requests get errors.
+        check(status(hvc(abi::REGISTER_VCPU, [0, 0, 0, 0])) == abi::INVALID_PARAMETER, 61);
+        check(status(hvc(abi::REGISTER_VCPU, [64, 0, 0, 0])) == abi::INVALID_PARAMETER, 62);
+        check(status(hvc(abi::REGISTER_VCPU, [vm1, 0, 0, 0])) == abi::BAD_STATE, 63);
+        check(status(hvc(abi::SET_BOOT_INFO, [u64::MAX, LOAD_IPA, 1, pfn(page(32))])) == abi::INVALID_PARAMETER, 64);
+        check(status(hvc(abi::DONATE_PAGE, [0, KCORE_PFN, 0, 0])) == abi::DENIED, 65);
+        check(status(hvc(abi::REGISTER_VM, [KCORE_PFN, 0, 0, 0])) == abi::DENIED, 66);
+        check(status(hvc(abi::DESTROY_VM, [5, 0, 0, 0])) == abi::BAD_STATE, 67);
+        check(status(hvc(abi::MAP_IMAGE_PAGE, [vm2, 0, 0, pfn(page(120))])) == abi::BAD_STATE, 68);
+        check(status(hvc(0xC600_00FF, [1, 2, 3, 4])) == abi::NOT_SUPPORTED, 69);
+        check(status(hvc(abi::DESTROY_VM, [vm2, 0, 0, 0])) == 0, 70);
+
+        print("TESTHOST: all passed\n");
+        exit(0)
+    }
+
+    #[panic_handler]
+    fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+        print("TESTHOST: panic\n");
+        exit(99)
+    }
+}
