@@ -98,6 +98,7 @@ fn refine(ops: &[Op]) -> Result<(), TestCaseError> {
         prop_assert_eq!(&abs.vm_maps, &next.vm_maps, "VM maps after step {}: {:?}", step, op);
         prop_assert_eq!(&abs.vm_tables, &next.vm_tables);
         prop_assert_eq!(&abs.vm_split, &next.vm_split, "VM tables after step {}: {:?}", step, op);
+        prop_assert_eq!(&abs.vm_table_pages, &next.vm_table_pages, "VM table pages after step {}: {:?}", step, op);
         for &p in &abs.host_mapped {
             prop_assert!(next.host_may_map(p), "host maps {:#x} after step {}: {:?}", p, step, op);
         }

@@ -32,9 +32,10 @@ pub struct AbsMem {
     pub host_mapped: BTreeSet<Pfn>,
     /// VMs with a stage-2 table.
     pub vm_tables: BTreeSet<u16>,
-    /// Pool pages each table's owner can still take a root from (roots only; the refinement
-    /// keeps pools large enough that intermediate tables never run out).
+    /// Pool pages left for each VM's tables (root and intermediate tables come from it).
     pub pools: BTreeMap<u16, u64>,
+    /// Per VM, its tables below the root as (level, first IPA they translate).
+    pub vm_table_pages: BTreeSet<(u16, u8, u64)>,
     /// Per VM and gfn, what its stage-2 maps there.
     pub vm_maps: BTreeMap<(u16, u64), AbsLeaf>,
     /// Per VM, the 2 MiB gfn blocks that hold a level-3 table (tables are never freed, so a
@@ -106,7 +107,23 @@ impl AbsMem {
         let blocked = level == 2
             && (self.vm_split.contains(&(vmid, block))
                 || (gfn..gfn + CHUNK_PAGES).any(|g| self.vm_maps.contains_key(&(vmid, g))));
-        if mapped || blocked { Err(Error::Exists) } else { Ok(()) }
+        if mapped || blocked {
+            return Err(Error::Exists);
+        }
+        if self.missing_tables(vmid, gfn << PAGE_SHIFT, level).len() as u64
+            > self.pools.get(&vmid).copied().unwrap_or(0)
+        {
+            return Err(Error::NoMemory);
+        }
+        Ok(())
+    }
+
+    /// The tables (level 1..=`level`) a leaf at `ipa` needs that VM `vmid` does not have yet.
+    fn missing_tables(&self, vmid: u16, ipa: u64, level: u8) -> Vec<(u16, u8, u64)> {
+        (1..=level)
+            .map(|l| (vmid, l, ipa & !((1u64 << (12 + 9 * (4 - l as u32))) - 1)))
+            .filter(|t| !self.vm_table_pages.contains(t))
+            .collect()
     }
 
     fn check_assign(&self, vmid: u16, gfn: u64, pfn: Pfn) -> Result<()> {
@@ -128,6 +145,10 @@ impl AbsMem {
     }
 
     fn map(&mut self, vmid: u16, gfn: u64, pfn: Pfn, level: u8, device: bool) {
+        for t in self.missing_tables(vmid, gfn << PAGE_SHIFT, level) {
+            self.vm_table_pages.insert(t);
+            *self.pools.get_mut(&vmid).expect("checked") -= 1;
+        }
         for i in 0..pages_at(level) {
             self.vm_maps.insert((vmid, gfn + i), AbsLeaf { pfn: pfn + i, level, device });
         }
@@ -356,6 +377,7 @@ pub fn abstraction<M: Machine>(k: &KCore<M>, pools: &BTreeMap<u16, u64>) -> AbsM
     let mut vm_tables = BTreeSet::new();
     let mut vm_maps = BTreeMap::new();
     let mut vm_split = BTreeSet::new();
+    let mut vm_table_pages = BTreeSet::new();
     for t in k.vms.iter() {
         let Some(npt) = t.npt() else { continue };
         vm_tables.insert(t.vmid);
@@ -369,7 +391,19 @@ pub fn abstraction<M: Machine>(k: &KCore<M>, pools: &BTreeMap<u16, u64>) -> AbsM
             if level == 3 {
                 vm_split.insert((t.vmid, ipa >> (PAGE_SHIFT + 9)));
             }
+            if level >= 1 {
+                vm_table_pages.insert((t.vmid, level, ipa));
+            }
         });
     }
-    AbsMem { ia_bits: k.host.ia_bits, pages, host_mapped, vm_tables, pools: pools.clone(), vm_maps, vm_split }
+    AbsMem {
+        ia_bits: k.host.ia_bits,
+        pages,
+        host_mapped,
+        vm_tables,
+        pools: pools.clone(),
+        vm_maps,
+        vm_split,
+        vm_table_pages,
+    }
 }

@@ -11,7 +11,9 @@
 //! | 6-8 | [`npt`]: leaves and present tables of one translation table |
 //! | 13-15 | [`pages`]: RAM as a set of pfns, records as a map pfn -> record |
 //! | 16-17 | [`mem`]: owners, counts, gfns, host and VM maps, and every transition |
+//! | 18-21 | [`boot`]: the VM and vCPU state machines and boot images |
 
+pub mod boot;
 pub mod locks;
 pub mod mem;
 pub mod npt;
