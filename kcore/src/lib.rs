@@ -29,6 +29,7 @@ pub mod psci;
 #[cfg(not(target_os = "none"))]
 pub mod spec;
 pub mod trap;
+pub mod vcpu;
 pub mod vm;
 
 pub use error::Error;

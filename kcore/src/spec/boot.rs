@@ -122,6 +122,12 @@ impl AbsBoot {
                 if vm.vcpus[vcpu as usize] != VcpuState::Unused {
                     return Err(Error::Exists);
                 }
+                // Its context page comes from the VM's pool (and goes back on destroy).
+                let pool = self.mem.pools.entry(v).or_default();
+                if *pool == 0 {
+                    return Err(Error::NoMemory);
+                }
+                *pool -= 1;
                 vm.vcpus[vcpu as usize] = VcpuState::Ready;
                 self.vms.insert(v, vm);
                 Ok(0)

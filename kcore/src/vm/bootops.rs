@@ -44,6 +44,16 @@ impl<M: Machine> KCore<M> {
         if info.vcpu(vcpuid as usize) != VcpuState::Unused {
             return Err(Error::Exists);
         }
+        // The vCPU's registers live in a KCore page from the VM's (donated) pool.
+        let mem = self.mem();
+        let table = mem.table(vmid)?;
+        let page = {
+            let _pt = self.locks.acquire(crate::locks::LockId::Pt(vmid), self.m.cpu_index());
+            table.pool.alloc(&self.m)?
+        };
+        let ctx = crate::vcpu::vcpuopsaux::VcpuPage { pa: page };
+        ctx.set(&self.m, crate::vcpu::slot::FLAGS, crate::vcpu::flags::FIRST_RUN);
+        info.set_vcpu_page(vcpuid as usize, page);
         info.set_vcpu(vcpuid as usize, VcpuState::Ready);
         Ok(())
     }
@@ -162,6 +172,14 @@ impl<M: Machine> KCore<M> {
             }
         }
         let s2 = mem.lock_s2page();
+        let info = &self.vminfo[vmid as usize - 1];
+        for v in 0..MAX_VCPUS {
+            let pa = info.vcpu_page(v);
+            if pa != 0 {
+                self.m.zero_page(pa);
+                self.meta.set(&self.m, &self.mb, pa >> PAGE_SHIFT, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
+            }
+        }
         let table = mem.table(vmid).expect("valid vmid");
         table.release(&self.m, &self.locks, |pa| {
             self.m.zero_page(pa);

@@ -105,6 +105,7 @@ impl Image {
 pub struct VmInfo {
     state: AtomicU8,
     vcpus: [AtomicU8; MAX_VCPUS],
+    vcpu_pages: [AtomicU64; MAX_VCPUS],
     image_count: AtomicU8,
     images: [ImageSlot; MAX_IMAGES],
 }
@@ -123,6 +124,13 @@ impl VmInfo {
     }
     pub(crate) fn set_vcpu(&self, i: usize, s: VcpuState) {
         self.vcpus[i].store(s as u8, Relaxed);
+    }
+    /// Physical address of vCPU `i`'s context page (0 if not registered).
+    pub fn vcpu_page(&self, i: usize) -> u64 {
+        self.vcpu_pages[i].load(Relaxed)
+    }
+    pub(crate) fn set_vcpu_page(&self, i: usize, pa: u64) {
+        self.vcpu_pages[i].store(pa, Relaxed);
     }
     /// Number of images.
     pub fn image_count(&self) -> usize {
@@ -161,6 +169,9 @@ impl VmInfo {
     pub(crate) fn clear(&self) {
         for v in &self.vcpus {
             v.store(0, Relaxed);
+        }
+        for p in &self.vcpu_pages {
+            p.store(0, Relaxed);
         }
         self.image_count.store(0, Relaxed);
         self.set_state(VmState::Unused);

@@ -1,0 +1,81 @@
+//! Layers 27-29: a vCPU's state, held only in KCore.
+//!
+//! Each vCPU's registers live in one KCore-owned page taken from its VM's table pool when the
+//! vCPU is registered (so the invariants cover it, and destroy scrubs and returns it). The
+//! host never sees it; on each exit KCore discloses only what that exit needs
+//! ([`vcpuops::Exit`]).
+
+pub mod vcpuops;
+pub mod vcpuopsaux;
+
+/// Word offsets in a vCPU context page.
+pub mod slot {
+    /// x0..x30 at 0..=30.
+    pub const X0: u64 = 0;
+    /// SP_EL0.
+    pub const SP_EL0: u64 = 31;
+    /// PC (ELR_EL2 on exit).
+    pub const PC: u64 = 32;
+    /// PSTATE (SPSR_EL2 on exit).
+    pub const PSTATE: u64 = 33;
+    /// First EL1 system register; see [`super::EL1_SYSREGS`] for the order.
+    pub const SYSREGS: u64 = 34;
+    /// Run state flags ([`super::flags`]).
+    pub const FLAGS: u64 = 60;
+    /// ESR_EL2 of the last exit.
+    pub const EXIT_ESR: u64 = 61;
+    /// Faulting IPA of the last exit (from HPFAR_EL2 and FAR_EL2).
+    pub const EXIT_IPA: u64 = 62;
+    /// Words in use.
+    pub const WORDS: u64 = 64;
+}
+
+/// The EL1 system registers KCore saves and restores for a guest, in page order from
+/// [`slot::SYSREGS`] (names as the assembler knows them).
+pub const EL1_SYSREGS: [&str; 25] = [
+    "sp_el1",
+    "elr_el1",
+    "spsr_el1",
+    "sctlr_el1",
+    "ttbr0_el1",
+    "ttbr1_el1",
+    "tcr_el1",
+    "mair_el1",
+    "amair_el1",
+    "vbar_el1",
+    "contextidr_el1",
+    "tpidr_el0",
+    "tpidr_el1",
+    "tpidrro_el0",
+    "cpacr_el1",
+    "esr_el1",
+    "far_el1",
+    "afsr0_el1",
+    "afsr1_el1",
+    "par_el1",
+    "cntkctl_el1",
+    "csselr_el1",
+    "mdscr_el1",
+    "cntv_ctl_el0",
+    "cntv_cval_el0",
+];
+
+/// Index of SCTLR_EL1 in [`EL1_SYSREGS`].
+pub const SYSREG_SCTLR: u64 = 3;
+
+/// Flag bits in [`slot::FLAGS`].
+pub mod flags {
+    /// The vCPU has never run: reset it on the first run.
+    pub const FIRST_RUN: u64 = 1 << 0;
+    /// The last exit was an MMIO read: the next run supplies the value.
+    pub const MMIO_READ_PENDING: u64 = 1 << 1;
+    /// The last exit was a stage-2 fault on RAM the host must back.
+    pub const PAGE_FAULT_PENDING: u64 = 1 << 2;
+    /// Destination register (bits 8..=12), access size log2 (bits 16..=17), sign-extend (bit
+    /// 20) of a pending MMIO read.
+    pub const MMIO_RT_SHIFT: u32 = 8;
+    /// See [`MMIO_RT_SHIFT`].
+    pub const MMIO_SIZE_SHIFT: u32 = 16;
+    /// See [`MMIO_RT_SHIFT`].
+    pub const MMIO_SIGN: u64 = 1 << 20;
+}

@@ -1,0 +1,212 @@
+//! Layer 28 (VCPUOps): running a vCPU and deciding each exit. KCore handles what it can
+//! itself (PSCI queries, unknown calls, exception injection) and otherwise returns to the host
+//! with only what that exit needs: an MMIO write discloses the written value, an MMIO read
+//! discloses nothing and later takes exactly one value from the host, a stage-2 fault on
+//! guest RAM discloses the faulting page address.
+
+use super::vcpuopsaux::{MmioAccess, VcpuPage, decode_mmio, mmio_read_value, pending_read_flags};
+use super::{flags, slot};
+use crate::arch::{self, ec};
+use crate::error::{Error, Result};
+use crate::kcore::KCore;
+use crate::machine::Machine;
+use crate::psci;
+use crate::vm::vmpower::check_vmid;
+use crate::vm::{MAX_VCPUS, VcpuState, VmState};
+use crate::{PAGE_SHIFT, Pfn};
+
+/// Guest IPAs below this are device (MMIO) space; RAM lies above (the QEMU `virt` layout,
+/// which SeKVM fixed too; a per-VM layout is future work).
+pub const GUEST_MMIO_LIMIT: u64 = 1 << 30;
+
+/// Why a vCPU stopped running, as the host learns it (ABI: x1 = reason, x2..x4 = details).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// MMIO access at `ipa`; for a write, the value written (nothing else of the guest).
+    Mmio { ipa: u64, write: bool, size_log2: u64, value: u64 },
+    /// The guest touched RAM at `ipa` that has no page yet: back it with MAP_VM_PAGE.
+    PageFault { ipa: u64 },
+    /// The guest waits for an interrupt.
+    Wfi,
+    /// A physical interrupt arrived for the host.
+    Irq,
+    /// The guest powered itself off (PSCI SYSTEM_OFF or SYSTEM_RESET).
+    Shutdown,
+}
+
+impl Exit {
+    /// x1..x4 of VCPU_RUN's result.
+    pub fn encode(&self) -> [u64; 4] {
+        match *self {
+            Exit::Mmio { ipa, write, size_log2, value } => [1, ipa, (size_log2 << 1) | write as u64, value],
+            Exit::PageFault { ipa } => [2, ipa, 0, 0],
+            Exit::Wfi => [3, 0, 0, 0],
+            Exit::Irq => [4, 0, 0, 0],
+            Exit::Shutdown => [5, 0, 0, 0],
+        }
+    }
+}
+
+/// What to do after a guest trap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Return to the guest (its registers in the context page may have changed).
+    Resume,
+    /// Inject an Undefined Instruction exception into the guest, then resume.
+    InjectUndef,
+    /// Inject a synchronous external abort into the guest, then resume.
+    InjectAbort,
+    /// Stop running the guest and tell the host.
+    ToHost(Exit),
+}
+
+/// A guest trap as the vectors saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trap {
+    /// Synchronous exception with ESR, FAR and HPFAR.
+    Sync { esr: u64, far: u64, hpfar: u64 },
+    /// A physical IRQ or FIQ (routed to EL2 while a guest runs).
+    Interrupt,
+}
+
+impl<M: Machine> KCore<M> {
+    fn vcpu_args(&self, vmid: u64, vcpu: u64) -> Result<(u16, usize)> {
+        let vmid = check_vmid(vmid)?;
+        if vcpu >= MAX_VCPUS as u64 {
+            return Err(Error::InvalidParameter);
+        }
+        Ok((vmid, vcpu as usize))
+    }
+
+    /// The context page of a registered vCPU.
+    pub fn vcpu_page(&self, vmid: u16, vcpu: usize) -> VcpuPage {
+        VcpuPage { pa: self.vminfo[vmid as usize - 1].vcpu_page(vcpu) }
+    }
+
+    /// `set_vcpu_active` + `restore_shadow_kvm_regs`: get vCPU `vcpu` of a verified VM ready to
+    /// run on this CPU: first-run reset (entry = the first image's load address, inside a
+    /// verified image), or completion of a pending MMIO read with `mmio_value` (the one value
+    /// the host may give the guest). Marks it active: a vCPU runs on one CPU at a time.
+    pub fn prepare_run(&self, vmid: u64, vcpu: u64, mmio_value: u64) -> Result<(u16, usize, VcpuPage)> {
+        let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        if info.state() != VmState::Verified {
+            return Err(Error::BadState);
+        }
+        if info.vcpu(vcpu) != VcpuState::Ready {
+            return Err(if info.vcpu(vcpu) == VcpuState::Active { Error::BadState } else { Error::NotFound });
+        }
+        let page = self.vcpu_page(vmid, vcpu);
+        let f = page.get(&self.m, slot::FLAGS);
+        if f & flags::FIRST_RUN != 0 {
+            page.reset(&self.m, info.image(0).load_ipa, 0);
+        } else if f & flags::MMIO_READ_PENDING != 0 {
+            let rt = (f >> flags::MMIO_RT_SHIFT) & 0x1f;
+            let size = (f >> flags::MMIO_SIZE_SHIFT) & 3;
+            page.set_x(&self.m, rt, mmio_read_value(mmio_value, size, f & flags::MMIO_SIGN != 0));
+            page.skip_instruction(&self.m);
+        }
+        page.set(&self.m, slot::FLAGS, 0);
+        info.set_vcpu(vcpu, VcpuState::Active);
+        Ok((vmid, vcpu, page))
+    }
+
+    /// The guest stopped running and KCore returns to the host: the vCPU may run again.
+    pub fn finish_run(&self, vmid: u16, vcpu: usize) {
+        let _vm = self.lock_vm(vmid);
+        self.vminfo[vmid as usize - 1].set_vcpu(vcpu, VcpuState::Ready);
+    }
+
+    /// `vm_exit_dispatcher`: decide a guest trap. The guest's x0..x30, PC and PSTATE are in
+    /// `page`; KCore may change them (PSCI answers, PC advance).
+    pub fn handle_vm_trap(&self, vmid: u16, page: &VcpuPage, trap: Trap) -> ExitAction {
+        let m = &self.m;
+        let Trap::Sync { esr, far, hpfar } = trap else { return ExitAction::ToHost(Exit::Irq) };
+        page.set(m, slot::EXIT_ESR, esr);
+        match arch::esr_ec(esr) {
+            ec::HVC64 => self.guest_hvc(vmid, page),
+            ec::SMC64 => {
+                page.skip_instruction(m);
+                page.set_x(m, 0, crate::abi::NOT_SUPPORTED as u64);
+                ExitAction::Resume
+            }
+            ec::WFX => {
+                page.skip_instruction(m);
+                ExitAction::ToHost(Exit::Wfi)
+            }
+            ec::DABT_LOW | ec::IABT_LOW => {
+                let ipa = arch::fault_ipa(hpfar, far);
+                page.set(m, slot::EXIT_IPA, ipa);
+                if !arch::is_translation_fault(esr) {
+                    return ExitAction::InjectAbort;
+                }
+                if ipa >= GUEST_MMIO_LIMIT {
+                    page.set(m, slot::FLAGS, flags::PAGE_FAULT_PENDING);
+                    return ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff });
+                }
+                match decode_mmio(esr) {
+                    Some(a) => self.mmio_exit(page, ipa, &a),
+                    None => ExitAction::InjectAbort,
+                }
+            }
+            _ => ExitAction::InjectUndef,
+        }
+    }
+
+    fn mmio_exit(&self, page: &VcpuPage, ipa: u64, a: &MmioAccess) -> ExitAction {
+        let m = &self.m;
+        if a.write {
+            let mask = if a.size_log2 == 3 { u64::MAX } else { (1u64 << (8 << a.size_log2)) - 1 };
+            let value = page.x(m, a.rt) & mask;
+            page.skip_instruction(m);
+            ExitAction::ToHost(Exit::Mmio { ipa, write: true, size_log2: a.size_log2, value })
+        } else {
+            page.set(m, slot::FLAGS, pending_read_flags(a));
+            ExitAction::ToHost(Exit::Mmio { ipa, write: false, size_log2: a.size_log2, value: 0 })
+        }
+    }
+
+    /// Guest hypercalls KCore answers itself (SMCCC over HVC; the PC already points past it).
+    fn guest_hvc(&self, vmid: u16, page: &VcpuPage) -> ExitAction {
+        let m = &self.m;
+        let id = page.x(m, 0) as u32;
+        let ret = |v: i64| {
+            page.set_x(m, 0, v as u64);
+            ExitAction::Resume
+        };
+        match id {
+            psci::PSCI_VERSION => ret(0x1_0001),
+            crate::abi::SMCCC_VERSION => ret(0x1_0001),
+            psci::PSCI_FEATURES => {
+                let f = page.x(m, 1) as u32;
+                let known = [psci::PSCI_VERSION, psci::PSCI_FEATURES, psci::SYSTEM_OFF, psci::SYSTEM_RESET];
+                ret(if known.contains(&f) { 0 } else { -1 })
+            }
+            psci::SYSTEM_OFF | psci::SYSTEM_RESET => {
+                let _ = self.set_vm_poweroff(vmid);
+                ExitAction::ToHost(Exit::Shutdown)
+            }
+            _ => ret(crate::abi::NOT_SUPPORTED),
+        }
+    }
+
+    /// MAP_VM_PAGE: back the page the vCPU's last exit faulted on (KCore's own record of the
+    /// address; the host only proposes the page) with host page `pfn`.
+    pub fn map_vm_page(&self, vmid: u64, vcpu: u64, pfn: Pfn) -> Result<()> {
+        let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        if info.state() != VmState::Verified || info.vcpu(vcpu) != VcpuState::Ready {
+            return Err(Error::BadState);
+        }
+        let page = self.vcpu_page(vmid, vcpu);
+        if page.get(&self.m, slot::FLAGS) & flags::PAGE_FAULT_PENDING == 0 {
+            return Err(Error::BadState);
+        }
+        let gfn = page.get(&self.m, slot::EXIT_IPA) >> PAGE_SHIFT;
+        self.mem().prot_and_map_vm(vmid, gfn, pfn, 3)?;
+        page.set(&self.m, slot::FLAGS, 0);
+        Ok(())
+    }
+}
