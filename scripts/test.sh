@@ -42,7 +42,7 @@ echo "== lint"
 lint_fail=0
 cargo fmt --all -- --check || lint_fail=1
 cargo clippy -q --workspace --all-targets -- -D warnings || lint_fail=1
-cargo clippy -q -p kcore-boot -p kcore --target aarch64-unknown-none-softfloat -- -D warnings || lint_fail=1
+cargo clippy -q -p kcore-boot -p kcore -p kcore-testhost --target aarch64-unknown-none-softfloat -- -D warnings || lint_fail=1
 tier lint $((1 - lint_fail)) $lint_fail
 
 echo "== host tests (cargo test -p kcore)"

@@ -192,3 +192,57 @@ trap_common:
     ldp     x0, x1, [sp, #0]
     add     sp, sp, #FRAME_SIZE
     eret
+
+// ---------------------------------------------------------------- world switch
+// kcore_guest_enter(x0 = vCPU context page) -> x0 = exit code. Saves KCore's callee-saved
+// registers on this CPU's stack and the stack pointer in KCORE_GUEST_SAVED_SP[cpu], loads the
+// guest's x0..x30 from the page and enters it (ELR_EL2, SPSR_EL2 and the EL1 state are set
+// by the caller).
+.section .text, "ax"
+.global kcore_guest_enter
+kcore_guest_enter:
+    stp     x19, x20, [sp, #-96]!
+    stp     x21, x22, [sp, #16]
+    stp     x23, x24, [sp, #32]
+    stp     x25, x26, [sp, #48]
+    stp     x27, x28, [sp, #64]
+    stp     x29, x30, [sp, #80]
+    mrs     x1, tpidr_el2
+    adrp    x2, KCORE_GUEST_SAVED_SP
+    add     x2, x2, :lo12:KCORE_GUEST_SAVED_SP
+    mov     x3, sp
+    str     x3, [x2, x1, lsl #3]
+    ldp     x2, x3, [x0, #16]
+    ldp     x4, x5, [x0, #32]
+    ldp     x6, x7, [x0, #48]
+    ldp     x8, x9, [x0, #64]
+    ldp     x10, x11, [x0, #80]
+    ldp     x12, x13, [x0, #96]
+    ldp     x14, x15, [x0, #112]
+    ldp     x16, x17, [x0, #128]
+    ldp     x18, x19, [x0, #144]
+    ldp     x20, x21, [x0, #160]
+    ldp     x22, x23, [x0, #176]
+    ldp     x24, x25, [x0, #192]
+    ldp     x26, x27, [x0, #208]
+    ldp     x28, x29, [x0, #224]
+    ldr     x30, [x0, #240]
+    ldp     x0, x1, [x0]
+    eret
+
+// kcore_guest_exit(x0 = code): abandon the guest-trap path and return `code` from this CPU's
+// kcore_guest_enter (the guest's registers were saved by the trap path).
+.global kcore_guest_exit
+kcore_guest_exit:
+    mrs     x1, tpidr_el2
+    adrp    x2, KCORE_GUEST_SAVED_SP
+    add     x2, x2, :lo12:KCORE_GUEST_SAVED_SP
+    ldr     x3, [x2, x1, lsl #3]
+    mov     sp, x3
+    ldp     x21, x22, [sp, #16]
+    ldp     x23, x24, [sp, #32]
+    ldp     x25, x26, [sp, #48]
+    ldp     x27, x28, [sp, #64]
+    ldp     x29, x30, [sp, #80]
+    ldp     x19, x20, [sp], #96
+    ret

@@ -34,6 +34,8 @@ mod platform;
 mod sysreg;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod trap;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod world;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod el2 {

@@ -36,6 +36,11 @@ extern "C" fn kcore_trap(slot: u64, frame: &mut TrapFrame) {
     if halted() {
         park();
     }
+    if (8..=11).contains(&slot) && crate::world::guest_running(crate::cpu::current_index()) {
+        let Some(k) = KCORE.get() else { fatal(format_args!("guest trap before KCore was set up")) };
+        crate::world::guest_trap(k, frame, slot);
+        return;
+    }
     match slot {
         SLOT_LOWER_A64_SYNC | SLOT_LOWER_A32_SYNC => {
             host_sync(frame);
@@ -67,8 +72,11 @@ fn host_sync(frame: &mut TrapFrame) {
         ec::HVC64 => {
             let mut x = [0u64; 8];
             x.copy_from_slice(&frame.x[..8]);
-            dispatcher::host_hvc(k, &mut x);
+            let call = dispatcher::host_hvc(k, &mut x);
             frame.x[..8].copy_from_slice(&x);
+            if let dispatcher::HostCall::Run { vmid, vcpu, page } = call {
+                crate::world::run_vcpu(k, frame, vmid, vcpu, page);
+            }
         }
         ec::SMC64 => {
             // A trapped SMC's ELR points at the SMC itself (Arm ARM D1.11.2): skip it.
@@ -94,8 +102,9 @@ fn host_sync(frame: &mut TrapFrame) {
     }
 }
 
-/// Deliver a synchronous exception with syndrome `esr_el1` to the host's EL1.
-fn inject(frame: &mut TrapFrame, esr_el1: u64, far: Option<u64>) {
+/// Deliver a synchronous exception with syndrome `esr_el1` to the EL1 whose state is loaded
+/// (the host's, or a guest's while it runs).
+pub fn inject(frame: &mut TrapFrame, esr_el1: u64, far: Option<u64>) {
     let vbar = VBAR_EL1.get();
     let sctlr = SCTLR_EL1.get();
     let Some(inj) = arch::inject_sync_el1(frame.elr, frame.spsr, esr_el1, vbar, sctlr) else {

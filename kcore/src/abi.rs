@@ -57,15 +57,24 @@ pub const DESTROY_VM: u32 = 0xC600_0007;
 /// x2 = bitmap of registered vCPUs.
 pub const VM_STATE: u32 = 0xC600_0008;
 
+/// Run vCPU x2 of VM x1 until it needs the host; x3 = the value of a pending MMIO read.
+/// Returns x1 = exit reason (1 MMIO: x2 IPA, x3 = size log2 << 1 | write, x4 = value written;
+/// 2 page fault: x2 = page IPA; 3 WFI; 4 host interrupt; 5 guest powered off).
+pub const VCPU_RUN: u32 = 0xC600_0009;
+/// Back the page vCPU x2 of VM x1 last faulted on with host page x3.
+pub const MAP_VM_PAGE: u32 = 0xC600_000A;
+
 /// ABI major version.
 pub const ABI_MAJOR: u64 = 0;
 /// ABI minor version.
-pub const ABI_MINOR: u64 = 2;
+pub const ABI_MINOR: u64 = 3;
 
 /// Feature bit: the host runs under a KCore-owned stage-2 table.
 pub const FEATURE_HOST_STAGE2: u64 = 1 << 0;
 /// Feature bit: VM lifecycle and image authentication calls (REGISTER_VM .. VM_STATE).
 pub const FEATURE_VM_LIFECYCLE: u64 = 1 << 1;
+/// Feature bit: running vCPUs (VCPU_RUN, MAP_VM_PAGE).
+pub const FEATURE_VCPU_RUN: u64 = 1 << 2;
 
 /// KCore's vendor-hypervisor UID, `1f0a7e78-2a96-46e6-8a0f-af2034a27b98`, as the four 32-bit
 /// words SMCCC returns in w0..w3 (bytes in UUID order, little-endian within each word).

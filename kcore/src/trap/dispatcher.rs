@@ -9,26 +9,46 @@ use crate::machine::Machine;
 use crate::vm::MAX_VCPUS;
 use crate::vm::vmpower::check_vmid;
 
+/// What the caller (the EL2 trap glue) must do after a host hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostCall {
+    /// Return to the host; `x` holds the results.
+    Done,
+    /// Switch to the guest: vCPU `vcpu` of VM `vmid` is prepared and marked active; when it
+    /// stops, call [`KCore::finish_run`] and report its exit.
+    Run { vmid: u16, vcpu: usize, page: u64 },
+}
+
 /// Handle a host `HVC #0`; `x` holds x0..x7 on entry and the results on return.
-pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) {
+pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
     let id = x[0] as u32;
+    if id == abi::VCPU_RUN {
+        return match k.prepare_run(x[1], x[2], x[3]) {
+            Ok((vmid, vcpu, page)) => HostCall::Run { vmid, vcpu, page: page.pa },
+            Err(e) => {
+                x[0] = e.code() as u64;
+                HostCall::Done
+            }
+        };
+    }
     let r: Result<Option<u64>> = match id {
         abi::KCORE_VERSION => {
             x[1] = (abi::ABI_MAJOR << 16) | abi::ABI_MINOR;
-            x[2] = abi::FEATURE_HOST_STAGE2 | abi::FEATURE_VM_LIFECYCLE;
+            x[2] = abi::FEATURE_HOST_STAGE2 | abi::FEATURE_VM_LIFECYCLE | abi::FEATURE_VCPU_RUN;
             Ok(None)
         }
         abi::VENDOR_HYP_CALL_UID => {
             for (r, w) in x.iter_mut().zip(abi::KCORE_UID) {
                 *r = w as u64;
             }
-            return;
+            return HostCall::Done;
         }
         abi::VENDOR_HYP_REVISION => {
             x[0] = abi::ABI_MAJOR;
             x[1] = abi::ABI_MINOR;
-            return;
+            return HostCall::Done;
         }
+        abi::MAP_VM_PAGE => k.map_vm_page(x[1], x[2], x[3]).map(|_| None),
         abi::DONATE_PAGE => donate(k, x[1], x[2]).map(|_| None),
         abi::REGISTER_VM => k.register_vm(x[1]).map(|v| Some(v as u64)),
         abi::REGISTER_VCPU => k.register_vcpu(x[1], x[2]).map(|_| None),
@@ -48,6 +68,7 @@ pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) {
         }
         Err(e) => x[0] = e.code() as u64,
     }
+    HostCall::Done
 }
 
 fn donate<M: Machine>(k: &KCore<M>, vmid: u64, pfn: u64) -> Result<()> {
@@ -81,7 +102,7 @@ mod tests {
         let k = kcore();
         let mut x = [abi::KCORE_VERSION as u64, 9, 9, 9, 0, 0, 0, 0];
         host_hvc(&k, &mut x);
-        assert_eq!(&x[..3], &[0, 2, abi::FEATURE_HOST_STAGE2 | abi::FEATURE_VM_LIFECYCLE]);
+        assert_eq!(&x[..3], &[0, 3, abi::FEATURE_HOST_STAGE2 | abi::FEATURE_VM_LIFECYCLE | abi::FEATURE_VCPU_RUN]);
     }
 
     #[test]
@@ -96,7 +117,7 @@ mod tests {
     #[test]
     fn every_other_id_is_not_supported() {
         let k = kcore();
-        for id in [0u64, 0xC600_0009, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x8600_0000] {
+        for id in [0u64, 0xC600_000B, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x8600_0000] {
             let mut x = [id, 1, 2, 3, 4, 5, 6, 7];
             host_hvc(&k, &mut x);
             assert_eq!(x[0] as i64, abi::NOT_SUPPORTED, "id {id:#x}");

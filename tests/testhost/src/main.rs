@@ -26,6 +26,8 @@ mod el1 {
 
     const GUEST_IMG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.img"));
     const GUEST_SIG: &[u8; 64] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.sig"));
+    const PROG_IMG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-prog.img"));
+    const PROG_SIG: &[u8; 64] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-prog.sig"));
     /// Where the guest image was signed to be loaded.
     const LOAD_IPA: u64 = 0x8000_0000;
     const UART: u64 = 0x0900_0000;
@@ -42,16 +44,21 @@ mod el1 {
     }
 
     fn hvc(id: u32, a: [u64; 4]) -> [u64; 4] {
-        let r: [u64; 4];
-        // SAFETY: HVC #0 enters KCore, which follows SMCCC: only x0..x3 carry results and
-        // KCore preserves every other register (x4..x17 are declared clobbered anyway).
+        let r = hvc5(id, a);
+        [r[0], r[1], r[2], r[3]]
+    }
+
+    fn hvc5(id: u32, a: [u64; 4]) -> [u64; 5] {
+        let r: [u64; 5];
+        // SAFETY: HVC #0 enters KCore, which follows SMCCC: x0..x4 carry results and KCore
+        // preserves every other register (x5..x17 are declared clobbered anyway).
         unsafe {
-            let (r0, r1, r2, r3);
+            let (r0, r1, r2, r3, r4);
             asm!("hvc #0",
                 inlateout("x0") id as u64 => r0, inlateout("x1") a[0] => r1,
-                inlateout("x2") a[1] => r2, inlateout("x3") a[2] => r3, inlateout("x4") a[3] => _,
+                inlateout("x2") a[1] => r2, inlateout("x3") a[2] => r3, inlateout("x4") a[3] => r4,
                 lateout("x5") _, lateout("x6") _, lateout("x7") _, options(nostack));
-            r = [r0, r1, r2, r3];
+            r = [r0, r1, r2, r3, r4];
         }
         r
     }
@@ -88,6 +95,17 @@ mod el1 {
             // SAFETY: the PL011 data register of QEMU virt; the host owns the console.
             unsafe { core::ptr::write_volatile(UART as *mut u32, b as u32) };
         }
+    }
+
+    fn print_hex(v: u64) {
+        let mut buf = [0u8; 18];
+        buf[0] = b'0';
+        buf[1] = b'x';
+        for i in 0..16 {
+            let d = ((v >> (60 - 4 * i)) & 0xf) as u8;
+            buf[2 + i] = if d < 10 { b'0' + d } else { b'a' + d - 10 };
+        }
+        print(core::str::from_utf8(&buf).unwrap_or("?"));
     }
 
     fn exit(code: u64) -> ! {
@@ -131,7 +149,7 @@ mod el1 {
 
         // 1x: discovery.
         let r = hvc(abi::KCORE_VERSION, [0; 4]);
-        check(status(r) == 0 && r[1] == 2 && r[2] & 3 == 3, 11);
+        check(status(r) == 0 && r[1] == 3 && r[2] & 7 == 7, 11);
 
         // 2x: a VM from a correctly signed image.
         let vm1 = load_vm(page(0), page(1), page(16), page(32), GUEST_SIG, 20);
@@ -196,8 +214,83 @@ mod el1 {
         check(status(hvc(0xC600_00FF, [1, 2, 3, 4])) == abi::NOT_SUPPORTED, 69);
         check(status(hvc(abi::DESTROY_VM, [vm2, 0, 0, 0])) == 0, 70);
 
+        run_guest();
+
         print("TESTHOST: all passed\n");
         exit(0)
+    }
+
+    /// 8x: a signed guest runs: the host serves its MMIO UART, backs its RAM on demand, and
+    /// sees nothing of it beyond what each exit needs.
+    fn run_guest() {
+        let root = page(128);
+        let r = hvc(abi::REGISTER_VM, [pfn(root), 0, 0, 0]);
+        check(status(r) == 0, 81);
+        let vm = r[1];
+        for i in 0..8 {
+            check(status(hvc(abi::DONATE_PAGE, [vm, pfn(page(129)) + i, 0, 0])) == 0, 82);
+        }
+        check(status(hvc(abi::REGISTER_VCPU, [vm, 0, 0, 0])) == 0, 82);
+        fill(page(140), PROG_SIG);
+        fill(page(141), PROG_IMG);
+        check(status(hvc(abi::SET_BOOT_INFO, [vm, LOAD_IPA, PROG_IMG.len() as u64, pfn(page(140))])) == 0, 83);
+        check(status(hvc(abi::MAP_IMAGE_PAGE, [vm, 0, 0, pfn(page(141))])) == 0, 83);
+        // Not verified yet: it must not run.
+        check(status(hvc(abi::VCPU_RUN, [vm, 0, 0, 0])) == abi::BAD_STATE, 84);
+        check(status(hvc(abi::VERIFY_VM, [vm, 0, 0, 0])) == 0, 84);
+
+        let mut console = [0u8; 64];
+        let mut len = 0;
+        let (mut faults_seen, mut wfis, mut mmio_value) = (0, 0, 0);
+        let data = page(150);
+        fill(data, &[0xaa; 8]); // the host's old contents of the page it will give
+        for _ in 0..200 {
+            let r = hvc5(abi::VCPU_RUN, [vm, 0, mmio_value, 0]);
+            check(r[0] == 0, 85);
+            mmio_value = 0;
+            match r[1] {
+                1 if r[2] == 0x0900_0000 && r[3] == 1 => {
+                    // A byte write: only the byte is disclosed.
+                    check(r[4] <= 0xff, 86);
+                    if len < console.len() {
+                        console[len] = r[4] as u8;
+                        len += 1;
+                    }
+                }
+                1 if r[2] == 0x0900_0018 && r[3] == 4 => mmio_value = 0x90, // a 32-bit read
+                2 => {
+                    check(r[2] == 0x8010_0000, 87);
+                    faults_seen += 1;
+                    check(status(hvc(abi::MAP_VM_PAGE, [vm, 0, pfn(data), 0])) == 0, 87);
+                }
+                3 => wfis += 1,
+                4 => {}
+                5 => break,
+                _ => {
+                    print("TESTHOST: unexpected exit ");
+                    for w in &r[1..] {
+                        print_hex(*w);
+                        print(" ");
+                    }
+                    print("\n");
+                    check(false, 88)
+                }
+            }
+        }
+        let text = core::str::from_utf8(&console[..len]).unwrap_or("");
+        print("TESTHOST: guest said: ");
+        print(text);
+        check(text == "GUEST-OK: running under KCore\nGUEST-DONE\n", 89);
+        check(faults_seen == 1 && wfis == 1, 90);
+        check(hvc(abi::VM_STATE, [vm, 0, 0, 0])[1] == 3, 91); // powered off
+        // The page it wrote its secret into is not the host's any more.
+        let before = faults();
+        let _ = read(data);
+        check(faults() == before + 1, 92);
+        check(status(hvc(abi::VCPU_RUN, [vm, 0, 0, 0])) == abi::BAD_STATE, 93);
+        check(status(hvc(abi::MAP_VM_PAGE, [vm, 0, pfn(page(151)), 0])) == abi::BAD_STATE, 94);
+        check(status(hvc(abi::DESTROY_VM, [vm, 0, 0, 0])) == 0, 95);
+        check(read(data) == 0 && faults() == before + 1, 96);
     }
 
     #[panic_handler]

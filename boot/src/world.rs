@@ -1,0 +1,217 @@
+//! Layer 29 (CtxtSwitch): the world switch between the host and a guest on one CPU.
+//!
+//! VCPU_RUN saves the host's EL1 state in KCore's per-CPU memory (never in host memory),
+//! loads the guest's from its context page, sets the guest's stage-2 (VTTBR with its vmid)
+//! and traps, and enters it. A guest trap comes back through the normal vectors: `kcore`
+//! decides it; KCore either resumes the guest or saves its EL1 state into the page, unwinds to
+//! the VCPU_RUN handler, restores the host and reports the exit. FP/SIMD: guests run with
+//! FP/SIMD trapped (CPTR_EL2.TFP) and get an Undefined Instruction if they use it, so the
+//! host's FP state is never exposed (lazy FP switching is future work).
+
+use crate::fatal::fatal;
+use crate::sysreg::{isb, read_sysreg, write_sysreg};
+use crate::trap::{TrapFrame, inject};
+use bitflags::bitflags;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use kcore::arch;
+use kcore::kcore::KCore;
+use kcore::locks::locks::MAX_CPUS;
+use kcore::machine::hw::Hardware;
+use kcore::vcpu::slot;
+use kcore::vcpu::vcpuops::{ExitAction, Trap};
+use kcore::vcpu::vcpuopsaux::VcpuPage;
+
+bitflags! {
+    /// HCR_EL2 while a guest runs (Arm ARM D17.2.48).
+    #[derive(Clone, Copy, Debug)]
+    struct GuestHcr: u64 {
+        const VM = 1 << 0;
+        const SWIO = 1 << 1;
+        const PTW = 1 << 2;
+        const FMO = 1 << 3;
+        const IMO = 1 << 4;
+        const AMO = 1 << 5;
+        const FB = 1 << 9;
+        const BSU_IS = 1 << 10;
+        const TWI = 1 << 13;
+        const TWE = 1 << 14;
+        const TSC = 1 << 19;
+        const TIDCP = 1 << 20;
+        const TACR = 1 << 21;
+        const TSW = 1 << 22;
+        const RW = 1 << 31;
+    }
+}
+
+/// KCore's stack pointer while a guest runs, per CPU (written by `kcore_guest_enter`).
+#[unsafe(no_mangle)]
+static KCORE_GUEST_SAVED_SP: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per CPU: (vmid + 1, vCPU, context page) of the running guest; vmid + 1 = 0 when none.
+static RUNNING: [[AtomicU64; 3]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 3] }; MAX_CPUS];
+/// Per CPU: the last exit, encoded for the host.
+static EXIT: [[AtomicU64; 4]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 4] }; MAX_CPUS];
+
+unsafe extern "C" {
+    fn kcore_guest_enter(page: u64) -> u64;
+    fn kcore_guest_exit(code: u64) -> !;
+}
+
+/// The EL1 registers switched between host and guest, in `kcore::vcpu::EL1_SYSREGS` order.
+macro_rules! for_each_el1_sysreg {
+    ($m:ident) => {
+        $m!(0, "sp_el1");
+        $m!(1, "elr_el1");
+        $m!(2, "spsr_el1");
+        $m!(3, "sctlr_el1");
+        $m!(4, "ttbr0_el1");
+        $m!(5, "ttbr1_el1");
+        $m!(6, "tcr_el1");
+        $m!(7, "mair_el1");
+        $m!(8, "amair_el1");
+        $m!(9, "vbar_el1");
+        $m!(10, "contextidr_el1");
+        $m!(11, "tpidr_el0");
+        $m!(12, "tpidr_el1");
+        $m!(13, "tpidrro_el0");
+        $m!(14, "cpacr_el1");
+        $m!(15, "esr_el1");
+        $m!(16, "far_el1");
+        $m!(17, "afsr0_el1");
+        $m!(18, "afsr1_el1");
+        $m!(19, "par_el1");
+        $m!(20, "cntkctl_el1");
+        $m!(21, "csselr_el1");
+        $m!(22, "mdscr_el1");
+        $m!(23, "cntv_ctl_el0");
+        $m!(24, "cntv_cval_el0");
+    };
+}
+
+/// Registers of one side's EL1 state: the 25 system registers, then SP_EL0.
+type El1State = [u64; 26];
+
+fn save_el1() -> El1State {
+    let mut s = [0u64; 26];
+    macro_rules! save {
+        ($i:expr, $r:literal) => {
+            s[$i] = read_sysreg!($r);
+        };
+    }
+    for_each_el1_sysreg!(save);
+    s[25] = read_sysreg!("sp_el0");
+    s
+}
+
+fn load_el1(s: &El1State) {
+    macro_rules! load {
+        ($i:expr, $r:literal) => {
+            write_sysreg!($r, s[$i]);
+        };
+    }
+    for_each_el1_sysreg!(load);
+    write_sysreg!("sp_el0", s[25]);
+}
+
+fn page_el1(k: &KCore<Hardware>, page: &VcpuPage) -> El1State {
+    let mut s = [0u64; 26];
+    for (i, v) in s.iter_mut().enumerate().take(25) {
+        *v = page.get(&k.m, slot::SYSREGS + i as u64);
+    }
+    s[25] = page.get(&k.m, slot::SP_EL0);
+    s
+}
+
+fn set_page_el1(k: &KCore<Hardware>, page: &VcpuPage, s: &El1State) {
+    for (i, v) in s.iter().enumerate().take(25) {
+        page.set(&k.m, slot::SYSREGS + i as u64, *v);
+    }
+    page.set(&k.m, slot::SP_EL0, s[25]);
+}
+
+/// Is a guest running on this CPU (are we in its trap path)?
+pub fn guest_running(cpu: usize) -> bool {
+    RUNNING[cpu][0].load(Relaxed) != 0
+}
+
+/// VCPU_RUN: run the prepared vCPU until it needs the host, then report its exit in `frame`.
+pub fn run_vcpu(k: &KCore<Hardware>, frame: &mut TrapFrame, vmid: u16, vcpu: usize, page_pa: u64) {
+    let cpu = crate::cpu::current_index();
+    let page = VcpuPage { pa: page_pa };
+    let Some(root) = k.vms[vmid as usize - 1].npt().map(|n| n.root) else {
+        fatal(format_args!("verified VM {vmid} has no stage-2 table"));
+    };
+    let host = save_el1();
+    load_el1(&page_el1(k, &page));
+    write_sysreg!("elr_el2", page.get(&k.m, slot::PC));
+    write_sysreg!("spsr_el2", page.get(&k.m, slot::PSTATE));
+    write_sysreg!("vttbr_el2", arch::vttbr_el2(root, vmid));
+    write_sysreg!("hcr_el2", GuestHcr::all().bits());
+    write_sysreg!("cptr_el2", 0x22ff | (1 << 10)); // TFP: FP/SIMD traps (not switched yet)
+    write_sysreg!("cnthctl_el2", 0b01); // counter readable, physical timer trapped
+    isb();
+    RUNNING[cpu][1].store(vcpu as u64, Relaxed);
+    RUNNING[cpu][2].store(page_pa, Relaxed);
+    RUNNING[cpu][0].store(vmid as u64 + 1, Relaxed);
+    // SAFETY: the context page is a KCore page holding the guest's registers; its EL1 state,
+    // stage-2 and traps are loaded above, and kcore_guest_exit returns here on this CPU's
+    // stack (KCORE_GUEST_SAVED_SP) with KCore's callee-saved registers restored.
+    unsafe { kcore_guest_enter(page_pa) };
+    RUNNING[cpu][0].store(0, Relaxed);
+    load_el1(&host);
+    let regs = crate::el2::EL2_REGS.get().expect("KCore set up");
+    crate::cpu::enable_host_stage2(regs);
+    write_sysreg!("cptr_el2", 0x22ff);
+    write_sysreg!("cnthctl_el2", 0b11);
+    isb();
+    k.finish_run(vmid, vcpu);
+    frame.x[0] = 0;
+    for (x, w) in frame.x[1..5].iter_mut().zip(&EXIT[cpu]) {
+        *x = w.load(Relaxed);
+    }
+}
+
+/// A trap while a guest runs on this CPU (vector `slot`, lower EL).
+pub fn guest_trap(k: &KCore<Hardware>, frame: &mut TrapFrame, slot: u64) {
+    let cpu = crate::cpu::current_index();
+    let vmid = (RUNNING[cpu][0].load(Relaxed) - 1) as u16;
+    let page = VcpuPage { pa: RUNNING[cpu][2].load(Relaxed) };
+    for (i, x) in frame.x.iter().enumerate() {
+        page.set(&k.m, slot::X0 + i as u64, *x);
+    }
+    page.set(&k.m, slot::PC, frame.elr);
+    page.set(&k.m, slot::PSTATE, frame.spsr);
+    let esr = read_sysreg!("esr_el2");
+    let trap = if slot == 8 {
+        Trap::Sync { esr, far: read_sysreg!("far_el2"), hpfar: read_sysreg!("hpfar_el2") }
+    } else {
+        Trap::Interrupt
+    };
+    let action = k.handle_vm_trap(vmid, &page, trap);
+    let reload = |frame: &mut TrapFrame| {
+        for (i, x) in frame.x.iter_mut().enumerate() {
+            *x = page.get(&k.m, slot::X0 + i as u64);
+        }
+        frame.elr = page.get(&k.m, slot::PC);
+        frame.spsr = page.get(&k.m, slot::PSTATE);
+    };
+    match action {
+        ExitAction::Resume => reload(frame),
+        ExitAction::InjectUndef => {
+            reload(frame);
+            inject(frame, arch::UNDEF_ESR, None);
+        }
+        ExitAction::InjectAbort => {
+            reload(frame);
+            inject(frame, arch::external_abort_esr(esr, frame.spsr), Some(read_sysreg!("far_el2")));
+        }
+        ExitAction::ToHost(exit) => {
+            for (i, w) in exit.encode().iter().enumerate() {
+                EXIT[cpu][i].store(*w, Relaxed);
+            }
+            set_page_el1(k, &page, &save_el1());
+            // SAFETY: a guest runs on this CPU, so kcore_guest_enter saved KCore's stack
+            // pointer and registers; everything of the guest is in its context page.
+            unsafe { kcore_guest_exit(1) }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+// A tiny guest for the bare-metal test host, loaded (and signed) at IPA 0x80000000, entered
+// at EL1 with the MMU off. On any failure it prints "GUEST-FAIL n" and powers off.
+.section .text
+.global _start
+_start:
+    mov     x20, #0x09000000        // the UART the test host emulates
+    // 1: PSCI_VERSION, answered by KCore itself.
+    mov     x28, #1
+    ldr     x0, =0x84000000
+    hvc     #0
+    ldr     x1, =0x10001
+    cmp     x0, x1
+    b.ne    fail
+    // 2: print through MMIO writes (each exits to the host with just the byte).
+    adr     x3, hello
+    bl      puts
+    // 3: an MMIO read, answered by the host (the UART flag register).
+    mov     x28, #3
+    ldr     w4, [x20, #0x18]
+    cmp     w4, #0x90
+    b.ne    fail
+    // 4: RAM outside the image: the first touch faults to the host, which backs it.
+    mov     x28, #4
+    mov     x5, #0x80100000
+    ldr     x6, =0x5ec2e7c0ffee
+    str     x6, [x5]
+    ldr     x7, [x5]
+    cmp     x6, x7
+    b.ne    fail
+    // 5: an unknown hypercall: NOT_SUPPORTED from KCore.
+    mov     x28, #5
+    ldr     x0, =0xC6001234
+    hvc     #0
+    cmn     x0, #1
+    b.ne    fail
+    // 6: wait for an interrupt (exits to the host, which resumes us).
+    wfi
+    adr     x3, done
+    bl      puts
+off:
+    ldr     x0, =0x84000008         // PSCI SYSTEM_OFF
+    hvc     #0
+1:  b       1b
+
+fail:
+    adr     x3, failed
+    bl      puts
+    add     w1, w28, #'0'
+    strb    w1, [x20]
+    mov     w1, #'\n'
+    strb    w1, [x20]
+    b       off
+
+// puts(x3 = string): one MMIO write per byte.
+puts:
+    ldrb    w1, [x3], #1
+    cbz     w1, 2f
+    strb    w1, [x20]
+    b       puts
+2:  ret
+
+hello:  .asciz "GUEST-OK: running under KCore\n"
+done:   .asciz "GUEST-DONE\n"
+failed: .asciz "GUEST-FAIL "
+.balign 8
+.ltorg
