@@ -64,6 +64,25 @@ pub const VCPU_RUN: u32 = 0xC600_0009;
 /// Back the page vCPU x2 of VM x1 last faulted on with host page x3.
 pub const MAP_VM_PAGE: u32 = 0xC600_000A;
 
+/// Guest calls (VM -> KCore), pKVM's KVM vendor-hypervisor service so pKVM guests work
+/// unchanged: the features bitmap (function numbers), answered in x0..x3.
+pub const GUEST_KVM_FEATURES: u32 = 0x8600_0000;
+/// Guest: protection granule in bytes (x1..x3 must be 0).
+pub const GUEST_HYP_MEMINFO: u32 = 0xC600_0002;
+/// Guest: share the granule at IPA x1 with the host.
+pub const GUEST_MEM_SHARE: u32 = 0xC600_0003;
+/// Guest: stop sharing the granule at IPA x1.
+pub const GUEST_MEM_UNSHARE: u32 = 0xC600_0004;
+/// Guest: declare the granule at IPA x1 MMIO (must lie in the guest's device space).
+pub const GUEST_MMIO_GUARD: u32 = 0xC600_0007;
+/// Guest, SeKVM's ABI: grant the host every mapped page of [x1, x1 + x2).
+pub const GUEST_SEKVM_GRANT: u32 = 0x0008_1000;
+/// Guest, SeKVM's ABI: revoke [x1, x1 + x2).
+pub const GUEST_SEKVM_REVOKE: u32 = 0x0008_2000;
+/// The UID guests see for the vendor-hypervisor service: KVM's
+/// (`28b46fb6-2ec5-11e9-a9ca-4b564d003a74`), since KCore speaks KVM's guest ABI.
+pub const GUEST_KVM_UID: [u32; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
+
 /// ABI major version.
 pub const ABI_MAJOR: u64 = 0;
 /// ABI minor version.

@@ -33,7 +33,56 @@ _start:
     hvc     #0
     cmn     x0, #1
     b.ne    fail
-    // 6: wait for an interrupt (exits to the host, which resumes us).
+    // 6: pKVM discovery: the KVM vendor-hypervisor UID and the protection granule.
+    mov     x28, #6
+    ldr     x0, =0x8600ff01
+    hvc     #0
+    ldr     x1, =0xb66fb428
+    cmp     x0, x1
+    b.ne    fail
+    ldr     x0, =0xC6000002
+    mov     x1, #0
+    mov     x2, #0
+    mov     x3, #0
+    hvc     #0
+    cmp     x0, #4096
+    b.ne    fail
+    // 7: share a page never touched (KCore has the host back it first, then the call is
+    //    re-issued); put a value there; sharing twice is refused; the host reads it (WFI 1).
+    mov     x28, #7
+    ldr     x0, =0xC6000003
+    mov     x1, #0x80200000
+    hvc     #0
+    cbnz    x0, fail
+    ldr     x6, =0x5a5a5a5a12345678
+    mov     x5, #0x80200000
+    str     x6, [x5]
+    ldr     x0, =0xC6000003
+    mov     x1, #0x80200000
+    hvc     #0
+    cmn     x0, #3
+    b.ne    fail
+    wfi
+    // 8: unshare: the host loses the page (WFI 2).
+    mov     x28, #8
+    ldr     x0, =0xC6000004
+    mov     x1, #0x80200000
+    hvc     #0
+    cbnz    x0, fail
+    wfi
+    // 9: SeKVM's grant and revoke over the page holding the secret.
+    mov     x28, #9
+    ldr     x0, =0x81000
+    mov     x1, #0x80100000
+    mov     x2, #4096
+    hvc     #0
+    cbnz    x0, fail
+    ldr     x0, =0x82000
+    mov     x1, #0x80100000
+    mov     x2, #4096
+    hvc     #0
+    cbnz    x0, fail
+    // 10: wait for an interrupt once more (WFI 3).
     wfi
     adr     x3, done
     bl      puts

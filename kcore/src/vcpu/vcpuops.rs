@@ -6,6 +6,7 @@
 
 use super::vcpuopsaux::{MmioAccess, VcpuPage, decode_mmio, mmio_read_value, pending_read_flags};
 use super::{flags, slot};
+use crate::abi;
 use crate::arch::{self, ec};
 use crate::error::{Error, Result};
 use crate::kcore::KCore;
@@ -187,7 +188,82 @@ impl<M: Machine> KCore<M> {
                 let _ = self.set_vm_poweroff(vmid);
                 ExitAction::ToHost(Exit::Shutdown)
             }
-            _ => ret(crate::abi::NOT_SUPPORTED),
+            abi::VENDOR_HYP_CALL_UID => {
+                for (i, w) in abi::GUEST_KVM_UID.iter().enumerate() {
+                    page.set_x(m, i as u64, *w as u64);
+                }
+                ExitAction::Resume
+            }
+            abi::GUEST_KVM_FEATURES => {
+                let fns = [0u32, 2, 3, 4, 7];
+                page.set_x(m, 0, fns.iter().fold(0, |b, f| b | 1 << f));
+                for r in 1..4 {
+                    page.set_x(m, r, 0);
+                }
+                ExitAction::Resume
+            }
+            abi::GUEST_HYP_MEMINFO => {
+                let zero = (1..4).all(|r| page.x(m, r) == 0);
+                ret(if zero { crate::PAGE_SIZE as i64 } else { abi::INVALID_PARAMETER })
+            }
+            abi::GUEST_MEM_SHARE | abi::GUEST_MEM_UNSHARE => {
+                let ipa = page.x(m, 1);
+                let up = id == abi::GUEST_MEM_SHARE;
+                self.guest_share(vmid, page, ipa, 1, up, true)
+            }
+            abi::GUEST_SEKVM_GRANT | abi::GUEST_SEKVM_REVOKE => {
+                let (ipa, size) = (page.x(m, 1), page.x(m, 2));
+                if size % crate::PAGE_SIZE != 0 {
+                    return ret(abi::INVALID_PARAMETER);
+                }
+                self.guest_share(vmid, page, ipa, size / crate::PAGE_SIZE, id == abi::GUEST_SEKVM_GRANT, false)
+            }
+            abi::GUEST_MMIO_GUARD => {
+                let ipa = page.x(m, 1);
+                ret(if ipa % crate::PAGE_SIZE == 0 && ipa < GUEST_MMIO_LIMIT { 0 } else { abi::INVALID_PARAMETER })
+            }
+            _ => ret(abi::NOT_SUPPORTED),
+        }
+    }
+
+    /// Share (`up`) or unshare `pages` guest pages from `ipa` with the host. pKVM's calls
+    /// (`exclusive`) share one page exactly once; SeKVM's grant/revoke count. A page the guest
+    /// has not touched yet is first faulted in through the host, and the call re-issued.
+    fn guest_share(&self, vmid: u16, page: &VcpuPage, ipa: u64, pages: u64, up: bool, exclusive: bool) -> ExitAction {
+        let m = &self.m;
+        let ret = |v: i64| {
+            page.set_x(m, 0, v as u64);
+            ExitAction::Resume
+        };
+        if ipa % crate::PAGE_SIZE != 0 || ipa < GUEST_MMIO_LIMIT || pages == 0 {
+            return ret(abi::INVALID_PARAMETER);
+        }
+        let mem = self.mem();
+        let Ok(t) = mem.vm(vmid) else { return ret(abi::INVALID_PARAMETER) };
+        let npt = t.expect_npt();
+        if exclusive {
+            match npt.walk(m, ipa) {
+                None if up => {
+                    // Not backed yet: let the host back it, then retry the HVC.
+                    page.set(m, slot::EXIT_IPA, ipa);
+                    page.set(m, slot::FLAGS, flags::PAGE_FAULT_PENDING);
+                    page.set(m, slot::PC, page.get(m, slot::PC).wrapping_sub(4));
+                    return ExitAction::ToHost(Exit::PageFault { ipa });
+                }
+                None => return ret(abi::INVALID_PARAMETER),
+                Some(leaf) => {
+                    let pfn = leaf.output(ipa) >> PAGE_SHIFT;
+                    let count = self.meta.get(m, &self.mb, pfn).map(|i| i.count);
+                    // pKVM: share exactly once, unshare only what is shared.
+                    if (up && count != Some(0)) || (!up && count != Some(1)) {
+                        return ret(abi::INVALID_PARAMETER);
+                    }
+                }
+            }
+        }
+        match mem.share_gpa_range(vmid, ipa, pages * crate::PAGE_SIZE, up) {
+            Ok(_) => ret(abi::SUCCESS),
+            Err(e) => ret(e.code()),
         }
     }
 

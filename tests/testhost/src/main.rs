@@ -243,6 +243,7 @@ mod el1 {
         let mut len = 0;
         let (mut faults_seen, mut wfis, mut mmio_value) = (0, 0, 0);
         let data = page(150);
+        let shared = page(151);
         fill(data, &[0xaa; 8]); // the host's old contents of the page it will give
         for _ in 0..200 {
             let r = hvc5(abi::VCPU_RUN, [vm, 0, mmio_value, 0]);
@@ -259,11 +260,28 @@ mod el1 {
                 }
                 1 if r[2] == 0x0900_0018 && r[3] == 4 => mmio_value = 0x90, // a 32-bit read
                 2 => {
-                    check(r[2] == 0x8010_0000, 87);
+                    // Back the faulting page; which host page is the host's choice.
+                    let backing = match r[2] {
+                        0x8010_0000 => data,
+                        0x8020_0000 => shared,
+                        _ => 0,
+                    };
+                    check(backing != 0, 87);
                     faults_seen += 1;
-                    check(status(hvc(abi::MAP_VM_PAGE, [vm, 0, pfn(data), 0])) == 0, 87);
+                    check(status(hvc(abi::MAP_VM_PAGE, [vm, 0, pfn(backing), 0])) == 0, 87);
                 }
-                3 => wfis += 1,
+                3 => {
+                    wfis += 1;
+                    let before = faults();
+                    let v = read(shared);
+                    match wfis {
+                        // Shared: readable, with the guest's value.
+                        1 => check(faults() == before && v == 0x5a5a_5a5a_1234_5678, 97),
+                        // Unshared: gone again.
+                        2 => check(faults() == before + 1, 98),
+                        _ => {}
+                    }
+                }
                 4 => {}
                 5 => break,
                 _ => {
@@ -281,7 +299,7 @@ mod el1 {
         print("TESTHOST: guest said: ");
         print(text);
         check(text == "GUEST-OK: running under KCore\nGUEST-DONE\n", 89);
-        check(faults_seen == 1 && wfis == 1, 90);
+        check(faults_seen == 2 && wfis == 3, 90);
         check(hvc(abi::VM_STATE, [vm, 0, 0, 0])[1] == 3, 91); // powered off
         // The page it wrote its secret into is not the host's any more.
         let before = faults();
