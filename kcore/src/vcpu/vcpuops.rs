@@ -220,7 +220,11 @@ impl<M: Machine> KCore<M> {
             }
             abi::GUEST_MMIO_GUARD => {
                 let ipa = page.x(m, 1);
-                ret(if ipa % crate::PAGE_SIZE == 0 && ipa < GUEST_MMIO_LIMIT { 0 } else { abi::INVALID_PARAMETER })
+                ret(if ipa.is_multiple_of(crate::PAGE_SIZE) && ipa < GUEST_MMIO_LIMIT {
+                    0
+                } else {
+                    abi::INVALID_PARAMETER
+                })
             }
             _ => ret(abi::NOT_SUPPORTED),
         }
@@ -235,7 +239,7 @@ impl<M: Machine> KCore<M> {
             page.set_x(m, 0, v as u64);
             ExitAction::Resume
         };
-        if ipa % crate::PAGE_SIZE != 0 || ipa < GUEST_MMIO_LIMIT || pages == 0 {
+        if !ipa.is_multiple_of(crate::PAGE_SIZE) || ipa < GUEST_MMIO_LIMIT || pages == 0 {
             return ret(abi::INVALID_PARAMETER);
         }
         let mem = self.mem();
