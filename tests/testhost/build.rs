@@ -24,27 +24,29 @@ fn main() {
     std::fs::write(out.join("guest.img"), &image).unwrap();
     std::fs::write(out.join("guest.sig"), *kp.sk.sign(msg, None)).unwrap();
 
-    // The runnable guest: assembled for its load address, then signed the same way.
-    println!("cargo:rerun-if-changed=guest.S");
-    let elf = out.join("guest.elf");
-    let bin = out.join("guest-prog.img");
-    let ok = std::process::Command::new("aarch64-linux-gnu-gcc")
-        .args(["-nostdlib", "-static", "-Wl,-Ttext=0x80000000", "-Wl,--build-id=none", "-o"])
-        .arg(&elf)
-        .arg(dir.join("guest.S"))
-        .status()
-        .expect("aarch64-linux-gnu-gcc (scripts/setup.sh installs it)")
-        .success()
-        && std::process::Command::new("aarch64-linux-gnu-objcopy")
-            .args(["-O", "binary"])
+    // The runnable guests: assembled for their load address, then signed the same way.
+    for name in ["guest", "bench-guest"] {
+        println!("cargo:rerun-if-changed={name}.S");
+        let elf = out.join(format!("{name}.elf"));
+        let bin = out.join(format!("{name}-prog.img"));
+        let ok = std::process::Command::new("aarch64-linux-gnu-gcc")
+            .args(["-nostdlib", "-static", "-Wl,-Ttext=0x80000000", "-Wl,--build-id=none", "-o"])
             .arg(&elf)
-            .arg(&bin)
+            .arg(dir.join(format!("{name}.S")))
             .status()
-            .unwrap()
-            .success();
-    assert!(ok, "assembling the guest failed");
-    let prog = std::fs::read(&bin).unwrap();
-    let mut msg = kcore::vm::bootaux::signed_header(LOAD_IPA, prog.len() as u64).to_vec();
-    msg.extend_from_slice(&prog);
-    std::fs::write(out.join("guest-prog.sig"), *kp.sk.sign(msg, None)).unwrap();
+            .expect("aarch64-linux-gnu-gcc (scripts/setup.sh installs it)")
+            .success()
+            && std::process::Command::new("aarch64-linux-gnu-objcopy")
+                .args(["-O", "binary"])
+                .arg(&elf)
+                .arg(&bin)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "assembling {name} failed");
+        let prog = std::fs::read(&bin).unwrap();
+        let mut msg = kcore::vm::bootaux::signed_header(LOAD_IPA, prog.len() as u64).to_vec();
+        msg.extend_from_slice(&prog);
+        std::fs::write(out.join(format!("{name}-prog.sig")), *kp.sk.sign(msg, None)).unwrap();
+    }
 }

@@ -28,6 +28,8 @@ mod el1 {
     const GUEST_SIG: &[u8; 64] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.sig"));
     const PROG_IMG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-prog.img"));
     const PROG_SIG: &[u8; 64] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-prog.sig"));
+    const BENCH_IMG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench-guest-prog.img"));
+    const BENCH_SIG: &[u8; 64] = include_bytes!(concat!(env!("OUT_DIR"), "/bench-guest-prog.sig"));
     /// Where the guest image was signed to be loaded.
     const LOAD_IPA: u64 = 0x8000_0000;
     const UART: u64 = 0x0900_0000;
@@ -143,8 +145,116 @@ mod el1 {
         vmid
     }
 
+    /// Does the device tree at `dtb` (QEMU's, from x0) carry `word` in its bootargs? A plain
+    /// byte search is enough for a test payload.
+    fn dtb_has(dtb: u64, word: &[u8]) -> bool {
+        if dtb == 0 || !dtb.is_multiple_of(8) {
+            return false;
+        }
+        // SAFETY: the boot protocol passes the device tree's address; its header's totalsize
+        // (big-endian, offset 4) bounds the bytes read.
+        let size = u32::from_be(unsafe { core::ptr::read_volatile((dtb + 4) as *const u32) }) as u64;
+        // SAFETY: as above; the slice lies inside the device tree.
+        let bytes = unsafe { core::slice::from_raw_parts(dtb as *const u8, size.min(1 << 20) as usize) };
+        bytes.windows(word.len()).any(|w| w == word)
+    }
+
+    fn print_dec(mut v: u64) {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        print(core::str::from_utf8(&buf[i..]).unwrap_or("?"));
+    }
+
+    fn counter() -> u64 {
+        let v: u64;
+        // SAFETY: reading the virtual counter has no side effects.
+        unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nostack)) };
+        v
+    }
+
+    /// Instructions per operation for `ticks` over `n` operations (icount shift=0: 1 ns per
+    /// instruction), times 10 for one decimal.
+    fn per_op_x10(ticks: u64, n: u64) -> u64 {
+        let freq: u64;
+        // SAFETY: reading CNTFRQ_EL0 has no side effects.
+        unsafe { asm!("mrs {}, cntfrq_el0", out(reg) freq, options(nostack)) };
+        ticks * 10_000_000_000 / freq / n
+    }
+
+    fn report(name: &str, ticks: u64, n: u64) {
+        let v = per_op_x10(ticks, n);
+        print("BENCH ");
+        print(name);
+        print(" ");
+        print_dec(v / 10);
+        print(".");
+        print_dec(v % 10);
+        print(" instructions/op\n");
+    }
+
+    /// Benchmarks (run with `testhost.bench` on the command line, under -icount shift=0).
+    fn bench() -> ! {
+        const N: u64 = 256;
+        let t0 = counter();
+        for _ in 0..N {
+            // SAFETY: an empty asm statement keeps the loop from being optimised away.
+            unsafe { asm!("", options(nostack, nomem)) };
+        }
+        let base = counter() - t0;
+        let t0 = counter();
+        for _ in 0..N {
+            let _ = hvc(abi::KCORE_VERSION, [0; 4]);
+        }
+        let host_null = counter() - t0;
+        report("host-null-hypercall-roundtrip", host_null.saturating_sub(base), N);
+
+        let root = page(200);
+        let vm = hvc(abi::REGISTER_VM, [pfn(root), 0, 0, 0])[1];
+        for i in 0..16 {
+            hvc(abi::DONATE_PAGE, [vm, pfn(page(201)) + i, 0, 0]);
+        }
+        hvc(abi::REGISTER_VCPU, [vm, 0, 0, 0]);
+        fill(page(220), BENCH_SIG);
+        fill(page(221), BENCH_IMG);
+        hvc(abi::SET_BOOT_INFO, [vm, LOAD_IPA, BENCH_IMG.len() as u64, pfn(page(220))]);
+        hvc(abi::MAP_IMAGE_PAGE, [vm, 0, 0, pfn(page(221))]);
+        check(status(hvc(abi::VERIFY_VM, [vm, 0, 0, 0])) == 0, 101);
+        let mut results = [0u64; 4];
+        let mut next_page = 300;
+        loop {
+            let r = hvc5(abi::VCPU_RUN, [vm, 0, 0, 0]);
+            check(r[0] == 0, 102);
+            match r[1] {
+                1 if r[2] >= 0x0900_1000 && r[2] < 0x0900_1020 => results[((r[2] - 0x0900_1000) / 8) as usize] = r[4],
+                1 => {}
+                2 => {
+                    hvc(abi::MAP_VM_PAGE, [vm, 0, pfn(page(next_page)), 0]);
+                    next_page += 1;
+                }
+                5 => break,
+                _ => {}
+            }
+        }
+        let guest_base = results[0];
+        report("guest-hypercall-answered-by-kcore", results[1].saturating_sub(guest_base), N);
+        report("guest-mmio-write-served-by-host", results[2].saturating_sub(guest_base), N);
+        report("guest-stage2-fault-to-first-mapping", results[3].saturating_sub(guest_base), N);
+        exit(0)
+    }
+
     #[unsafe(no_mangle)]
-    extern "C" fn testhost_main() -> ! {
+    extern "C" fn testhost_main(dtb: u64) -> ! {
+        if dtb_has(dtb, b"testhost.bench") {
+            bench();
+        }
         print("TESTHOST: start\n");
 
         // 1x: discovery.
