@@ -19,7 +19,28 @@ use kcore::locks::locks::MAX_CPUS;
 use kcore::machine::hw::Hardware;
 use kcore::vcpu::slot;
 use kcore::vcpu::vcpuops::{ExitAction, Trap};
-use kcore::vcpu::vcpuopsaux::VcpuPage;
+use kcore::vcpu::vcpuopsaux::{GuestRegs, VcpuPage};
+
+/// The trap frame as the guest's registers: KCore answers most guest traps in place, without
+/// copying the guest's registers anywhere.
+struct FrameRegs<'a>(&'a mut TrapFrame);
+
+impl GuestRegs for FrameRegs<'_> {
+    fn x(&self, n: u64) -> u64 {
+        if n < 31 { self.0.x[n as usize] } else { 0 }
+    }
+    fn set_x(&mut self, n: u64, v: u64) {
+        if n < 31 {
+            self.0.x[n as usize] = v;
+        }
+    }
+    fn pc(&self) -> u64 {
+        self.0.elr
+    }
+    fn set_pc(&mut self, v: u64) {
+        self.0.elr = v;
+    }
+}
 
 bitflags! {
     /// HCR_EL2 while a guest runs (Arm ARM D17.2.48).
@@ -170,44 +191,36 @@ pub fn run_vcpu(k: &KCore<Hardware>, frame: &mut TrapFrame, vmid: u16, vcpu: usi
     }
 }
 
-/// A trap while a guest runs on this CPU (vector `slot`, lower EL).
+/// A trap while a guest runs on this CPU (vector `slot`, lower EL). Decided on the trap frame
+/// in place; only an exit to the host copies the guest's registers into its context page.
 pub fn guest_trap(k: &KCore<Hardware>, frame: &mut TrapFrame, slot: u64) {
     let cpu = crate::cpu::current_index();
     let vmid = (RUNNING[cpu][0].load(Relaxed) - 1) as u16;
     let page = VcpuPage { pa: RUNNING[cpu][2].load(Relaxed) };
-    for (i, x) in frame.x.iter().enumerate() {
-        page.set(&k.m, slot::X0 + i as u64, *x);
-    }
-    page.set(&k.m, slot::PC, frame.elr);
-    page.set(&k.m, slot::PSTATE, frame.spsr);
     let esr = read_sysreg!("esr_el2");
-    let trap = if slot == 8 {
+    let trap = if slot != 8 {
+        Trap::Interrupt
+    } else if matches!(arch::esr_ec(esr), arch::ec::DABT_LOW | arch::ec::IABT_LOW) {
         Trap::Sync { esr, far: read_sysreg!("far_el2"), hpfar: read_sysreg!("hpfar_el2") }
     } else {
-        Trap::Interrupt
+        // Only aborts have a faulting address (hot path: hypercalls).
+        Trap::Sync { esr, far: 0, hpfar: 0 }
     };
-    let action = k.handle_vm_trap(vmid, &page, trap);
-    let reload = |frame: &mut TrapFrame| {
-        for (i, x) in frame.x.iter_mut().enumerate() {
-            *x = page.get(&k.m, slot::X0 + i as u64);
-        }
-        frame.elr = page.get(&k.m, slot::PC);
-        frame.spsr = page.get(&k.m, slot::PSTATE);
-    };
-    match action {
-        ExitAction::Resume => reload(frame),
-        ExitAction::InjectUndef => {
-            reload(frame);
-            inject(frame, arch::UNDEF_ESR, None);
-        }
+    match k.handle_vm_trap(vmid, &mut FrameRegs(frame), &page, trap) {
+        ExitAction::Resume => {}
+        ExitAction::InjectUndef => inject(frame, arch::UNDEF_ESR, None),
         ExitAction::InjectAbort => {
-            reload(frame);
-            inject(frame, arch::external_abort_esr(esr, frame.spsr), Some(read_sysreg!("far_el2")));
+            inject(frame, arch::external_abort_esr(esr, frame.spsr), Some(read_sysreg!("far_el2")))
         }
         ExitAction::ToHost(exit) => {
             for (i, w) in exit.encode().iter().enumerate() {
                 EXIT[cpu][i].store(*w, Relaxed);
             }
+            for (i, x) in frame.x.iter().enumerate() {
+                page.set(&k.m, slot::X0 + i as u64, *x);
+            }
+            page.set(&k.m, slot::PC, frame.elr);
+            page.set(&k.m, slot::PSTATE, frame.spsr);
             set_page_el1(k, &page, &save_el1());
             // SAFETY: a guest runs on this CPU, so kcore_guest_enter saved KCore's stack
             // pointer and registers; everything of the guest is in its context page.

@@ -165,7 +165,8 @@ impl Run {
                     }
                     GuestTrap::Wfi => Trap::Sync { esr: 0x01 << 26 | 1 << 25, far: 0, hpfar: 0 },
                 };
-                let action = k.handle_vm_trap(vmid, &page, trap);
+                let mut regs = kcore::vcpu::vcpuopsaux::PageRegs { page, m: &k.m };
+                let action = k.handle_vm_trap(vmid, &mut regs, &page, trap);
                 let mut obs = x.to_vec();
                 obs.push(format!("{action:?}").len() as u64);
                 if let kcore::vcpu::vcpuops::ExitAction::ToHost(exit) = action {

@@ -4,7 +4,7 @@
 //! discloses nothing and later takes exactly one value from the host, a stage-2 fault on
 //! guest RAM discloses the faulting page address.
 
-use super::vcpuopsaux::{MmioAccess, VcpuPage, decode_mmio, mmio_read_value, pending_read_flags};
+use super::vcpuopsaux::{GuestRegs, MmioAccess, VcpuPage, decode_mmio, mmio_read_value, pending_read_flags};
 use super::{flags, slot};
 use crate::abi;
 use crate::arch::{self, ec};
@@ -119,24 +119,26 @@ impl<M: Machine> KCore<M> {
         self.vminfo[vmid as usize - 1].set_vcpu(vcpu, VcpuState::Ready);
     }
 
-    /// `vm_exit_dispatcher`: decide a guest trap. The guest's x0..x30, PC and PSTATE are in
-    /// `page`; KCore may change them (PSCI answers, PC advance).
-    pub fn handle_vm_trap(&self, vmid: u16, page: &VcpuPage, trap: Trap) -> ExitAction {
+    /// `vm_exit_dispatcher`: decide a guest trap. `regs` are the guest's registers as the trap
+    /// left them (KCore may change them: PSCI answers, PC advance); `page` is its context page
+    /// for the run state. If the answer is [`ExitAction::ToHost`], the caller copies `regs`
+    /// into the page before returning to the host.
+    pub fn handle_vm_trap(&self, vmid: u16, regs: &mut impl GuestRegs, page: &VcpuPage, trap: Trap) -> ExitAction {
         let m = &self.m;
         let Trap::Sync { esr, far, hpfar } = trap else { return ExitAction::ToHost(Exit::Irq) };
-        page.set(m, slot::EXIT_ESR, esr);
         match arch::esr_ec(esr) {
-            ec::HVC64 => self.guest_hvc(vmid, page),
+            ec::HVC64 => self.guest_hvc(vmid, regs, page),
             ec::SMC64 => {
-                page.skip_instruction(m);
-                page.set_x(m, 0, crate::abi::NOT_SUPPORTED as u64);
+                regs.skip();
+                regs.set_x(0, crate::abi::NOT_SUPPORTED as u64);
                 ExitAction::Resume
             }
             ec::WFX => {
-                page.skip_instruction(m);
+                regs.skip();
                 ExitAction::ToHost(Exit::Wfi)
             }
             ec::DABT_LOW | ec::IABT_LOW => {
+                page.set(m, slot::EXIT_ESR, esr);
                 let ipa = arch::fault_ipa(hpfar, far);
                 page.set(m, slot::EXIT_IPA, ipa);
                 if !arch::is_translation_fault(esr) {
@@ -147,7 +149,7 @@ impl<M: Machine> KCore<M> {
                     return ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff });
                 }
                 match decode_mmio(esr) {
-                    Some(a) => self.mmio_exit(page, ipa, &a),
+                    Some(a) => self.mmio_exit(regs, page, ipa, &a),
                     None => ExitAction::InjectAbort,
                 }
             }
@@ -155,12 +157,12 @@ impl<M: Machine> KCore<M> {
         }
     }
 
-    fn mmio_exit(&self, page: &VcpuPage, ipa: u64, a: &MmioAccess) -> ExitAction {
+    fn mmio_exit(&self, regs: &mut impl GuestRegs, page: &VcpuPage, ipa: u64, a: &MmioAccess) -> ExitAction {
         let m = &self.m;
         if a.write {
             let mask = if a.size_log2 == 3 { u64::MAX } else { (1u64 << (8 << a.size_log2)) - 1 };
-            let value = page.x(m, a.rt) & mask;
-            page.skip_instruction(m);
+            let value = regs.x(a.rt) & mask;
+            regs.skip();
             ExitAction::ToHost(Exit::Mmio { ipa, write: true, size_log2: a.size_log2, value })
         } else {
             page.set(m, slot::FLAGS, pending_read_flags(a));
@@ -169,20 +171,32 @@ impl<M: Machine> KCore<M> {
     }
 
     /// Guest hypercalls KCore answers itself (SMCCC over HVC; the PC already points past it).
-    fn guest_hvc(&self, vmid: u16, page: &VcpuPage) -> ExitAction {
-        let m = &self.m;
-        let id = page.x(m, 0) as u32;
-        let ret = |v: i64| {
-            page.set_x(m, 0, v as u64);
+    fn guest_hvc(&self, vmid: u16, regs: &mut impl GuestRegs, page: &VcpuPage) -> ExitAction {
+        let id = regs.x(0) as u32;
+        let ret = |regs: &mut dyn FnMut(u64), v: i64| {
+            regs(v as u64);
             ExitAction::Resume
         };
+        let mut set0 = |v: u64| regs.set_x(0, v);
         match id {
-            psci::PSCI_VERSION => ret(0x1_0001),
-            crate::abi::SMCCC_VERSION => ret(0x1_0001),
+            psci::PSCI_VERSION => ret(&mut set0, 0x1_0001),
+            crate::abi::SMCCC_VERSION => ret(&mut set0, 0x1_0001),
+            _ => self.guest_hvc_slow(vmid, id, regs, page),
+        }
+    }
+
+    fn guest_hvc_slow(&self, vmid: u16, id: u32, regs: &mut impl GuestRegs, page: &VcpuPage) -> ExitAction {
+        macro_rules! ret {
+            ($v:expr) => {{
+                regs.set_x(0, $v as u64);
+                ExitAction::Resume
+            }};
+        }
+        match id {
             psci::PSCI_FEATURES => {
-                let f = page.x(m, 1) as u32;
+                let f = regs.x(1) as u32;
                 let known = [psci::PSCI_VERSION, psci::PSCI_FEATURES, psci::SYSTEM_OFF, psci::SYSTEM_RESET];
-                ret(if known.contains(&f) { 0 } else { -1 })
+                ret!(if known.contains(&f) { 0i64 } else { -1 })
             }
             psci::SYSTEM_OFF | psci::SYSTEM_RESET => {
                 let _ = self.set_vm_poweroff(vmid);
@@ -190,60 +204,69 @@ impl<M: Machine> KCore<M> {
             }
             abi::VENDOR_HYP_CALL_UID => {
                 for (i, w) in abi::GUEST_KVM_UID.iter().enumerate() {
-                    page.set_x(m, i as u64, *w as u64);
+                    regs.set_x(i as u64, *w as u64);
                 }
                 ExitAction::Resume
             }
             abi::GUEST_KVM_FEATURES => {
                 let fns = [0u32, 2, 3, 4, 7];
-                page.set_x(m, 0, fns.iter().fold(0, |b, f| b | 1 << f));
+                regs.set_x(0, fns.iter().fold(0, |b, f| b | 1 << f));
                 for r in 1..4 {
-                    page.set_x(m, r, 0);
+                    regs.set_x(r, 0);
                 }
                 ExitAction::Resume
             }
             abi::GUEST_HYP_MEMINFO => {
-                let zero = (1..4).all(|r| page.x(m, r) == 0);
-                ret(if zero { crate::PAGE_SIZE as i64 } else { abi::INVALID_PARAMETER })
+                let zero = (1..4).all(|r| regs.x(r) == 0);
+                ret!(if zero { crate::PAGE_SIZE as i64 } else { abi::INVALID_PARAMETER })
             }
             abi::GUEST_MEM_SHARE | abi::GUEST_MEM_UNSHARE => {
-                let ipa = page.x(m, 1);
+                let ipa = regs.x(1);
                 let up = id == abi::GUEST_MEM_SHARE;
-                self.guest_share(vmid, page, ipa, 1, up, true)
+                self.guest_share(vmid, regs, page, ipa, 1, up, true)
             }
             abi::GUEST_SEKVM_GRANT | abi::GUEST_SEKVM_REVOKE => {
-                let (ipa, size) = (page.x(m, 1), page.x(m, 2));
-                if size % crate::PAGE_SIZE != 0 {
-                    return ret(abi::INVALID_PARAMETER);
+                let (ipa, size) = (regs.x(1), regs.x(2));
+                if !size.is_multiple_of(crate::PAGE_SIZE) {
+                    return ret!(abi::INVALID_PARAMETER);
                 }
-                self.guest_share(vmid, page, ipa, size / crate::PAGE_SIZE, id == abi::GUEST_SEKVM_GRANT, false)
+                self.guest_share(vmid, regs, page, ipa, size / crate::PAGE_SIZE, id == abi::GUEST_SEKVM_GRANT, false)
             }
             abi::GUEST_MMIO_GUARD => {
-                let ipa = page.x(m, 1);
-                ret(if ipa.is_multiple_of(crate::PAGE_SIZE) && ipa < GUEST_MMIO_LIMIT {
-                    0
-                } else {
-                    abi::INVALID_PARAMETER
-                })
+                let ipa = regs.x(1);
+                let ok = ipa.is_multiple_of(crate::PAGE_SIZE) && ipa < GUEST_MMIO_LIMIT;
+                ret!(if ok { 0 } else { abi::INVALID_PARAMETER })
             }
-            _ => ret(abi::NOT_SUPPORTED),
+            _ => ret!(abi::NOT_SUPPORTED),
         }
     }
 
     /// Share (`up`) or unshare `pages` guest pages from `ipa` with the host. pKVM's calls
     /// (`exclusive`) share one page exactly once; SeKVM's grant/revoke count. A page the guest
     /// has not touched yet is first faulted in through the host, and the call re-issued.
-    fn guest_share(&self, vmid: u16, page: &VcpuPage, ipa: u64, pages: u64, up: bool, exclusive: bool) -> ExitAction {
+    #[allow(clippy::too_many_arguments)]
+    fn guest_share(
+        &self,
+        vmid: u16,
+        regs: &mut impl GuestRegs,
+        page: &VcpuPage,
+        ipa: u64,
+        pages: u64,
+        up: bool,
+        exclusive: bool,
+    ) -> ExitAction {
         let m = &self.m;
-        let ret = |v: i64| {
-            page.set_x(m, 0, v as u64);
-            ExitAction::Resume
-        };
+        macro_rules! ret {
+            ($v:expr) => {{
+                regs.set_x(0, $v as u64);
+                ExitAction::Resume
+            }};
+        }
         if !ipa.is_multiple_of(crate::PAGE_SIZE) || ipa < GUEST_MMIO_LIMIT || pages == 0 {
-            return ret(abi::INVALID_PARAMETER);
+            return ret!(abi::INVALID_PARAMETER);
         }
         let mem = self.mem();
-        let Ok(t) = mem.vm(vmid) else { return ret(abi::INVALID_PARAMETER) };
+        let Ok(t) = mem.vm(vmid) else { return ret!(abi::INVALID_PARAMETER) };
         let npt = t.expect_npt();
         if exclusive {
             match npt.walk(m, ipa) {
@@ -251,23 +274,24 @@ impl<M: Machine> KCore<M> {
                     // Not backed yet: let the host back it, then retry the HVC.
                     page.set(m, slot::EXIT_IPA, ipa);
                     page.set(m, slot::FLAGS, flags::PAGE_FAULT_PENDING);
-                    page.set(m, slot::PC, page.get(m, slot::PC).wrapping_sub(4));
+                    let pc = regs.pc();
+                    regs.set_pc(pc.wrapping_sub(4));
                     return ExitAction::ToHost(Exit::PageFault { ipa });
                 }
-                None => return ret(abi::INVALID_PARAMETER),
+                None => return ret!(abi::INVALID_PARAMETER),
                 Some(leaf) => {
                     let pfn = leaf.output(ipa) >> PAGE_SHIFT;
                     let count = self.meta.get(m, &self.mb, pfn).map(|i| i.count);
                     // pKVM: share exactly once, unshare only what is shared.
                     if (up && count != Some(0)) || (!up && count != Some(1)) {
-                        return ret(abi::INVALID_PARAMETER);
+                        return ret!(abi::INVALID_PARAMETER);
                     }
                 }
             }
         }
         match mem.share_gpa_range(vmid, ipa, pages * crate::PAGE_SIZE, up) {
-            Ok(_) => ret(abi::SUCCESS),
-            Err(e) => ret(e.code()),
+            Ok(_) => ret!(abi::SUCCESS),
+            Err(e) => ret!(e.code()),
         }
     }
 

@@ -54,6 +54,47 @@ impl VcpuPage {
     }
 }
 
+/// A guest's general-purpose registers and PC as a trap sees them: the EL2 trap frame while
+/// KCore handles the trap in place, or the context page.
+pub trait GuestRegs {
+    /// Register `n` (31 reads as zero, XZR).
+    fn x(&self, n: u64) -> u64;
+    /// Write register `n` (writes to 31 are dropped).
+    fn set_x(&mut self, n: u64, v: u64);
+    /// The PC.
+    fn pc(&self) -> u64;
+    /// Set the PC.
+    fn set_pc(&mut self, v: u64);
+    /// Step over the trapped 32-bit instruction.
+    fn skip(&mut self) {
+        let pc = self.pc();
+        self.set_pc(pc.wrapping_add(4));
+    }
+}
+
+/// A context page seen through [`GuestRegs`].
+pub struct PageRegs<'a, M: Machine> {
+    /// The page.
+    pub page: VcpuPage,
+    /// The machine it lives in.
+    pub m: &'a M,
+}
+
+impl<M: Machine> GuestRegs for PageRegs<'_, M> {
+    fn x(&self, n: u64) -> u64 {
+        self.page.x(self.m, n)
+    }
+    fn set_x(&mut self, n: u64, v: u64) {
+        self.page.set_x(self.m, n, v)
+    }
+    fn pc(&self) -> u64 {
+        self.page.get(self.m, slot::PC)
+    }
+    fn set_pc(&mut self, v: u64) {
+        self.page.set(self.m, slot::PC, v)
+    }
+}
+
 /// What a guest data abort on a non-RAM address asks for, decoded from KCore's own saved
 /// ESR (never from anything the host supplies; SeKVM's artifact read it from KServ's copy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
