@@ -169,6 +169,7 @@ pub fn run_vcpu(k: &KCore<Hardware>, frame: &mut TrapFrame, vmid: u16, vcpu: usi
     write_sysreg!("hcr_el2", GuestHcr::all().bits());
     write_sysreg!("cptr_el2", 0x22ff | (1 << 10)); // TFP: FP/SIMD traps (not switched yet)
     write_sysreg!("cnthctl_el2", 0b01); // counter readable, physical timer trapped
+    write_sysreg!("vmpidr_el2", (1 << 31) | vcpu as u64); // the guest sees its vCPU index as Aff0
     isb();
     RUNNING[cpu][1].store(vcpu as u64, Relaxed);
     RUNNING[cpu][2].store(page_pa, Relaxed);
@@ -183,6 +184,7 @@ pub fn run_vcpu(k: &KCore<Hardware>, frame: &mut TrapFrame, vmid: u16, vcpu: usi
     crate::cpu::enable_host_stage2(regs);
     write_sysreg!("cptr_el2", 0x22ff);
     write_sysreg!("cnthctl_el2", 0b11);
+    write_sysreg!("vmpidr_el2", read_sysreg!("mpidr_el1"));
     isb();
     k.finish_run(vmid, vcpu);
     frame.x[0] = 0;

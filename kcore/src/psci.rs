@@ -31,6 +31,14 @@ pub const SYSTEM_SUSPEND_64: u32 = 0xC400_000E;
 
 /// PSCI return code INVALID_PARAMETERS.
 pub const INVALID_PARAMETERS: i64 = -2;
+/// PSCI return code ALREADY_ON.
+pub const ALREADY_ON: i64 = -4;
+/// PSCI return code INVALID_ADDRESS.
+pub const INVALID_ADDRESS: i64 = -9;
+/// AFFINITY_INFO, SMC32.
+pub const AFFINITY_INFO_32: u32 = 0x8400_0004;
+/// AFFINITY_INFO, SMC64.
+pub const AFFINITY_INFO_64: u32 = 0xC400_0004;
 
 /// MPIDR affinity fields Aff3..Aff0.
 pub const MPIDR_AFF_MASK: u64 = 0xff_00ff_ffff;

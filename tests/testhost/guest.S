@@ -84,6 +84,35 @@ _start:
     cbnz    x0, fail
     // 10: wait for an interrupt once more (WFI 3).
     wfi
+    // 11: start vCPU 1 at `secondary` with context 0x77 (PSCI CPU_ON); an entry outside the
+    //     verified image and a second start are refused. Then wait for its flag.
+    mov     x28, #11
+    ldr     x0, =0xC4000003
+    mov     x1, #1
+    adr     x2, secondary
+    mov     x3, #0x77
+    hvc     #0
+    cbnz    x0, fail
+    ldr     x0, =0xC4000003
+    mov     x1, #1
+    mov     x2, #0x1000
+    mov     x3, #0
+    hvc     #0
+    cmn     x0, #9
+    b.ne    fail
+    ldr     x0, =0xC4000003
+    mov     x1, #1
+    adr     x2, secondary
+    hvc     #0
+    cmn     x0, #4
+    b.ne    fail
+    mov     x5, #0x80100000
+3:  ldr     x6, [x5, #16]
+    cmp     x6, #0x77
+    b.eq    4f
+    wfi
+    b       3b
+4:
     adr     x3, done
     bl      puts
 off:
@@ -100,6 +129,22 @@ fail:
     strb    w1, [x20]
     b       off
 
+// vCPU 1: started by vCPU 0 with x0 = 0x77; it must see MPIDR Aff0 = 1.
+secondary:
+    mov     x20, #0x09000000
+    mov     x28, #12
+    mrs     x1, mpidr_el1
+    and     x1, x1, #0xff
+    cmp     x1, #1
+    b.ne    fail
+    mov     x5, #0x80100000
+    str     x0, [x5, #16]
+    adr     x3, cpu1
+    bl      puts
+    ldr     x0, =0x84000002         // PSCI CPU_OFF
+    hvc     #0
+    b       fail                    // CPU_OFF does not return
+
 // puts(x3 = string): one MMIO write per byte.
 puts:
     ldrb    w1, [x3], #1
@@ -110,6 +155,7 @@ puts:
 
 hello:  .asciz "GUEST-OK: running under KCore\n"
 done:   .asciz "GUEST-DONE\n"
+cpu1:   .asciz "GUEST-CPU1-UP\n"
 failed: .asciz "GUEST-FAIL "
 .balign 8
 .ltorg

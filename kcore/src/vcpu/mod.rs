@@ -71,6 +71,8 @@ pub mod flags {
     pub const MMIO_READ_PENDING: u64 = 1 << 1;
     /// The last exit was a stage-2 fault on RAM the host must back.
     pub const PAGE_FAULT_PENDING: u64 = 1 << 2;
+    /// The vCPU is off: it runs only after the guest's PSCI CPU_ON (secondary vCPUs start off).
+    pub const OFF: u64 = 1 << 3;
     /// Destination register (bits 8..=12), access size log2 (bits 16..=17), sign-extend (bit
     /// 20) of a pending MMIO read.
     pub const MMIO_RT_SHIFT: u32 = 8;

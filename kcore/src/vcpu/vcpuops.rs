@@ -33,6 +33,10 @@ pub enum Exit {
     Irq,
     /// The guest powered itself off (PSCI SYSTEM_OFF or SYSTEM_RESET).
     Shutdown,
+    /// The guest started vCPU `vcpu` (PSCI CPU_ON): the host may run it now.
+    VcpuStarted { vcpu: u64 },
+    /// This vCPU turned itself off (PSCI CPU_OFF): do not run it until a CPU_ON.
+    VcpuOff,
 }
 
 impl Exit {
@@ -44,6 +48,8 @@ impl Exit {
             Exit::Wfi => [3, 0, 0, 0],
             Exit::Irq => [4, 0, 0, 0],
             Exit::Shutdown => [5, 0, 0, 0],
+            Exit::VcpuStarted { vcpu } => [6, vcpu, 0, 0],
+            Exit::VcpuOff => [7, 0, 0, 0],
         }
     }
 }
@@ -100,6 +106,9 @@ impl<M: Machine> KCore<M> {
         }
         let page = self.vcpu_page(vmid, vcpu);
         let f = page.get(&self.m, slot::FLAGS);
+        if f & flags::OFF != 0 {
+            return Err(Error::BadState);
+        }
         if f & flags::FIRST_RUN != 0 {
             page.reset(&self.m, info.image(0).load_ipa, 0);
         } else if f & flags::MMIO_READ_PENDING != 0 {
@@ -193,9 +202,34 @@ impl<M: Machine> KCore<M> {
             }};
         }
         match id {
+            psci::CPU_ON_32 | psci::CPU_ON_64 => self.guest_cpu_on(vmid, regs, page),
+            psci::CPU_OFF => {
+                page.set(&self.m, slot::FLAGS, flags::OFF);
+                ExitAction::ToHost(Exit::VcpuOff)
+            }
+            psci::AFFINITY_INFO_32 | psci::AFFINITY_INFO_64 => {
+                let target = regs.x(1) & psci::MPIDR_AFF_MASK;
+                let _vm = self.lock_vm(vmid);
+                let info = &self.vminfo[vmid as usize - 1];
+                let state = match target {
+                    t if t >= MAX_VCPUS as u64 || info.vcpu(t as usize) == VcpuState::Unused => {
+                        psci::INVALID_PARAMETERS
+                    }
+                    t => (self.vcpu_page(vmid, t as usize).get(&self.m, slot::FLAGS) & flags::OFF != 0) as i64,
+                };
+                ret!(state)
+            }
             psci::PSCI_FEATURES => {
                 let f = regs.x(1) as u32;
-                let known = [psci::PSCI_VERSION, psci::PSCI_FEATURES, psci::SYSTEM_OFF, psci::SYSTEM_RESET];
+                let known = [
+                    psci::PSCI_VERSION,
+                    psci::PSCI_FEATURES,
+                    psci::SYSTEM_OFF,
+                    psci::SYSTEM_RESET,
+                    psci::CPU_ON_64,
+                    psci::CPU_OFF,
+                    psci::AFFINITY_INFO_64,
+                ];
                 ret!(if known.contains(&f) { 0i64 } else { -1 })
             }
             psci::SYSTEM_OFF | psci::SYSTEM_RESET => {
@@ -239,6 +273,34 @@ impl<M: Machine> KCore<M> {
             }
             _ => ret!(abi::NOT_SUPPORTED),
         }
+    }
+
+    /// PSCI CPU_ON from the guest: start its vCPU x1 (Aff0 = vCPU index) at x2 with x0 = x3.
+    /// The entry point must lie inside a verified image, like vCPU 0's.
+    fn guest_cpu_on(&self, vmid: u16, regs: &mut impl GuestRegs, _page: &VcpuPage) -> ExitAction {
+        let (target, entry, context) = (regs.x(1) & psci::MPIDR_AFF_MASK, regs.x(2), regs.x(3));
+        // The target's state and registers change under the VM's lock: VCPU_RUN of the target
+        // on another CPU checks them under the same lock.
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        let code = if target >= MAX_VCPUS as u64 || info.vcpu(target as usize) == VcpuState::Unused {
+            psci::INVALID_PARAMETERS
+        } else if (0..info.image_count()).all(|i| {
+            let img = info.image(i);
+            entry < img.load_ipa || entry >= img.load_ipa + img.bytes
+        }) {
+            psci::INVALID_ADDRESS
+        } else {
+            let t = self.vcpu_page(vmid, target as usize);
+            if t.get(&self.m, slot::FLAGS) & flags::OFF == 0 {
+                psci::ALREADY_ON
+            } else {
+                t.reset(&self.m, entry, context);
+                0
+            }
+        };
+        regs.set_x(0, code as u64);
+        if code == 0 { ExitAction::ToHost(Exit::VcpuStarted { vcpu: target }) } else { ExitAction::Resume }
     }
 
     /// Share (`up`) or unshare `pages` guest pages from `ipa` with the host. pKVM's calls

@@ -52,7 +52,9 @@ impl<M: Machine> KCore<M> {
             table.pool.alloc(&self.m)?
         };
         let ctx = crate::vcpu::vcpuopsaux::VcpuPage { pa: page };
-        ctx.set(&self.m, crate::vcpu::slot::FLAGS, crate::vcpu::flags::FIRST_RUN);
+        // vCPU 0 boots the VM; the others wait, off, for the guest's PSCI CPU_ON.
+        let start = if vcpuid == 0 { crate::vcpu::flags::FIRST_RUN } else { crate::vcpu::flags::OFF };
+        ctx.set(&self.m, crate::vcpu::slot::FLAGS, start);
         info.set_vcpu_page(vcpuid as usize, page);
         info.set_vcpu(vcpuid as usize, VcpuState::Ready);
         Ok(())

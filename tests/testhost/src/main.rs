@@ -341,6 +341,7 @@ mod el1 {
             check(status(hvc(abi::DONATE_PAGE, [vm, pfn(page(129)) + i, 0, 0])) == 0, 82);
         }
         check(status(hvc(abi::REGISTER_VCPU, [vm, 0, 0, 0])) == 0, 82);
+        check(status(hvc(abi::REGISTER_VCPU, [vm, 1, 0, 0])) == 0, 82);
         fill(page(140), PROG_SIG);
         fill(page(141), PROG_IMG);
         check(status(hvc(abi::SET_BOOT_INFO, [vm, LOAD_IPA, PROG_IMG.len() as u64, pfn(page(140))])) == 0, 83);
@@ -349,16 +350,23 @@ mod el1 {
         check(status(hvc(abi::VCPU_RUN, [vm, 0, 0, 0])) == abi::BAD_STATE, 84);
         check(status(hvc(abi::VERIFY_VM, [vm, 0, 0, 0])) == 0, 84);
 
-        let mut console = [0u8; 64];
+        // vCPU 1 starts off: only the guest's CPU_ON can start it.
+        check(status(hvc(abi::VCPU_RUN, [vm, 1, 0, 0])) == abi::BAD_STATE, 84);
+        let mut console = [0u8; 96];
         let mut len = 0;
-        let (mut faults_seen, mut wfis, mut mmio_value) = (0, 0, 0);
+        let (mut faults_seen, mut wfis) = (0, 0);
+        let (mut started, mut stopped) = (0, 0);
+        // A tiny scheduler: runnable vCPUs, round robin on WFI; MMIO read values per vCPU.
+        let mut runnable = 1u64;
+        let mut vcpu = 0u64;
+        let mut pending = [0u64; 2];
         let data = page(150);
         let shared = page(151);
         fill(data, &[0xaa; 8]); // the host's old contents of the page it will give
-        for _ in 0..200 {
-            let r = hvc5(abi::VCPU_RUN, [vm, 0, mmio_value, 0]);
+        for _ in 0..400 {
+            let r = hvc5(abi::VCPU_RUN, [vm, vcpu, pending[vcpu as usize], 0]);
             check(r[0] == 0, 85);
-            mmio_value = 0;
+            pending[vcpu as usize] = 0;
             match r[1] {
                 1 if r[2] == 0x0900_0000 && r[3] == 1 => {
                     // A byte write: only the byte is disclosed.
@@ -368,7 +376,7 @@ mod el1 {
                         len += 1;
                     }
                 }
-                1 if r[2] == 0x0900_0018 && r[3] == 4 => mmio_value = 0x90, // a 32-bit read
+                1 if r[2] == 0x0900_0018 && r[3] == 4 => pending[vcpu as usize] = 0x90, // a 32-bit read
                 2 => {
                     // Back the faulting page; which host page is the host's choice.
                     let backing = match r[2] {
@@ -378,10 +386,15 @@ mod el1 {
                     };
                     check(backing != 0, 87);
                     faults_seen += 1;
-                    check(status(hvc(abi::MAP_VM_PAGE, [vm, 0, pfn(backing), 0])) == 0, 87);
+                    check(status(hvc(abi::MAP_VM_PAGE, [vm, vcpu, pfn(backing), 0])) == 0, 87);
                 }
                 3 => {
                     wfis += 1;
+                    // Let another runnable vCPU have a go.
+                    let other = (vcpu + 1) % 2;
+                    if runnable & (1 << other) != 0 {
+                        vcpu = other;
+                    }
                     let before = faults();
                     let v = read(shared);
                     match wfis {
@@ -394,6 +407,16 @@ mod el1 {
                 }
                 4 => {}
                 5 => break,
+                6 => {
+                    check(r[2] == 1, 99);
+                    started += 1;
+                    runnable |= 1 << r[2];
+                }
+                7 => {
+                    stopped += 1;
+                    runnable &= !(1 << vcpu);
+                    vcpu = (vcpu + 1) % 2;
+                }
                 _ => {
                     print("TESTHOST: unexpected exit ");
                     for w in &r[1..] {
@@ -408,8 +431,8 @@ mod el1 {
         let text = core::str::from_utf8(&console[..len]).unwrap_or("");
         print("TESTHOST: guest said: ");
         print(text);
-        check(text == "GUEST-OK: running under KCore\nGUEST-DONE\n", 89);
-        check(faults_seen == 2 && wfis == 3, 90);
+        check(text == "GUEST-OK: running under KCore\nGUEST-CPU1-UP\nGUEST-DONE\n", 89);
+        check(faults_seen == 2 && wfis == 4 && started == 1 && stopped == 1, 90);
         check(hvc(abi::VM_STATE, [vm, 0, 0, 0])[1] == 3, 91); // powered off
         // The page it wrote its secret into is not the host's any more.
         let before = faults();
