@@ -4,9 +4,8 @@
 //! loads the guest's from its context page, sets the guest's stage-2 (VTTBR with its vmid)
 //! and traps, and enters it. A guest trap comes back through the normal vectors: `kcore`
 //! decides it; KCore either resumes the guest or saves its EL1 state into the page, unwinds to
-//! the VCPU_RUN handler, restores the host and reports the exit. FP/SIMD: guests run with
-//! FP/SIMD trapped (CPTR_EL2.TFP) and get an Undefined Instruction if they use it, so the
-//! host's FP state is never exposed (lazy FP switching is future work).
+//! the VCPU_RUN handler, restores the host and reports the exit. FP/SIMD registers are switched
+//! eagerly: the host's go to KCore's per-CPU memory, the guest's live in its context page.
 
 use crate::fatal::fatal;
 use crate::sysreg::{isb, read_sysreg, write_sysreg};
@@ -71,10 +70,27 @@ static KCORE_GUEST_SAVED_SP: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) 
 static RUNNING: [[AtomicU64; 3]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 3] }; MAX_CPUS];
 /// Per CPU: the last exit, encoded for the host.
 static EXIT: [[AtomicU64; 4]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 4] }; MAX_CPUS];
+/// Per CPU: the host's FP/SIMD registers while a guest runs (q0..q31, FPSR, FPCR).
+static HOST_FP: [[AtomicU64; 66]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 66] }; MAX_CPUS];
 
 unsafe extern "C" {
     fn kcore_guest_enter(page: u64) -> u64;
     fn kcore_guest_exit(code: u64) -> !;
+    fn kcore_fp_save(area: u64);
+    fn kcore_fp_restore(area: u64);
+}
+
+/// Save this CPU's FP/SIMD registers to `area` (528 bytes of KCore memory).
+fn fp_save(area: u64) {
+    // SAFETY: `area` is KCore memory of at least 528 bytes (a per-CPU array or the FP part of
+    // a vCPU context page); FP/SIMD access is not trapped at EL2 (CPTR_EL2.TFP = 0 here).
+    unsafe { kcore_fp_save(area) }
+}
+
+/// Load this CPU's FP/SIMD registers from `area`.
+fn fp_restore(area: u64) {
+    // SAFETY: as for `fp_save`; KCore's own code never uses these registers.
+    unsafe { kcore_fp_restore(area) }
 }
 
 /// The EL1 registers switched between host and guest, in `kcore::vcpu::EL1_SYSREGS` order.
@@ -162,12 +178,15 @@ pub fn run_vcpu(k: &KCore<Hardware>, frame: &mut TrapFrame, vmid: u16, vcpu: usi
         fatal(format_args!("verified VM {vmid} has no stage-2 table"));
     };
     let host = save_el1();
+    let host_fp = HOST_FP[cpu].as_ptr() as u64;
+    fp_save(host_fp);
+    fp_restore(page.pa + 8 * slot::FP);
     load_el1(&page_el1(k, &page));
     write_sysreg!("elr_el2", page.get(&k.m, slot::PC));
     write_sysreg!("spsr_el2", page.get(&k.m, slot::PSTATE));
     write_sysreg!("vttbr_el2", arch::vttbr_el2(root, vmid));
     write_sysreg!("hcr_el2", GuestHcr::all().bits());
-    write_sysreg!("cptr_el2", 0x22ff | (1 << 10)); // TFP: FP/SIMD traps (not switched yet)
+    write_sysreg!("cptr_el2", 0x22ff); // FP/SIMD switched: no traps
     write_sysreg!("cnthctl_el2", 0b01); // counter readable, physical timer trapped
     write_sysreg!("vmpidr_el2", (1 << 31) | vcpu as u64); // the guest sees its vCPU index as Aff0
     isb();
@@ -179,6 +198,7 @@ pub fn run_vcpu(k: &KCore<Hardware>, frame: &mut TrapFrame, vmid: u16, vcpu: usi
     // stack (KCORE_GUEST_SAVED_SP) with KCore's callee-saved registers restored.
     unsafe { kcore_guest_enter(page_pa) };
     RUNNING[cpu][0].store(0, Relaxed);
+    fp_restore(host_fp);
     load_el1(&host);
     let regs = crate::el2::EL2_REGS.get().expect("KCore set up");
     crate::cpu::enable_host_stage2(regs);
@@ -224,6 +244,7 @@ pub fn guest_trap(k: &KCore<Hardware>, frame: &mut TrapFrame, slot: u64) {
             page.set(&k.m, slot::PC, frame.elr);
             page.set(&k.m, slot::PSTATE, frame.spsr);
             set_page_el1(k, &page, &save_el1());
+            fp_save(page.pa + 8 * slot::FP);
             // SAFETY: a guest runs on this CPU, so kcore_guest_enter saved KCore's stack
             // pointer and registers; everything of the guest is in its context page.
             unsafe { kcore_guest_exit(1) }

@@ -14,6 +14,29 @@ _start:
     // 2: print through MMIO writes (each exits to the host with just the byte).
     adr     x3, hello
     bl      puts
+    // 13: FP/SIMD: enable it for EL1; the registers start zeroed (nothing of the host's);
+    //     a value in q7 survives an exit to the host, which uses its own FP registers.
+    mov     x28, #13
+    mov     x1, #(3 << 20)
+    msr     cpacr_el1, x1
+    isb
+    fmov    x2, d0
+    mov     x3, v0.d[1]
+    orr     x2, x2, x3
+    fmov    x4, d7
+    orr     x2, x2, x4
+    cbnz    x2, fail
+    ldr     x6, =0x6775657374667021
+    fmov    d7, x6
+    mov     v7.d[1], x6
+    mov     w1, #'.'
+    strb    w1, [x20]               // an exit to the host
+    fmov    x7, d7
+    mov     x8, v7.d[1]
+    cmp     x7, x6
+    b.ne    fail
+    cmp     x8, x6
+    b.ne    fail
     // 3: an MMIO read, answered by the host (the UART flag register).
     mov     x28, #3
     ldr     w4, [x20, #0x18]

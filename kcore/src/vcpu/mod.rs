@@ -26,8 +26,10 @@ pub mod slot {
     pub const EXIT_ESR: u64 = 61;
     /// Faulting IPA of the last exit (from HPFAR_EL2 and FAR_EL2).
     pub const EXIT_IPA: u64 = 62;
+    /// FP/SIMD state: q0..q31 (two words each), then FPSR, FPCR.
+    pub const FP: u64 = 64;
     /// Words in use.
-    pub const WORDS: u64 = 64;
+    pub const WORDS: u64 = FP + 66;
 }
 
 /// The EL1 system registers KCore saves and restores for a guest, in page order from

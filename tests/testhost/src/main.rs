@@ -88,6 +88,40 @@ mod el1 {
         }
     }
 
+    /// The host's own FP/SIMD values around a guest run: set q0 and q7 to known patterns.
+    fn host_fp_set() {
+        // SAFETY: FP/SIMD at EL1 is enabled (CPACR_EL1.FPEN) before first use; only q0 and q7
+        // change, and nothing else in the test host uses FP registers.
+        unsafe {
+            asm!(
+                ".arch_extension fp", ".arch_extension simd",
+                "fmov d0, {a}", "mov v0.d[1], {a}", "fmov d7, {b}", "mov v7.d[1], {b}",
+                a = in(reg) 0x686f_7374_2d71_3030u64, b = in(reg) 0x686f_7374_2d71_3737u64,
+                options(nostack)
+            )
+        };
+    }
+
+    /// Are the host's q0 and q7 still what [`host_fp_set`] put there?
+    fn host_fp_intact() -> bool {
+        let (a0, a1, b0, b1): (u64, u64, u64, u64);
+        // SAFETY: reading FP/SIMD registers, enabled as above.
+        unsafe {
+            asm!(
+                ".arch_extension fp", ".arch_extension simd",
+                "fmov {a0}, d0", "mov {a1}, v0.d[1]", "fmov {b0}, d7", "mov {b1}, v7.d[1]",
+                a0 = out(reg) a0, a1 = out(reg) a1, b0 = out(reg) b0, b1 = out(reg) b1,
+                options(nostack)
+            )
+        };
+        a0 == 0x686f_7374_2d71_3030 && a1 == a0 && b0 == 0x686f_7374_2d71_3737 && b1 == b0
+    }
+
+    fn enable_fp() {
+        // SAFETY: CPACR_EL1.FPEN = 0b11: FP/SIMD usable at EL1 and EL0 by the test host.
+        unsafe { asm!("msr cpacr_el1, {}", "isb", in(reg) 3u64 << 20, options(nostack)) };
+    }
+
     fn faults() -> u64 {
         TESTHOST_FAULTS[0].load(Ordering::SeqCst)
     }
@@ -363,8 +397,11 @@ mod el1 {
         let data = page(150);
         let shared = page(151);
         fill(data, &[0xaa; 8]); // the host's old contents of the page it will give
+        enable_fp();
         for _ in 0..400 {
+            host_fp_set();
             let r = hvc5(abi::VCPU_RUN, [vm, vcpu, pending[vcpu as usize], 0]);
+            check(host_fp_intact(), 80);
             check(r[0] == 0, 85);
             pending[vcpu as usize] = 0;
             match r[1] {
@@ -431,7 +468,7 @@ mod el1 {
         let text = core::str::from_utf8(&console[..len]).unwrap_or("");
         print("TESTHOST: guest said: ");
         print(text);
-        check(text == "GUEST-OK: running under KCore\nGUEST-CPU1-UP\nGUEST-DONE\n", 89);
+        check(text == "GUEST-OK: running under KCore\n.GUEST-CPU1-UP\nGUEST-DONE\n", 89);
         check(faults_seen == 2 && wfis == 4 && started == 1 && stopped == 1, 90);
         check(hvc(abi::VM_STATE, [vm, 0, 0, 0])[1] == 3, 91); // powered off
         // The page it wrote its secret into is not the host's any more.
