@@ -8,6 +8,9 @@
 //! 3. A VM's stage-2 maps RAM only where that VM owns the page and the page's gfn is that
 //!    address (so a page is mapped at one gfn at most, and in one VM at most).
 //! 4. Page 0 is never RAM; the 2 MiB block counters match the records.
+//! 5. VMs: a vCPU context page is KCore's; only a verified VM has an active vCPU; a verified
+//!    VM's boot images are its own pages at their load addresses; at most as many vCPUs are
+//!    active as there are CPUs (each runs on one CPU: VCPU_RUN makes it active only from ready).
 
 use crate::error::Result;
 use crate::kcore::KCore;
@@ -35,6 +38,14 @@ pub enum Violation {
     PageZeroIsRam,
     /// A 2 MiB block counter disagrees with the records.
     ChunkCounter { chunk: Pfn, stored: u64, actual: u64 },
+    /// A vCPU context page of VM `vmid` is not KCore's.
+    VcpuPageNotKCore { vmid: u16, vcpu: usize },
+    /// A vCPU of a VM that is not verified is active.
+    ActiveVcpuOfUnverifiedVm { vmid: u16 },
+    /// A page of a verified VM's boot image is not the VM's, or not at its place.
+    ImagePageNotOwned { vmid: u16, gfn: u64 },
+    /// More vCPUs active than CPUs.
+    TooManyActiveVcpus { active: usize },
 }
 
 fn is_device_leaf(d: u64) -> bool {
@@ -107,9 +118,54 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
             chunk += CHUNK_PAGES;
         }
     }
+    check_vms(k, &mut note);
     match err {
         Some(v) => Err(v),
         None => Ok(()),
+    }
+}
+
+fn check_vms<M: Machine>(k: &KCore<M>, note: &mut impl FnMut(Violation)) {
+    use crate::vm::{MAX_VCPUS, VcpuState, VmState};
+    let mut active = 0;
+    for (i, info) in k.vminfo.iter().enumerate() {
+        let vmid = i as u16 + 1;
+        let state = info.state();
+        for v in 0..MAX_VCPUS {
+            if info.vcpu(v) == VcpuState::Unused {
+                continue;
+            }
+            if k.meta.owner(&k.m, &k.mb, info.vcpu_page(v) >> PAGE_SHIFT) != Some(Owner::KCore) {
+                note(Violation::VcpuPageNotKCore { vmid, vcpu: v });
+            }
+            if info.vcpu(v) == VcpuState::Active {
+                active += 1;
+                if state != VmState::Verified {
+                    note(Violation::ActiveVcpuOfUnverifiedVm { vmid });
+                }
+            }
+        }
+        if state == VmState::Verified
+            && let Some(npt) = k.vms[i].npt()
+        {
+            for img in 0..info.image_count() {
+                let image = info.image(img);
+                for p in 0..image.pages() {
+                    let ipa = image.load_ipa + p * crate::PAGE_SIZE;
+                    let gfn = ipa >> PAGE_SHIFT;
+                    let ok = npt.walk(&k.m, ipa).is_some_and(|leaf| {
+                        let info = k.meta.get(&k.m, &k.mb, leaf.output(ipa) >> PAGE_SHIFT);
+                        info.is_some_and(|i| i.owner == Owner::Vm(vmid) && i.gfn == gfn)
+                    });
+                    if !ok {
+                        note(Violation::ImagePageNotOwned { vmid, gfn });
+                    }
+                }
+            }
+        }
+    }
+    if active > crate::locks::locks::MAX_CPUS {
+        note(Violation::TooManyActiveVcpus { active });
     }
 }
 
