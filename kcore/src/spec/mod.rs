@@ -12,6 +12,7 @@
 //! | 13-15 | [`pages`]: RAM as a set of pfns, records as a map pfn -> record |
 //! | 16-17 | [`mem`]: owners, counts, gfns, host and VM maps, and every transition |
 //! | 18-21 | [`boot`]: the VM and vCPU state machines and boot images |
+//! | 27-28 | [`vcpu`]: vCPU run states, registers, pending MMIO and faults, guest traps |
 
 pub mod boot;
 pub mod locks;
@@ -19,3 +20,4 @@ pub mod mem;
 pub mod npt;
 pub mod pages;
 pub mod ptalloc;
+pub mod vcpu;

@@ -1,0 +1,218 @@
+//! Specification of layers 27-28 (VCPUOpsAux, VCPUOps): one VM's vCPUs as small state machines
+//! (off / ready / active; first run; a pending MMIO read or page fault) with their registers,
+//! and what each guest trap does: which registers change, and what leaves for the host.
+
+use crate::abi;
+use crate::error::{Error, Result};
+use crate::psci;
+use crate::vcpu::vcpuops::{Exit, ExitAction, GUEST_MMIO_LIMIT};
+
+/// The value a load of `8 << size_log2` bits puts in a register: the low bits of `value`,
+/// sign- or zero-extended (written independently of the code it checks).
+fn loaded(value: u64, size_log2: u64, sign: bool) -> u64 {
+    match (size_log2, sign) {
+        (0, false) => value as u8 as u64,
+        (0, true) => value as u8 as i8 as i64 as u64,
+        (1, false) => value as u16 as u64,
+        (1, true) => value as u16 as i16 as i64 as u64,
+        (2, false) => value as u32 as u64,
+        (2, true) => value as u32 as i32 as i64 as u64,
+        _ => value,
+    }
+}
+
+/// A vCPU's run state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Run {
+    /// Waits for the guest's CPU_ON.
+    Off,
+    /// May run; `first` = it has never run.
+    Ready { first: bool },
+    /// Running.
+    Active,
+}
+
+/// What the vCPU owes the host or the host owes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// Nothing.
+    None,
+    /// An MMIO read into `rt` of `size_log2`, sign-extended or not.
+    Read { rt: u64, size_log2: u64, sign: bool },
+    /// A page fault at `ipa` for the host to back.
+    Fault { ipa: u64 },
+}
+
+/// One vCPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsVcpu {
+    /// Run state.
+    pub run: Run,
+    /// x0..x30.
+    pub x: [u64; 31],
+    /// PC.
+    pub pc: u64,
+    /// Pending exchange with the host.
+    pub pending: Pending,
+}
+
+/// A guest trap, as the generator produces it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestTrap {
+    /// HVC with x0..x3 as given.
+    Hvc([u64; 4]),
+    /// A store of register `rt` (`size_log2`) to device address `ipa`.
+    MmioWrite { ipa: u64, rt: u64, size_log2: u64 },
+    /// A load into `rt` from device address `ipa`.
+    MmioRead { ipa: u64, rt: u64, size_log2: u64, sign: bool },
+    /// A translation fault on RAM at `ipa`.
+    RamFault { ipa: u64 },
+    /// WFI.
+    Wfi,
+    /// A trapped system-register access.
+    Sysreg,
+}
+
+/// The VM's vCPUs and what the specification needs of the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsVcpus {
+    /// vCPUs by index.
+    pub vcpus: Vec<AbsVcpu>,
+    /// The first image's load address (vCPU 0's entry).
+    pub entry: u64,
+    /// Where verified images lie, `[start, end)`.
+    pub images: Vec<(u64, u64)>,
+    /// The VM powered off.
+    pub off: bool,
+}
+
+impl AbsVcpus {
+    /// VCPU_RUN's preparation: the result and the state after.
+    pub fn run(&self, vcpu: usize, value: u64) -> (Result<()>, AbsVcpus) {
+        let mut s = self.clone();
+        let r = s.apply_run(vcpu, value);
+        (r, if r.is_ok() { s } else { self.clone() })
+    }
+
+    fn apply_run(&mut self, vcpu: usize, value: u64) -> Result<()> {
+        if vcpu >= crate::vm::MAX_VCPUS {
+            return Err(Error::InvalidParameter);
+        }
+        if self.off {
+            return Err(Error::BadState);
+        }
+        let entry = self.entry;
+        let v = self.vcpus.get_mut(vcpu).ok_or(Error::NotFound)?;
+        match v.run {
+            Run::Off | Run::Active => return Err(Error::BadState),
+            Run::Ready { first: true } => {
+                v.x = [0; 31];
+                v.pc = entry;
+            }
+            Run::Ready { first: false } => {
+                if let Pending::Read { rt, size_log2, sign } = v.pending {
+                    if rt < 31 {
+                        v.x[rt as usize] = loaded(value, size_log2, sign);
+                    }
+                    v.pc += 4;
+                }
+            }
+        }
+        v.pending = Pending::None;
+        v.run = Run::Active;
+        Ok(())
+    }
+
+    /// A trap of the active vCPU `vcpu`: the action and the state after (the vCPU stays
+    /// active; the caller ends the run).
+    pub fn trap(&self, vcpu: usize, t: GuestTrap) -> (ExitAction, AbsVcpus) {
+        let mut s = self.clone();
+        let a = s.apply_trap(vcpu, t);
+        (a, s)
+    }
+
+    fn apply_trap(&mut self, vcpu: usize, t: GuestTrap) -> ExitAction {
+        match t {
+            GuestTrap::Hvc(x) => self.hvc(vcpu, x),
+            GuestTrap::Wfi => {
+                self.vcpus[vcpu].pc += 4;
+                ExitAction::ToHost(Exit::Wfi)
+            }
+            GuestTrap::Sysreg => ExitAction::InjectUndef,
+            GuestTrap::RamFault { ipa } if ipa >= GUEST_MMIO_LIMIT => {
+                self.vcpus[vcpu].pending = Pending::Fault { ipa: ipa & !0xfff };
+                ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff })
+            }
+            GuestTrap::RamFault { .. } => ExitAction::InjectAbort,
+            GuestTrap::MmioWrite { ipa, rt, size_log2 } if ipa < GUEST_MMIO_LIMIT => {
+                let v = &mut self.vcpus[vcpu];
+                let reg = if rt < 31 { v.x[rt as usize] } else { 0 };
+                v.pc += 4;
+                ExitAction::ToHost(Exit::Mmio { ipa, write: true, size_log2, value: loaded(reg, size_log2, false) })
+            }
+            GuestTrap::MmioRead { ipa, rt, size_log2, sign } if ipa < GUEST_MMIO_LIMIT => {
+                self.vcpus[vcpu].pending = Pending::Read { rt, size_log2, sign };
+                ExitAction::ToHost(Exit::Mmio { ipa, write: false, size_log2, value: 0 })
+            }
+            GuestTrap::MmioWrite { ipa, .. } | GuestTrap::MmioRead { ipa, .. } => {
+                self.vcpus[vcpu].pending = Pending::Fault { ipa: ipa & !0xfff };
+                ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff })
+            }
+        }
+    }
+
+    fn hvc(&mut self, vcpu: usize, x: [u64; 4]) -> ExitAction {
+        let id = x[0] as u32;
+        let ret = |s: &mut AbsVcpus, v: i64| {
+            s.vcpus[vcpu].x[0] = v as u64;
+            ExitAction::Resume
+        };
+        match id {
+            psci::PSCI_VERSION | abi::SMCCC_VERSION => ret(self, 0x1_0001),
+            psci::CPU_ON_32 | psci::CPU_ON_64 => {
+                let (target, entry, ctx) = (x[1] & psci::MPIDR_AFF_MASK, x[2], x[3]);
+                let code = if target as usize >= self.vcpus.len() {
+                    psci::INVALID_PARAMETERS
+                } else if !self.images.iter().any(|&(s, e)| entry >= s && entry < e) {
+                    psci::INVALID_ADDRESS
+                } else if self.vcpus[target as usize].run != Run::Off {
+                    psci::ALREADY_ON
+                } else {
+                    let t = &mut self.vcpus[target as usize];
+                    t.x = [0; 31];
+                    t.x[0] = ctx;
+                    t.pc = entry;
+                    t.pending = Pending::None;
+                    t.run = Run::Ready { first: false };
+                    0
+                };
+                self.vcpus[vcpu].x[0] = code as u64;
+                if code == 0 { ExitAction::ToHost(Exit::VcpuStarted { vcpu: target }) } else { ExitAction::Resume }
+            }
+            psci::CPU_OFF => {
+                self.vcpus[vcpu].run = Run::Off;
+                ExitAction::ToHost(Exit::VcpuOff)
+            }
+            psci::AFFINITY_INFO_32 | psci::AFFINITY_INFO_64 => {
+                let t = x[1] & psci::MPIDR_AFF_MASK;
+                let v = match self.vcpus.get(t as usize) {
+                    None => psci::INVALID_PARAMETERS,
+                    Some(c) => (c.run == Run::Off) as i64,
+                };
+                ret(self, v)
+            }
+            psci::SYSTEM_OFF | psci::SYSTEM_RESET => {
+                self.off = true;
+                ExitAction::ToHost(Exit::Shutdown)
+            }
+            _ => ret(self, abi::NOT_SUPPORTED),
+        }
+    }
+
+    /// The run ends (the host gets control back).
+    pub fn finish(&mut self, vcpu: usize) {
+        if self.vcpus[vcpu].run == Run::Active {
+            self.vcpus[vcpu].run = Run::Ready { first: false };
+        }
+    }
+}
