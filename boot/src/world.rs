@@ -80,6 +80,37 @@ unsafe extern "C" {
     fn kcore_fp_restore(area: u64);
 }
 
+/// Load the guest's virtual GIC state (list registers, VMCR) and enable the virtual CPU
+/// interface (ICH_HCR_EL2.En), so the guest's ICC_* accesses and interrupts are virtual.
+fn vgic_load(k: &KCore<Hardware>, page: &VcpuPage) {
+    let lr = |i: u64| page.get(&k.m, slot::LRS + i);
+    write_sysreg!("S3_4_C12_C12_0", lr(0)); // ICH_LR0_EL2
+    write_sysreg!("S3_4_C12_C12_1", lr(1));
+    write_sysreg!("S3_4_C12_C12_2", lr(2));
+    write_sysreg!("S3_4_C12_C12_3", lr(3));
+    write_sysreg!("S3_4_C12_C11_7", page.get(&k.m, slot::VMCR)); // ICH_VMCR_EL2
+    write_sysreg!("S3_4_C12_C11_0", 1); // ICH_HCR_EL2.En
+    // ICC_SRE_EL1 is not virtualised: a guest always gets the system-register interface.
+    write_sysreg!("S3_0_C12_C12_5", 1);
+    isb();
+}
+
+/// Save the guest's virtual GIC state (the guest may have acknowledged and completed
+/// interrupts) and turn the virtual CPU interface off for the host.
+fn vgic_save(k: &KCore<Hardware>, page: &VcpuPage) {
+    let lrs = [
+        read_sysreg!("S3_4_C12_C12_0"),
+        read_sysreg!("S3_4_C12_C12_1"),
+        read_sysreg!("S3_4_C12_C12_2"),
+        read_sysreg!("S3_4_C12_C12_3"),
+    ];
+    for (i, v) in lrs.iter().enumerate() {
+        page.set(&k.m, slot::LRS + i as u64, *v);
+    }
+    page.set(&k.m, slot::VMCR, read_sysreg!("S3_4_C12_C11_7"));
+    write_sysreg!("S3_4_C12_C11_0", 0);
+}
+
 /// Save this CPU's FP/SIMD registers to `area` (528 bytes of KCore memory).
 fn fp_save(area: u64) {
     // SAFETY: `area` is KCore memory of at least 528 bytes (a per-CPU array or the FP part of
@@ -178,10 +209,12 @@ pub fn run_vcpu(k: &KCore<Hardware>, frame: &mut TrapFrame, vmid: u16, vcpu: usi
         fatal(format_args!("verified VM {vmid} has no stage-2 table"));
     };
     let host = save_el1();
+    let host_sre = read_sysreg!("S3_0_C12_C12_5"); // ICC_SRE_EL1
     let host_fp = HOST_FP[cpu].as_ptr() as u64;
     fp_save(host_fp);
     fp_restore(page.pa + 8 * slot::FP);
     load_el1(&page_el1(k, &page));
+    vgic_load(k, &page);
     write_sysreg!("elr_el2", page.get(&k.m, slot::PC));
     write_sysreg!("spsr_el2", page.get(&k.m, slot::PSTATE));
     write_sysreg!("vttbr_el2", arch::vttbr_el2(root, vmid));
@@ -200,6 +233,7 @@ pub fn run_vcpu(k: &KCore<Hardware>, frame: &mut TrapFrame, vmid: u16, vcpu: usi
     RUNNING[cpu][0].store(0, Relaxed);
     fp_restore(host_fp);
     load_el1(&host);
+    write_sysreg!("S3_0_C12_C12_5", host_sre);
     let regs = crate::el2::EL2_REGS.get().expect("KCore set up");
     crate::cpu::enable_host_stage2(regs);
     write_sysreg!("cptr_el2", 0x22ff);
@@ -245,6 +279,7 @@ pub fn guest_trap(k: &KCore<Hardware>, frame: &mut TrapFrame, slot: u64) {
             page.set(&k.m, slot::PSTATE, frame.spsr);
             set_page_el1(k, &page, &save_el1());
             fp_save(page.pa + 8 * slot::FP);
+            vgic_save(k, &page);
             // SAFETY: a guest runs on this CPU, so kcore_guest_enter saved KCore's stack
             // pointer and registers; everything of the guest is in its context page.
             unsafe { kcore_guest_exit(1) }

@@ -63,6 +63,8 @@ pub const VM_STATE: u32 = 0xC600_0008;
 pub const VCPU_RUN: u32 = 0xC600_0009;
 /// Back the page vCPU x2 of VM x1 last faulted on with host page x3.
 pub const MAP_VM_PAGE: u32 = 0xC600_000A;
+/// Deliver virtual interrupt x3 (0..1019) to vCPU x2 of VM x1 on its next run.
+pub const INJECT_IRQ: u32 = 0xC600_000B;
 
 /// Guest calls (VM -> KCore), pKVM's KVM vendor-hypervisor service so pKVM guests work
 /// unchanged: the features bitmap (function numbers), answered in x0..x3.

@@ -136,6 +136,25 @@ _start:
     wfi
     b       3b
 4:
+    // 14: the virtual interrupt the host asked for (42) arrives through our own vector,
+    //     acknowledged and completed through the (virtual) GIC CPU interface.
+    mov     x28, #14
+    adr     x1, gvectors
+    msr     vbar_el1, x1
+    mov     x1, #0xff
+    msr     S3_0_C4_C6_0, x1        // ICC_PMR_EL1: every priority
+    mov     x1, #1
+    msr     S3_0_C12_C12_7, x1      // ICC_IGRPEN1_EL1: group 1 on
+    isb
+    mov     x26, #0
+    msr     daifclr, #2             // unmask IRQs
+5:  cmp     x26, #42
+    b.eq    6f
+    wfi
+    b       5b
+6:  msr     daifset, #2
+    adr     x3, irq
+    bl      puts
     adr     x3, done
     bl      puts
 off:
@@ -177,8 +196,17 @@ puts:
 2:  ret
 
 hello:  .asciz "GUEST-OK: running under KCore\n"
+irq:    .asciz "GUEST-IRQ-42\n"
 done:   .asciz "GUEST-DONE\n"
 cpu1:   .asciz "GUEST-CPU1-UP\n"
 failed: .asciz "GUEST-FAIL "
 .balign 8
 .ltorg
+
+// EL1 vectors: only the IRQ slot (current EL, SP_ELx, offset 0x280) is used.
+.balign 0x800
+gvectors:
+    .fill   0x280, 1, 0
+    mrs     x26, S3_0_C12_C12_0     // ICC_IAR1_EL1: which interrupt
+    msr     S3_0_C12_C12_1, x26     // ICC_EOIR1_EL1: done with it
+    eret

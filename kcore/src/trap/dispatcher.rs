@@ -49,6 +49,7 @@ pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
             return HostCall::Done;
         }
         abi::MAP_VM_PAGE => k.map_vm_page(x[1], x[2], x[3]).map(|_| None),
+        abi::INJECT_IRQ => k.inject_irq(x[1], x[2], x[3]).map(|_| None),
         abi::DONATE_PAGE => donate(k, x[1], x[2]).map(|_| None),
         abi::REGISTER_VM => k.register_vm(x[1]).map(|v| Some(v as u64)),
         abi::REGISTER_VCPU => k.register_vcpu(x[1], x[2]).map(|_| None),
@@ -117,7 +118,7 @@ mod tests {
     #[test]
     fn every_other_id_is_not_supported() {
         let k = kcore();
-        for id in [0u64, 0xC600_000B, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x8600_0000] {
+        for id in [0u64, 0xC600_000C, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x8600_0000] {
             let mut x = [id, 1, 2, 3, 4, 5, 6, 7];
             host_hvc(&k, &mut x);
             assert_eq!(x[0] as i64, abi::NOT_SUPPORTED, "id {id:#x}");

@@ -28,8 +28,12 @@ pub mod slot {
     pub const EXIT_IPA: u64 = 62;
     /// FP/SIMD state: q0..q31 (two words each), then FPSR, FPCR.
     pub const FP: u64 = 64;
+    /// Virtual GIC: the list registers (ICH_LR<n>_EL2 values), [`super::MAX_LRS`] of them.
+    pub const LRS: u64 = FP + 66;
+    /// Virtual GIC: ICH_VMCR_EL2.
+    pub const VMCR: u64 = LRS + super::MAX_LRS;
     /// Words in use.
-    pub const WORDS: u64 = FP + 66;
+    pub const WORDS: u64 = VMCR + 1;
 }
 
 /// The EL1 system registers KCore saves and restores for a guest, in page order from
@@ -61,6 +65,15 @@ pub const EL1_SYSREGS: [&str; 25] = [
     "cntv_ctl_el0",
     "cntv_cval_el0",
 ];
+
+/// List registers KCore uses per vCPU (GICv3 has at least 4; ICH_VTR_EL2 may offer more).
+pub const MAX_LRS: u64 = 4;
+
+/// An ICH_LR<n>_EL2 value for a pending, group-1, virtual-only interrupt `intid` (Arm GICv3
+/// architecture, ICH_LR<n>_EL2: State 0b01 = pending, bit 60 Group, Priority bits 55:48).
+pub const fn pending_lr(intid: u32) -> u64 {
+    (0b01 << 62) | (1 << 60) | (0xa0 << 48) | intid as u64
+}
 
 /// Index of SCTLR_EL1 in [`EL1_SYSREGS`].
 pub const SYSREG_SCTLR: u64 = 3;

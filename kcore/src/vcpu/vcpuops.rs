@@ -357,6 +357,41 @@ impl<M: Machine> KCore<M> {
         }
     }
 
+    /// INJECT_IRQ: the host asks for virtual interrupt `intid` to be delivered to vCPU `vcpu`.
+    /// KCore checks it (an SGI, PPI or SPI number; a registered vCPU of a running VM; no copy
+    /// of it already waiting) and puts it in a free list register of the vCPU; the guest sees
+    /// it on its next run. A full set of list registers answers NO_MEMORY (retry later).
+    pub fn inject_irq(&self, vmid: u64, vcpu: u64, intid: u64) -> Result<()> {
+        let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
+        if intid >= 1020 {
+            return Err(Error::InvalidParameter);
+        }
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        if info.state() != VmState::Verified || info.vcpu(vcpu) == VcpuState::Unused {
+            return Err(Error::BadState);
+        }
+        if info.vcpu(vcpu) == VcpuState::Active {
+            // Its list registers are live on another CPU; ask again once it has exited.
+            return Err(Error::BadState);
+        }
+        let page = self.vcpu_page(vmid, vcpu);
+        let lrs = (0..super::MAX_LRS).map(|i| page.get(&self.m, slot::LRS + i));
+        let mut free = None;
+        for (i, lr) in lrs.enumerate() {
+            let live = lr >> 62 != 0;
+            if live && lr & 0xffff_ffff == intid {
+                return Err(Error::Exists);
+            }
+            if !live && free.is_none() {
+                free = Some(i as u64);
+            }
+        }
+        let slot_index = free.ok_or(Error::NoMemory)?;
+        page.set(&self.m, slot::LRS + slot_index, super::pending_lr(intid as u32));
+        Ok(())
+    }
+
     /// MAP_VM_PAGE: back the page the vCPU's last exit faulted on (KCore's own record of the
     /// address; the host only proposes the page) with host page `pfn`.
     pub fn map_vm_page(&self, vmid: u64, vcpu: u64, pfn: Pfn) -> Result<()> {

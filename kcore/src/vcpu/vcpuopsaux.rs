@@ -36,9 +36,10 @@ impl VcpuPage {
 
     /// `reset_gp_regs` + `reset_sys_regs`: the state a vCPU starts in: at `entry` (which the
     /// caller checked lies in a verified image) in EL1h with interrupts masked, x0 = `arg`,
-    /// everything else zero, MMU off.
+    /// everything else zero, MMU off. Virtual interrupts already queued for it (list
+    /// registers) are kept: the host may inject before the vCPU first runs.
     pub fn reset<M: Machine>(&self, m: &M, entry: u64, arg: u64) {
-        for i in 0..slot::WORDS {
+        for i in 0..slot::LRS {
             self.set(m, i, 0);
         }
         self.set(m, slot::X0, arg);
