@@ -59,7 +59,7 @@ else
     for run in "max kcore" "cortex-a57 kcore" "max kcore-debug"; do
         set -- $run
         status=$(run_payload testhost "$1" "$2")
-        what="VMs on $1 ($2): signed image verified, bad signature refused, VM and KCore pages refused to the host, destroy scrubs, vmid reused, malformed calls refused; a signed guest runs (PSCI in KCore, MMIO served by the host, RAM backed on fault, pKVM MEM_SHARE/UNSHARE and SeKVM grant/revoke: the host reads a shared page and loses it on unshare, a second vCPU started by PSCI CPU_ON and stopped by CPU_OFF, a host-injected virtual interrupt taken through the list registers, FP/SIMD isolation, WFI, power-off)"
+        what="VMs on $1 ($2): signed image verified, bad signature refused, VM and KCore pages refused to the host, destroy scrubs, vmid reused, malformed calls refused; a signed guest runs (PSCI in KCore, MMIO served by the host, RAM backed on fault, pKVM MEM_SHARE/UNSHARE and SeKVM grant/revoke: the host reads a shared page and loses it on unshare, a second vCPU started by PSCI CPU_ON and stopped by CPU_OFF, a host-injected virtual interrupt taken through the list registers, the guest timer interrupt, FP/SIMD isolation, WFI, power-off)"
         if [ "$status" = 0 ] && grep -q "TESTHOST: all passed" "$OUT/testhost-$1-$2.log"; then
             pass "$what"
         else

@@ -111,6 +111,36 @@ fn vgic_save(k: &KCore<Hardware>, page: &VcpuPage) {
     write_sysreg!("S3_4_C12_C11_0", 0);
 }
 
+/// A physical interrupt arrived while a guest runs: if it is the guest's own virtual timer
+/// (its CNTV_CTL says fired and unmasked), mask the timer output (as the guest's handler
+/// would first do) and give the guest virtual INTID 27 in a free list register. Returns
+/// whether the interrupt was the guest's; otherwise it is the host's and the guest exits.
+fn guest_timer_interrupt() -> bool {
+    let ctl = read_sysreg!("cntv_ctl_el0");
+    if !kcore::vcpu::vtimer_fired(ctl) {
+        return false;
+    }
+    write_sysreg!("cntv_ctl_el0", ctl | 0b010); // IMASK: the physical PPI drops
+    let lrs = [
+        read_sysreg!("S3_4_C12_C12_0"),
+        read_sysreg!("S3_4_C12_C12_1"),
+        read_sysreg!("S3_4_C12_C12_2"),
+        read_sysreg!("S3_4_C12_C12_3"),
+    ];
+    let lr = kcore::vcpu::pending_lr(kcore::vcpu::VTIMER_INTID);
+    match kcore::vcpu::free_lr(&lrs, kcore::vcpu::VTIMER_INTID) {
+        Some(0) => write_sysreg!("S3_4_C12_C12_0", lr),
+        Some(1) => write_sysreg!("S3_4_C12_C12_1", lr),
+        Some(2) => write_sysreg!("S3_4_C12_C12_2", lr),
+        Some(3) => write_sysreg!("S3_4_C12_C12_3", lr),
+        // Already queued, or no room: the guest has it or gets it when one frees up (it
+        // stays masked until the guest re-arms its timer).
+        _ => {}
+    }
+    isb();
+    true
+}
+
 /// Save this CPU's FP/SIMD registers to `area` (528 bytes of KCore memory).
 fn fp_save(area: u64) {
     // SAFETY: `area` is KCore memory of at least 528 bytes (a per-CPU array or the FP part of
@@ -254,6 +284,9 @@ pub fn guest_trap(k: &KCore<Hardware>, frame: &mut TrapFrame, slot: u64) {
     let vmid = (RUNNING[cpu][0].load(Relaxed) - 1) as u16;
     let page = VcpuPage { pa: RUNNING[cpu][2].load(Relaxed) };
     let esr = read_sysreg!("esr_el2");
+    if slot == 9 && guest_timer_interrupt() {
+        return; // back into the guest, which now has a virtual timer interrupt pending
+    }
     let trap = if slot != 8 {
         Trap::Interrupt
     } else if matches!(arch::esr_ec(esr), arch::ec::DABT_LOW | arch::ec::IABT_LOW) {

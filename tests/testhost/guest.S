@@ -155,6 +155,24 @@ _start:
 6:  msr     daifset, #2
     adr     x3, irq
     bl      puts
+    // 15: the virtual timer: armed ~1000 ticks ahead, its interrupt (27) arrives.
+    mov     x28, #15
+    mov     x26, #0
+    mrs     x1, cntvct_el0
+    add     x1, x1, #1000
+    msr     cntv_cval_el0, x1
+    mov     x1, #1
+    msr     cntv_ctl_el0, x1        // ENABLE, unmasked
+    isb
+    msr     daifclr, #2
+7:  cmp     x26, #27
+    b.eq    8f
+    wfi
+    b       7b
+8:  msr     daifset, #2
+    msr     cntv_ctl_el0, xzr       // timer off
+    adr     x3, tick
+    bl      puts
     adr     x3, done
     bl      puts
 off:
@@ -197,6 +215,7 @@ puts:
 
 hello:  .asciz "GUEST-OK: running under KCore\n"
 irq:    .asciz "GUEST-IRQ-42\n"
+tick:   .asciz "GUEST-TIMER-27\n"
 done:   .asciz "GUEST-DONE\n"
 cpu1:   .asciz "GUEST-CPU1-UP\n"
 failed: .asciz "GUEST-FAIL "

@@ -8,6 +8,25 @@
 pub mod vcpuops;
 pub mod vcpuopsaux;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_and_list_register_decisions() {
+        assert!(vtimer_fired(0b101));
+        assert!(!vtimer_fired(0b111), "masked");
+        assert!(!vtimer_fired(0b001), "not yet");
+        assert!(!vtimer_fired(0b100), "disabled");
+        let busy = pending_lr(40);
+        assert_eq!(free_lr(&[busy, 0, 0, 0], 27), Some(1));
+        assert_eq!(free_lr(&[busy, pending_lr(27), 0, 0], 27), None, "already queued");
+        assert_eq!(free_lr(&[busy; 4], 27), None, "all busy");
+        // An active (state 0b10) copy counts as queued too.
+        assert_eq!(free_lr(&[(0b10 << 62) | 27, 0, 0, 0], 27), None);
+    }
+}
+
 /// Word offsets in a vCPU context page.
 pub mod slot {
     /// x0..x30 at 0..=30.
@@ -73,6 +92,24 @@ pub const MAX_LRS: u64 = 4;
 /// architecture, ICH_LR<n>_EL2: State 0b01 = pending, bit 60 Group, Priority bits 55:48).
 pub const fn pending_lr(intid: u32) -> u64 {
     (0b01 << 62) | (1 << 60) | (0xa0 << 48) | intid as u64
+}
+
+/// The virtual timer's interrupt (PPI 11, INTID 27 on every GICv3 system).
+pub const VTIMER_INTID: u32 = 27;
+
+/// Has the guest's virtual timer fired with its interrupt unmasked? (CNTV_CTL_EL0: ENABLE
+/// bit 0, IMASK bit 1, ISTATUS bit 2.)
+pub const fn vtimer_fired(cntv_ctl: u64) -> bool {
+    cntv_ctl & 0b111 == 0b101
+}
+
+/// The list register to put a pending `intid` in, given the live ones: `None` if it is
+/// already there (pending or active) or every one is busy.
+pub fn free_lr(lrs: &[u64], intid: u32) -> Option<usize> {
+    if lrs.iter().any(|&lr| lr >> 62 != 0 && lr & 0xffff_ffff == intid as u64) {
+        return None;
+    }
+    lrs.iter().position(|&lr| lr >> 62 == 0)
 }
 
 /// Index of SCTLR_EL1 in [`EL1_SYSREGS`].

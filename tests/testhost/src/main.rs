@@ -122,6 +122,42 @@ mod el1 {
         unsafe { asm!("msr cpacr_el1, {}", "isb", in(reg) 3u64 << 20, options(nostack)) };
     }
 
+    /// Set up the physical GIC as a host OS does for its timer: distributor on (group 1,
+    /// affinity routing), this CPU's redistributor awake with PPI 27 (the virtual timer)
+    /// enabled in group 1, and the CPU interface taking group 1. The test host itself keeps
+    /// interrupts masked; this lets a guest's timer reach KCore while the guest runs.
+    fn gic_init() {
+        const GICD: u64 = 0x0800_0000;
+        const GICR: u64 = 0x080a_0000; // CPU 0's redistributor on QEMU virt
+        let w32 = |pa: u64, v: u32| {
+            // SAFETY: GIC registers of QEMU virt (device memory; the host's own GIC).
+            unsafe { core::ptr::write_volatile(pa as *mut u32, v) }
+        };
+        let r32 = |pa: u64| {
+            // SAFETY: as above.
+            unsafe { core::ptr::read_volatile(pa as *const u32) }
+        };
+        w32(GICD, 0x12); // GICD_CTLR: ARE | EnableGrp1
+        w32(GICR + 0x14, r32(GICR + 0x14) & !2); // GICR_WAKER.ProcessorSleep = 0
+        while r32(GICR + 0x14) & 4 != 0 {
+            core::hint::spin_loop();
+        }
+        let sgi = GICR + 0x1_0000;
+        w32(sgi + 0x80, r32(sgi + 0x80) | 1 << 27); // GICR_IGROUPR0: group 1
+        w32(sgi + 0x100, 1 << 27); // GICR_ISENABLER0
+        // SAFETY: the GIC CPU interface system registers at EL1, for this CPU.
+        unsafe {
+            asm!(
+                "msr S3_0_C12_C12_5, {one}", // ICC_SRE_EL1.SRE
+                "isb",
+                "msr S3_0_C4_C6_0, {pmr}",   // ICC_PMR_EL1
+                "msr S3_0_C12_C12_7, {one}", // ICC_IGRPEN1_EL1
+                "isb",
+                one = in(reg) 1u64, pmr = in(reg) 0xffu64, options(nostack)
+            )
+        };
+    }
+
     fn faults() -> u64 {
         TESTHOST_FAULTS[0].load(Ordering::SeqCst)
     }
@@ -407,7 +443,8 @@ mod el1 {
         let shared = page(151);
         fill(data, &[0xaa; 8]); // the host's old contents of the page it will give
         enable_fp();
-        for _ in 0..400 {
+        gic_init();
+        for _ in 0..2000 {
             host_fp_set();
             let r = hvc5(abi::VCPU_RUN, [vm, vcpu, pending[vcpu as usize], 0]);
             check(host_fp_intact(), 80);
@@ -477,7 +514,7 @@ mod el1 {
         let text = core::str::from_utf8(&console[..len]).unwrap_or("");
         print("TESTHOST: guest said: ");
         print(text);
-        check(text == "GUEST-OK: running under KCore\n.GUEST-CPU1-UP\nGUEST-IRQ-42\nGUEST-DONE\n", 89);
+        check(text == "GUEST-OK: running under KCore\n.GUEST-CPU1-UP\nGUEST-IRQ-42\nGUEST-TIMER-27\nGUEST-DONE\n", 89);
         check(faults_seen == 2 && wfis >= 4 && started == 1 && stopped == 1, 90);
         check(hvc(abi::VM_STATE, [vm, 0, 0, 0])[1] == 3, 91); // powered off
         // The page it wrote its secret into is not the host's any more.
