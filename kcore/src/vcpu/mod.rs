@@ -39,8 +39,8 @@ pub mod slot {
     pub const PSTATE: u64 = 33;
     /// First EL1 system register; see [`super::EL1_SYSREGS`] for the order.
     pub const SYSREGS: u64 = 34;
-    /// Run state flags ([`super::flags`]).
-    pub const FLAGS: u64 = 60;
+    /// Run state flags ([`super::flags`]; registration sets the first ones, layer 21).
+    pub const FLAGS: u64 = crate::vm::vcpu_start::FLAGS_WORD;
     /// ESR_EL2 of the last exit.
     pub const EXIT_ESR: u64 = 61;
     /// Faulting IPA of the last exit (from HPFAR_EL2 and FAR_EL2).
@@ -118,13 +118,13 @@ pub const SYSREG_SCTLR: u64 = 3;
 /// Flag bits in [`slot::FLAGS`].
 pub mod flags {
     /// The vCPU has never run: reset it on the first run.
-    pub const FIRST_RUN: u64 = 1 << 0;
+    pub const FIRST_RUN: u64 = crate::vm::vcpu_start::FIRST_RUN;
     /// The last exit was an MMIO read: the next run supplies the value.
     pub const MMIO_READ_PENDING: u64 = 1 << 1;
     /// The last exit was a stage-2 fault on RAM the host must back.
     pub const PAGE_FAULT_PENDING: u64 = 1 << 2;
     /// The vCPU is off: it runs only after the guest's PSCI CPU_ON (secondary vCPUs start off).
-    pub const OFF: u64 = 1 << 3;
+    pub const OFF: u64 = crate::vm::vcpu_start::OFF;
     /// Destination register (bits 8..=12), access size log2 (bits 16..=17), sign-extend (bit
     /// 20) of a pending MMIO read.
     pub const MMIO_RT_SHIFT: u32 = 8;

@@ -51,10 +51,9 @@ impl<M: Machine> KCore<M> {
             let _pt = self.locks.acquire(crate::locks::LockId::Pt(vmid), self.m.cpu_index());
             table.pool.alloc(&self.m)?
         };
-        let ctx = crate::vcpu::vcpuopsaux::VcpuPage { pa: page };
         // vCPU 0 boots the VM; the others wait, off, for the guest's PSCI CPU_ON.
-        let start = if vcpuid == 0 { crate::vcpu::flags::FIRST_RUN } else { crate::vcpu::flags::OFF };
-        ctx.set(&self.m, crate::vcpu::slot::FLAGS, start);
+        let start = if vcpuid == 0 { super::vcpu_start::FIRST_RUN } else { super::vcpu_start::OFF };
+        self.m.store(page + 8 * super::vcpu_start::FLAGS_WORD, start);
         info.set_vcpu_page(vcpuid as usize, page);
         info.set_vcpu(vcpuid as usize, VcpuState::Ready);
         Ok(())

@@ -15,6 +15,17 @@ use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 
 /// vCPUs per VM.
 pub const MAX_VCPUS: usize = 8;
+
+/// What registration (this layer) sets in a new vCPU's context page, whose layout layer 27
+/// owns and extends: the word holding its run-state flags, and the two states it starts in.
+pub mod vcpu_start {
+    /// Word index of the flags in a vCPU context page.
+    pub const FLAGS_WORD: u64 = 60;
+    /// Never ran: reset at the first verified image's load address on its first run (vCPU 0).
+    pub const FIRST_RUN: u64 = 1 << 0;
+    /// Off: runs only after the guest's PSCI CPU_ON (every other vCPU).
+    pub const OFF: u64 = 1 << 3;
+}
 /// Boot images per VM (kernel, initrd, device tree, ...).
 pub const MAX_IMAGES: usize = 4;
 /// Largest boot image.
