@@ -265,7 +265,7 @@ pub fn run_vcpu(k: &KCore<Hardware>, frame: &mut TrapFrame, vmid: u16, vcpu: usi
     load_el1(&host);
     write_sysreg!("S3_0_C12_C12_5", host_sre);
     let regs = crate::el2::EL2_REGS.get().expect("KCore set up");
-    crate::cpu::enable_host_stage2(regs);
+    crate::cpu::restore_host_stage2(regs);
     write_sysreg!("cptr_el2", 0x22ff);
     write_sysreg!("cnthctl_el2", 0b11);
     write_sysreg!("vmpidr_el2", read_sysreg!("mpidr_el1"));
@@ -287,7 +287,8 @@ pub fn guest_trap(k: &KCore<Hardware>, frame: &mut TrapFrame, slot: u64) {
     if slot == 9 && guest_timer_interrupt() {
         return; // back into the guest, which now has a virtual timer interrupt pending
     }
-    let trap = if slot != 8 {
+    // Slots 8 and 12: synchronous, from AArch64 or AArch32 (a guest's 32-bit user space).
+    let trap = if slot != 8 && slot != 12 {
         Trap::Interrupt
     } else if matches!(arch::esr_ec(esr), arch::ec::DABT_LOW | arch::ec::IABT_LOW) {
         Trap::Sync { esr, far: read_sysreg!("far_el2"), hpfar: read_sysreg!("hpfar_el2") }
