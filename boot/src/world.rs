@@ -185,6 +185,31 @@ macro_rules! for_each_el1_sysreg {
     };
 }
 
+/// Is `a` the same name as `b` (a `const` string comparison)?
+const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// The register list above must be the context page's layout, which `kcore` defines.
+macro_rules! check_el1_sysreg {
+    ($i:expr, $r:literal) => {
+        const _: () = assert!(same_name(kcore::vcpu::EL1_SYSREGS[$i], $r), "EL1 register order differs from kcore");
+    };
+}
+for_each_el1_sysreg!(check_el1_sysreg);
+const _: () = assert!(kcore::vcpu::EL1_SYSREGS.len() == 25);
+
 /// Registers of one side's EL1 state: the 25 system registers, then SP_EL0.
 type El1State = [u64; 26];
 

@@ -181,15 +181,13 @@ impl<M: Machine> KCore<M> {
 
     /// Guest hypercalls KCore answers itself (SMCCC over HVC; the PC already points past it).
     fn guest_hvc(&self, vmid: u16, regs: &mut impl GuestRegs, page: &VcpuPage) -> ExitAction {
+        // The common queries first and short: they are the hot path of a guest's hypercalls.
         let id = regs.x(0) as u32;
-        let ret = |regs: &mut dyn FnMut(u64), v: i64| {
-            regs(v as u64);
-            ExitAction::Resume
-        };
-        let mut set0 = |v: u64| regs.set_x(0, v);
         match id {
-            psci::PSCI_VERSION => ret(&mut set0, 0x1_0001),
-            crate::abi::SMCCC_VERSION => ret(&mut set0, 0x1_0001),
+            psci::PSCI_VERSION | abi::SMCCC_VERSION => {
+                regs.set_x(0, 0x1_0001);
+                ExitAction::Resume
+            }
             _ => self.guest_hvc_slow(vmid, id, regs, page),
         }
     }
@@ -202,7 +200,7 @@ impl<M: Machine> KCore<M> {
             }};
         }
         match id {
-            psci::CPU_ON_32 | psci::CPU_ON_64 => self.guest_cpu_on(vmid, regs, page),
+            psci::CPU_ON_32 | psci::CPU_ON_64 => self.guest_cpu_on(vmid, regs),
             psci::CPU_OFF => {
                 page.set(&self.m, slot::FLAGS, flags::OFF);
                 ExitAction::ToHost(Exit::VcpuOff)
@@ -277,7 +275,7 @@ impl<M: Machine> KCore<M> {
 
     /// PSCI CPU_ON from the guest: start its vCPU x1 (Aff0 = vCPU index) at x2 with x0 = x3.
     /// The entry point must lie inside a verified image, like vCPU 0's.
-    fn guest_cpu_on(&self, vmid: u16, regs: &mut impl GuestRegs, _page: &VcpuPage) -> ExitAction {
+    fn guest_cpu_on(&self, vmid: u16, regs: &mut impl GuestRegs) -> ExitAction {
         let (target, entry, context) = (regs.x(1) & psci::MPIDR_AFF_MASK, regs.x(2), regs.x(3));
         // The target's state and registers change under the VM's lock: VCPU_RUN of the target
         // on another CPU checks them under the same lock.
