@@ -12,7 +12,6 @@
 //!    VM's boot images are its own pages at their load addresses; at most as many vCPUs are
 //!    active as there are CPUs (each runs on one CPU: VCPU_RUN makes it active only from ready).
 
-use crate::error::Result;
 use crate::kcore::KCore;
 use crate::machine::Machine;
 use crate::mem::pagemgmt::{CHUNK_PAGES, Owner};
@@ -185,9 +184,4 @@ fn check_tables<M: Machine>(k: &KCore<M>, t: &S2Table, note: &mut impl FnMut(Vio
 pub fn check_quiesced<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
     let _s2 = k.locks.acquire(crate::locks::LockId::S2Page, k.m.cpu_index());
     check(k)
-}
-
-/// [`check`] as a `Result` for callers that only need pass/fail.
-pub fn holds<M: Machine>(k: &KCore<M>) -> Result<()> {
-    check(k).map_err(|_| crate::Error::BadState)
 }

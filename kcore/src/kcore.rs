@@ -123,12 +123,6 @@ impl<M: Machine> KCore<M> {
         Ok(k)
     }
 
-    /// Set the key VM images must be signed with (from KCore's build or boot configuration).
-    pub fn with_vm_key(mut self, key: [u8; 32]) -> Self {
-        self.vm_key = key;
-        self
-    }
-
     /// Layers 16-17 over this state.
     pub fn mem(&self) -> MemAux<'_, M> {
         MemAux { m: &self.m, locks: &self.locks, mb: &self.mb, meta: &self.meta, host: &self.host, vms: &self.vms }

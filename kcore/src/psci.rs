@@ -79,11 +79,6 @@ impl CpuTable {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
-
-    /// MPIDR of CPU `index`.
-    pub fn mpidr(&self, index: usize) -> Option<u64> {
-        (index < self.count).then(|| self.mpidr[index])
-    }
 }
 
 /// Where the host wants each CPU to continue once KCore has set it up.

@@ -13,8 +13,7 @@ use kcore::machine::Machine;
 use kcore::machine::sim::SimMachine;
 use kcore::mem::pagemgmt::Owner;
 use kcore::trap::dispatcher::{HostCall, host_hvc};
-use kcore::vcpu::slot;
-use kcore::vcpu::vcpuops::Trap;
+use kcore::vcpu::vcpuops::{Exit, ExitAction, Trap};
 use kcore::vcpu::vcpuopsaux::VcpuPage;
 use kcore::{PAGE_SHIFT, Pfn};
 use proptest::prelude::*;
@@ -131,7 +130,6 @@ impl Run {
                     k.m.store((p << PAGE_SHIFT) + 4088, !self.secret);
                 }
                 page.set_x(&k.m, 1, 0x41); // public: what it writes to the UART
-                let pc = page.get(&k.m, slot::PC);
                 let trap = match t {
                     GuestTrap::MmioWrite => {
                         Trap::Sync { esr: esr_dabt(true, 1), far: 0x0900_0000, hpfar: 0x0900_0000 >> 8 }
@@ -167,19 +165,18 @@ impl Run {
                 };
                 let mut regs = kcore::vcpu::vcpuopsaux::PageRegs { page, m: &k.m };
                 let action = k.handle_vm_trap(vmid, &mut regs, &page, trap);
-                let mut obs = x.to_vec();
-                obs.push(format!("{action:?}").len() as u64);
-                if let kcore::vcpu::vcpuops::ExitAction::ToHost(exit) = action {
-                    obs.extend(exit.encode());
-                    if matches!(exit, kcore::vcpu::vcpuops::Exit::Mmio { write: false, .. }) {
-                        *mmio_value = 0x90;
-                    }
-                    k.finish_run(vmid, vcpu);
-                } else {
-                    // Resumed in KCore; the guest later stops (say, on a host interrupt).
-                    k.finish_run(vmid, vcpu);
+                // What the host sees: this exit, or, for a trap KCore handled itself, the exit
+                // the run ends with later (say, a host interrupt).
+                let exit = match action {
+                    ExitAction::ToHost(exit) => exit,
+                    _ => Exit::Irq,
+                };
+                if matches!(exit, Exit::Mmio { write: false, .. }) {
+                    *mmio_value = 0x90;
                 }
-                let _ = pc;
+                k.finish_run(vmid, vcpu);
+                let mut obs = x.to_vec();
+                obs.extend(exit.encode());
                 obs
             }
             Step::MapFault(p) => self.hvc([abi::MAP_VM_PAGE as u64, self.vmid, 0, p, 0, 0, 0, 0]).0.to_vec(),

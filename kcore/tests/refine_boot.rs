@@ -16,7 +16,7 @@ use kcore::machine::sim::SimMachine;
 use kcore::mem::pagemgmt::Owner;
 use kcore::spec::boot::{AbsBoot, AbsImage, AbsVm, BootOp, Contents};
 use kcore::spec::mem::abstraction;
-use kcore::vm::{MAX_VCPUS, VmState};
+use kcore::vm::VmState;
 use kcore::{PAGE_SHIFT, Pfn};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -166,7 +166,6 @@ fn refine(ops: &[BootOp]) -> Result<(), TestCaseError> {
         prop_assert_eq!(&abs.vm_split, &next.mem.vm_split);
         spec = next;
     }
-    let _ = MAX_VCPUS;
     Ok(())
 }
 

@@ -45,7 +45,7 @@ pub fn bare_kcore() -> (KCore<SimMachine>, ed25519_compact::KeyPair) {
     let m = SimMachine::new(RAM, RAM_SIZE);
     let mb = MemBlocks::new(&[(RAM, RAM_SIZE)]).unwrap();
     let pool = PagePool::new(KMEM + (1 << 20), RAM + RAM_SIZE);
-    let k = KCore::new(m, mb, KMEM, pool, 40).unwrap().with_vm_key(*kp.pk);
+    let k = KCore::new_with_key(m, mb, KMEM, pool, 40, *kp.pk).unwrap();
     k.mem().protect_kcore(KMEM, RAM + RAM_SIZE).unwrap();
     (k, kp)
 }
