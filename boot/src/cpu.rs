@@ -215,13 +215,6 @@ pub fn enable_host_stage2(r: &El2Regs) {
     unsafe { core::arch::asm!("tlbi vmalls12e1", "dsb nsh", "isb", options(nostack)) };
 }
 
-/// Switch this CPU's stage-2 back to the host after a guest ran: VTTBR and HCR only. No TLB
-/// maintenance: TLB entries are tagged by VMID, so the guest's cannot serve the host.
-pub fn restore_host_stage2(r: &El2Regs) {
-    write_sysreg!("vttbr_el2", r.vttbr_el2);
-    write_sysreg!("hcr_el2", r.hcr_el2);
-}
-
 /// SPSR_EL2 for entering the host: EL1h with D, A, I, F masked.
 pub fn set_host_return_state() {
     write_sysreg!("spsr_el2", arch::spsr::EL1H_MASKED);

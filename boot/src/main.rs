@@ -164,7 +164,11 @@ mod el2 {
         }
 
         // KCore's own EL2 identity map, written once here with the MMU off.
-        let hw = Hardware { cpu_index: current_cpu };
+        let hw = Hardware {
+            cpu_index: current_cpu,
+            fp_save: crate::world::kcore_fp_save,
+            fp_load: crate::world::kcore_fp_restore,
+        };
         let el2_pool = PagePool::new(plan.pool.0, plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE);
         let host_pool = PagePool::new(plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE, plan.pool.1);
         let el2_root = el2_pool.alloc(&hw).unwrap_or_else(|_| fatal(format_args!("EL2 table pool empty")));

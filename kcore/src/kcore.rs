@@ -9,6 +9,7 @@ use crate::mem::memblock::MemBlocks;
 use crate::mem::pagemgmt::{PageMeta, meta_bytes};
 use crate::pt::nptops::S2Table;
 use crate::pt::ptalloc::PagePool;
+use crate::trap::traphandler::{CpuRun, CpuRuns};
 use crate::vm::VmInfo;
 use crate::{BLOCK_2M, PAGE_SIZE, align_down, align_up};
 
@@ -92,6 +93,8 @@ pub struct KCore<M: Machine> {
     pub vminfo: [VmInfo; MAX_VMS],
     /// The Ed25519 public key VM images must be signed with.
     pub vm_key: [u8; 32],
+    /// What runs on each CPU (layer 34).
+    pub runs: CpuRuns,
 }
 
 impl<M: Machine> KCore<M> {
@@ -118,7 +121,9 @@ impl<M: Machine> KCore<M> {
         let host = S2Table::new(HOST_VMID, ipa_bits, pool);
         let vms = core::array::from_fn(|i| S2Table::new(i as u16 + 1, ipa_bits, PagePool::new(0, 0)));
         let vminfo = core::array::from_fn(|_| VmInfo::default());
-        let k = KCore { m, locks: Locks::new(), mb, meta: PageMeta { base: meta_base }, host, vms, vminfo, vm_key };
+        let runs = core::array::from_fn(|_| CpuRun::default());
+        let k =
+            KCore { m, locks: Locks::new(), mb, meta: PageMeta { base: meta_base }, host, vms, vminfo, vm_key, runs };
         k.host.init_root(&k.m, &k.locks)?;
         Ok(k)
     }

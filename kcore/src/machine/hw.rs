@@ -2,7 +2,7 @@
 //! address is also a pointer. This is the only module of the `kcore` crate with `unsafe` and
 //! assembly.
 
-use super::Machine;
+use super::{FpRegs, Machine, SysReg};
 use crate::PAGE_SIZE;
 use core::arch::asm;
 
@@ -10,7 +10,45 @@ use core::arch::asm;
 pub struct Hardware {
     /// Reads the calling CPU's index (kept by `boot/` in TPIDR_EL2).
     pub cpu_index: fn() -> usize,
+    /// Stores q0..q31, FPSR, FPCR at the given address (528 bytes); assembly in `boot/`,
+    /// which is built with FP/SIMD instructions enabled.
+    pub fp_save: unsafe extern "C" fn(u64),
+    /// Loads them from the given address.
+    pub fp_load: unsafe extern "C" fn(u64),
 }
+
+macro_rules! read_match {
+    ($($v:ident $name:literal),* $(,)?) => {
+        /// `MRS` of `r`.
+        #[inline(always)]
+        fn mrs(r: SysReg) -> u64 {
+            let v: u64;
+            match r {
+                $(SysReg::$v => {
+                    // SAFETY: reading a system register at EL2 has no memory effects; every
+                    // register listed exists on the CPUs KCore supports (GICv3 is required).
+                    unsafe { asm!(concat!("mrs {}, ", $name), out(reg) v, options(nostack, nomem)) }
+                })*
+            }
+            v
+        }
+
+        /// `MSR` of `r`.
+        #[inline(always)]
+        fn msr(r: SysReg, v: u64) {
+            match r {
+                $(SysReg::$v => {
+                    // SAFETY: KCore owns EL2; the layers above write only EL1 state being
+                    // switched, the GIC's virtual interface and EL2's own controls, none of
+                    // which changes KCore's own translation or stack.
+                    unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) v, options(nostack)) }
+                })*
+            }
+        }
+    };
+}
+
+with_sysregs!(read_match);
 
 impl Machine for Hardware {
     fn load(&self, pa: u64) -> u64 {
@@ -77,6 +115,43 @@ impl Machine for Hardware {
 
     fn cpu_index(&self) -> usize {
         (self.cpu_index)()
+    }
+
+    #[inline(always)]
+    fn read_sysreg(&self, r: SysReg) -> u64 {
+        mrs(r)
+    }
+
+    #[inline(always)]
+    fn write_sysreg(&self, r: SysReg, val: u64) {
+        msr(r, val)
+    }
+
+    fn sync_context(&self) {
+        // SAFETY: a context synchronisation barrier has no memory-safety preconditions.
+        unsafe { asm!("isb", options(nostack)) };
+    }
+
+    fn fp_save(&self, dst: &mut FpRegs) {
+        // SAFETY: `dst` is 528 writable bytes (66 words) KCore owns; FP/SIMD is not trapped
+        // at EL2 (CPTR_EL2.TFP = 0) and KCore's own code never uses those registers.
+        unsafe { (self.fp_save)(dst.as_mut_ptr() as u64) }
+    }
+
+    fn fp_load(&self, src: &FpRegs) {
+        // SAFETY: as for `fp_save`; the routine only reads the 528 bytes at `src`.
+        unsafe { (self.fp_load)(src.as_ptr() as u64) }
+    }
+
+    fn fp_save_to(&self, pa: u64) {
+        // SAFETY: callers pass the FP area of a vCPU context page, KCore memory covered by
+        // the EL2 identity map; as for `fp_save` otherwise.
+        unsafe { (self.fp_save)(pa) }
+    }
+
+    fn fp_load_from(&self, pa: u64) {
+        // SAFETY: as for `fp_save_to`.
+        unsafe { (self.fp_load)(pa) }
     }
 }
 

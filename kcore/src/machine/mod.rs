@@ -7,6 +7,69 @@
 //! development machine [`sim::SimMachine`] keeps memory in a buffer and records every TLB
 //! invalidation so tests can check it happened.
 
+/// Calls `$m!` with every system register KCore reads or writes, as `Variant "assembler
+/// name"` pairs in [`SysReg`] order. The first 25 are a vCPU's EL1 state in context-page
+/// order (`crate::vcpu::EL1_SYSREGS`), then SP_EL0; the rest in any order.
+macro_rules! with_sysregs {
+    ($m:ident) => {
+        $m! {
+            SpEl1 "sp_el1", ElrEl1 "elr_el1", SpsrEl1 "spsr_el1", SctlrEl1 "sctlr_el1",
+            Ttbr0El1 "ttbr0_el1", Ttbr1El1 "ttbr1_el1", TcrEl1 "tcr_el1", MairEl1 "mair_el1",
+            AmairEl1 "amair_el1", VbarEl1 "vbar_el1", ContextidrEl1 "contextidr_el1",
+            TpidrEl0 "tpidr_el0", TpidrEl1 "tpidr_el1", TpidrroEl0 "tpidrro_el0",
+            CpacrEl1 "cpacr_el1", EsrEl1 "esr_el1", FarEl1 "far_el1", Afsr0El1 "afsr0_el1",
+            Afsr1El1 "afsr1_el1", ParEl1 "par_el1", CntkctlEl1 "cntkctl_el1",
+            CsselrEl1 "csselr_el1", MdscrEl1 "mdscr_el1", CntvCtlEl0 "cntv_ctl_el0",
+            CntvCvalEl0 "cntv_cval_el0",
+            SpEl0 "sp_el0",
+            // GICv3 CPU interface registers by encoding (GIC architecture specification,
+            // chapter 12): ICC_SRE_EL1, ICH_LR<0-3>_EL2, ICH_VMCR_EL2, ICH_HCR_EL2.
+            IccSreEl1 "S3_0_C12_C12_5", IchLr0El2 "S3_4_C12_C12_0", IchLr1El2 "S3_4_C12_C12_1",
+            IchLr2El2 "S3_4_C12_C12_2", IchLr3El2 "S3_4_C12_C12_3", IchVmcrEl2 "S3_4_C12_C11_7",
+            IchHcrEl2 "S3_4_C12_C11_0",
+            // EL2's own: the exception being handled, and the world-switch controls.
+            ElrEl2 "elr_el2", SpsrEl2 "spsr_el2", EsrEl2 "esr_el2", FarEl2 "far_el2",
+            HpfarEl2 "hpfar_el2", HcrEl2 "hcr_el2", VttbrEl2 "vttbr_el2", CptrEl2 "cptr_el2",
+            CnthctlEl2 "cnthctl_el2", VmpidrEl2 "vmpidr_el2"
+        }
+    };
+}
+
+macro_rules! declare_sysregs {
+    ($($v:ident $name:literal),* $(,)?) => {
+        /// A system register KCore reads or writes through [`Machine::read_sysreg`] and
+        /// [`Machine::write_sysreg`].
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[repr(u8)]
+        pub enum SysReg {
+            $(#[doc = concat!("`", $name, "`")] $v,)*
+        }
+
+        impl SysReg {
+            /// Every register, in order.
+            pub const ALL: &'static [SysReg] = &[$(SysReg::$v,)*];
+
+            /// The register's name as the assembler knows it.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(SysReg::$v => $name,)*
+                }
+            }
+        }
+    };
+}
+
+with_sysregs!(declare_sysregs);
+
+/// How many [`SysReg`]s there are.
+pub const SYSREG_COUNT: usize = SysReg::ALL.len();
+
+/// A CPU's FP/SIMD registers as KCore stores them: q0..q31 (two words each, low first), then
+/// FPSR and FPCR.
+pub type FpRegs = [u64; FP_WORDS];
+/// Words in [`FpRegs`].
+pub const FP_WORDS: usize = 66;
+
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod hw;
 #[cfg(not(target_os = "none"))]
@@ -38,4 +101,20 @@ pub trait Machine: Sync {
     fn tlb_flush_vmid(&self, vmid: u16);
     /// The index of the executing CPU (0.. as KCore numbered them at boot).
     fn cpu_index(&self) -> usize;
+    /// Read system register `r` of the executing CPU.
+    fn read_sysreg(&self, r: SysReg) -> u64;
+    /// Write system register `r` of the executing CPU. Writes that change how the CPU
+    /// executes take effect after [`Machine::sync_context`].
+    fn write_sysreg(&self, r: SysReg, val: u64);
+    /// Context synchronisation (`ISB`): prior system-register writes take effect.
+    fn sync_context(&self);
+    /// Store the executing CPU's FP/SIMD registers in `dst`.
+    fn fp_save(&self, dst: &mut FpRegs);
+    /// Load the executing CPU's FP/SIMD registers from `src`.
+    fn fp_load(&self, src: &FpRegs);
+    /// Store the executing CPU's FP/SIMD registers in KCore memory at `pa`
+    /// ([`FP_WORDS`] words, 16-byte aligned).
+    fn fp_save_to(&self, pa: u64);
+    /// Load the executing CPU's FP/SIMD registers from KCore memory at `pa`.
+    fn fp_load_from(&self, pa: u64);
 }

@@ -1,8 +1,9 @@
-//! The simulated machine used by host tests: physical memory as a buffer of words, and a log
-//! of the TLB invalidations KCore issued.
+//! The simulated machine used by host tests: physical memory as a buffer of words, a log of
+//! the TLB invalidations KCore issued, and each CPU's system and FP/SIMD registers.
 
-use super::Machine;
+use super::{FP_WORDS, FpRegs, Machine, SYSREG_COUNT, SysReg};
 use crate::PAGE_SIZE;
+use crate::locks::locks::MAX_CPUS;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -21,6 +22,9 @@ pub struct SimMachine {
     words: Vec<AtomicU64>,
     tlb_log: Mutex<Vec<TlbOp>>,
     publishes: AtomicUsize,
+    sysregs: Vec<[AtomicU64; SYSREG_COUNT]>,
+    fp: Vec<[AtomicU64; FP_WORDS]>,
+    syncs: AtomicUsize,
 }
 
 thread_local! {
@@ -32,7 +36,42 @@ impl SimMachine {
     pub fn new(base: u64, size: u64) -> Self {
         assert!(base.is_multiple_of(PAGE_SIZE) && size.is_multiple_of(PAGE_SIZE));
         let words = (0..size / 8).map(|_| AtomicU64::new(0)).collect();
-        SimMachine { base, words, tlb_log: Mutex::new(Vec::new()), publishes: AtomicUsize::new(0) }
+        SimMachine {
+            base,
+            words,
+            tlb_log: Mutex::new(Vec::new()),
+            publishes: AtomicUsize::new(0),
+            sysregs: (0..MAX_CPUS).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
+            fp: (0..MAX_CPUS).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
+            syncs: AtomicUsize::new(0),
+        }
+    }
+
+    /// System register `r` of CPU `cpu` (what a test observes of the CPU).
+    pub fn sysreg(&self, cpu: usize, r: SysReg) -> u64 {
+        self.sysregs[cpu][r as usize].load(Ordering::Relaxed)
+    }
+
+    /// Set system register `r` of CPU `cpu` (what software at EL1 or the hardware did).
+    pub fn set_sysreg(&self, cpu: usize, r: SysReg, v: u64) {
+        self.sysregs[cpu][r as usize].store(v, Ordering::Relaxed)
+    }
+
+    /// CPU `cpu`'s FP/SIMD registers.
+    pub fn fp_regs(&self, cpu: usize) -> FpRegs {
+        core::array::from_fn(|i| self.fp[cpu][i].load(Ordering::Relaxed))
+    }
+
+    /// Set CPU `cpu`'s FP/SIMD registers.
+    pub fn set_fp_regs(&self, cpu: usize, v: &FpRegs) {
+        for (r, x) in self.fp[cpu].iter().zip(v) {
+            r.store(*x, Ordering::Relaxed);
+        }
+    }
+
+    /// How many context synchronisations (`ISB`) were issued.
+    pub fn syncs(&self) -> usize {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// Set the CPU index reported to code running on this thread.
@@ -94,5 +133,31 @@ impl Machine for SimMachine {
     }
     fn cpu_index(&self) -> usize {
         CPU.with(|c| c.get())
+    }
+    fn read_sysreg(&self, r: SysReg) -> u64 {
+        self.sysreg(self.cpu_index(), r)
+    }
+    fn write_sysreg(&self, r: SysReg, val: u64) {
+        self.set_sysreg(self.cpu_index(), r, val)
+    }
+    fn sync_context(&self) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+    fn fp_save(&self, dst: &mut FpRegs) {
+        *dst = self.fp_regs(self.cpu_index());
+    }
+    fn fp_load(&self, src: &FpRegs) {
+        self.set_fp_regs(self.cpu_index(), src)
+    }
+    fn fp_save_to(&self, pa: u64) {
+        assert!(pa.is_multiple_of(16), "unaligned FP area at {pa:#x}");
+        for (i, v) in self.fp_regs(self.cpu_index()).iter().enumerate() {
+            self.store(pa + 8 * i as u64, *v);
+        }
+    }
+    fn fp_load_from(&self, pa: u64) {
+        assert!(pa.is_multiple_of(16), "unaligned FP area at {pa:#x}");
+        let v: FpRegs = core::array::from_fn(|i| self.load(pa + 8 * i as u64));
+        self.set_fp_regs(self.cpu_index(), &v)
     }
 }

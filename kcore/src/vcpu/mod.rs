@@ -1,12 +1,15 @@
-//! Layers 27-29: a vCPU's state, held only in KCore.
+//! Layers 27-29: a vCPU's state, held only in KCore, and the world switch.
 //!
 //! Each vCPU's registers live in one KCore-owned page taken from its VM's table pool when the
 //! vCPU is registered (so the invariants cover it, and destroy scrubs and returns it). The
 //! host never sees it; on each exit KCore discloses only what that exit needs
 //! ([`vcpuops::Exit`]).
 
+pub mod ctxtswitch;
 pub mod vcpuops;
 pub mod vcpuopsaux;
+
+use crate::machine::SysReg;
 
 #[cfg(test)]
 mod tests {
@@ -55,35 +58,18 @@ pub mod slot {
     pub const WORDS: u64 = VMCR + 1;
 }
 
-/// The EL1 system registers KCore saves and restores for a guest, in page order from
-/// [`slot::SYSREGS`] (names as the assembler knows them).
-pub const EL1_SYSREGS: [&str; 25] = [
-    "sp_el1",
-    "elr_el1",
-    "spsr_el1",
-    "sctlr_el1",
-    "ttbr0_el1",
-    "ttbr1_el1",
-    "tcr_el1",
-    "mair_el1",
-    "amair_el1",
-    "vbar_el1",
-    "contextidr_el1",
-    "tpidr_el0",
-    "tpidr_el1",
-    "tpidrro_el0",
-    "cpacr_el1",
-    "esr_el1",
-    "far_el1",
-    "afsr0_el1",
-    "afsr1_el1",
-    "par_el1",
-    "cntkctl_el1",
-    "csselr_el1",
-    "mdscr_el1",
-    "cntv_ctl_el0",
-    "cntv_cval_el0",
-];
+/// The EL1 system registers KCore switches for a guest, in page order from
+/// [`slot::SYSREGS`]; SP_EL0 has its own slot ([`slot::SP_EL0`]).
+pub const EL1_SYSREGS: [SysReg; 25] = {
+    let mut regs = [SysReg::SpEl1; 25];
+    let mut i = 0;
+    while i < 25 {
+        regs[i] = SysReg::ALL[i];
+        i += 1;
+    }
+    regs
+};
+const _: () = assert!(matches!(SysReg::ALL[24], SysReg::CntvCvalEl0) && matches!(SysReg::ALL[25], SysReg::SpEl0));
 
 /// List registers KCore uses per vCPU (GICv3 has at least 4; ICH_VTR_EL2 may offer more).
 pub const MAX_LRS: u64 = 4;
@@ -113,7 +99,7 @@ pub fn free_lr(lrs: &[u64], intid: u32) -> Option<usize> {
 }
 
 /// Index of SCTLR_EL1 in [`EL1_SYSREGS`].
-pub const SYSREG_SCTLR: u64 = 3;
+pub const SYSREG_SCTLR: u64 = SysReg::SctlrEl1 as u64;
 
 /// Flag bits in [`slot::FLAGS`].
 pub mod flags {

@@ -1,0 +1,175 @@
+//! Layer 34 (TrapHandler): KCore's top-level step. Every exception KCore takes comes here
+//! ([`KCore::trap`]) with the interrupted context's registers; this layer decides whose it is
+//! (the host's, or the guest running on this CPU) and hands it to the layer that handles it:
+//! host hypercalls (layer 32), host stage-2 faults (layer 31), guest exits (layer 28) and the
+//! guest's timer (layer 29). A vCPU run is bracketed by [`KCore::begin_run`] and
+//! [`KCore::end_run`], between which `boot/` enters the guest.
+
+use super::dispatcher::{self, HostCall};
+use super::faulthandler::{self, HostFault};
+use super::traphandlerraw::{TrapFrame, Vector, vector};
+use crate::arch::{self, ec};
+use crate::kcore::KCore;
+use crate::locks::locks::MAX_CPUS;
+use crate::machine::Machine;
+use crate::vcpu::ctxtswitch::HostCtxt;
+use crate::vcpu::vcpuops::{ExitAction, Trap};
+use crate::vcpu::vcpuopsaux::VcpuPage;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// What `boot/` must do after [`KCore::trap`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Return to the interrupted context with the frame as it now is.
+    Return,
+    /// The host's VCPU_RUN: vCPU `vcpu` of VM `vmid` (context page `page`) is prepared;
+    /// call [`KCore::begin_run`], enter the guest, and [`KCore::end_run`] when it is back.
+    EnterGuest {
+        /// The VM.
+        vmid: u16,
+        /// The vCPU.
+        vcpu: usize,
+        /// Its context page.
+        page: u64,
+    },
+    /// The running guest exits to the host: its registers are in its context page; unwind
+    /// to where it was entered.
+    ExitGuest,
+    /// A host SMC for the PSCI proxy (`kcore::psci`); the frame's ELR already points past it.
+    HostSmc,
+    /// An exception in KCore itself: halt.
+    OwnException,
+}
+
+/// What runs on one CPU.
+#[derive(Default)]
+pub struct CpuRun {
+    /// vmid + 1 of the running guest; 0 when the host runs.
+    vmid_plus_one: AtomicU64,
+    vcpu: AtomicU64,
+    page: AtomicU64,
+    /// The last exit, encoded for the host ([`crate::vcpu::vcpuops::Exit::encode`]).
+    exit: [AtomicU64; 4],
+}
+
+/// Per-CPU run records.
+pub type CpuRuns = [CpuRun; MAX_CPUS];
+
+impl<M: Machine> KCore<M> {
+    /// The guest running on this CPU, if any: (vmid, vCPU, context page).
+    pub fn running_guest(&self) -> Option<(u16, usize, VcpuPage)> {
+        let r = &self.runs[self.m.cpu_index()];
+        match r.vmid_plus_one.load(Relaxed) {
+            0 => None,
+            v => Some(((v - 1) as u16, r.vcpu.load(Relaxed) as usize, VcpuPage { pa: r.page.load(Relaxed) })),
+        }
+    }
+
+    /// Handle an exception taken through vector entry `slot` (0..16) with the interrupted
+    /// context's registers in `frame`.
+    pub fn trap(&self, slot: u64, frame: &mut TrapFrame) -> Outcome {
+        let v = vector(slot);
+        if v == Vector::Own {
+            return Outcome::OwnException;
+        }
+        if let Some((vmid, _, page)) = self.running_guest() {
+            return self.guest_trap(vmid, &page, v, frame);
+        }
+        if v != Vector::LowerSync {
+            // KCore routes no host interrupt or SError to EL2 (HCR_EL2.IMO/FMO/AMO = 0).
+            log::warn!("unexpected {v:?} from the host ignored");
+            return Outcome::Return;
+        }
+        self.host_sync(frame)
+    }
+
+    fn host_sync(&self, frame: &mut TrapFrame) -> Outcome {
+        let s = self.syndrome();
+        match arch::esr_ec(s.esr) {
+            ec::HVC64 => {
+                let mut x = [0u64; 8];
+                x.copy_from_slice(&frame.x[..8]);
+                let call = dispatcher::host_hvc(self, &mut x);
+                frame.x[..8].copy_from_slice(&x);
+                match call {
+                    HostCall::Done => Outcome::Return,
+                    HostCall::Run { vmid, vcpu, page } => Outcome::EnterGuest { vmid, vcpu, page },
+                }
+            }
+            ec::SMC64 => {
+                // A trapped SMC's ELR points at the SMC itself (Arm ARM D1.11.2): skip it.
+                frame.elr = frame.elr.wrapping_add(4);
+                Outcome::HostSmc
+            }
+            ec::DABT_LOW | ec::IABT_LOW => {
+                match faulthandler::host_stage2_fault(self, s.esr, s.far, s.hpfar) {
+                    HostFault::Resume => {}
+                    HostFault::InjectAbort(why) => {
+                        let ipa = arch::fault_ipa(s.hpfar, s.far);
+                        log::warn!("host access to {ipa:#x} refused ({why:?}); external abort injected");
+                        self.inject_sync(frame, arch::external_abort_esr(s.esr, frame.spsr), Some(s.far));
+                    }
+                }
+                Outcome::Return
+            }
+            class => {
+                log::warn!("unexpected trap from the host (EC {class:#x}, ESR {:#x}); undefined instruction", s.esr);
+                self.inject_sync(frame, arch::UNDEF_ESR, None);
+                Outcome::Return
+            }
+        }
+    }
+
+    fn guest_trap(&self, vmid: u16, page: &VcpuPage, v: Vector, frame: &mut TrapFrame) -> Outcome {
+        if v == Vector::LowerIrq && self.guest_timer_interrupt() {
+            return Outcome::Return; // the guest now has a virtual timer interrupt pending
+        }
+        let (trap, s) = if v == Vector::LowerSync {
+            let s = self.syndrome();
+            (Trap::Sync { esr: s.esr, far: s.far, hpfar: s.hpfar }, s)
+        } else {
+            (Trap::Interrupt, super::traphandlerraw::Syndrome { esr: 0, far: 0, hpfar: 0 })
+        };
+        match self.handle_vm_trap(vmid, frame, page, trap) {
+            ExitAction::Resume => {}
+            ExitAction::InjectUndef => self.inject_sync(frame, arch::UNDEF_ESR, None),
+            ExitAction::InjectAbort => {
+                self.inject_sync(frame, arch::external_abort_esr(s.esr, frame.spsr), Some(s.far))
+            }
+            ExitAction::ToHost(exit) => {
+                let r = &self.runs[self.m.cpu_index()];
+                for (w, v) in r.exit.iter().zip(exit.encode()) {
+                    w.store(v, Relaxed);
+                }
+                self.save_guest_gprs(page, &frame.x, frame.elr, frame.spsr);
+                return Outcome::ExitGuest;
+            }
+        }
+        Outcome::Return
+    }
+
+    /// Switch this CPU to the vCPU an [`Outcome::EnterGuest`] named, keeping the host's state
+    /// in `host` for [`KCore::end_run`].
+    pub fn begin_run(&self, vmid: u16, vcpu: usize, page: u64, host: &mut HostCtxt) {
+        self.switch_to_guest(vmid, vcpu, &VcpuPage { pa: page }, host);
+        let r = &self.runs[self.m.cpu_index()];
+        r.vcpu.store(vcpu as u64, Relaxed);
+        r.page.store(page, Relaxed);
+        r.vmid_plus_one.store(vmid as u64 + 1, Relaxed);
+    }
+
+    /// The guest run begun by [`KCore::begin_run`] has exited ([`Outcome::ExitGuest`]):
+    /// switch back to the host and answer its VCPU_RUN in `frame` (x0 = SUCCESS, x1..x4 =
+    /// the exit).
+    pub fn end_run(&self, host: &HostCtxt, frame: &mut TrapFrame) {
+        let (vmid, vcpu, page) = self.running_guest().expect("end_run follows begin_run on this CPU");
+        self.switch_to_host(&page, host);
+        let r = &self.runs[self.m.cpu_index()];
+        r.vmid_plus_one.store(0, Relaxed);
+        self.finish_run(vmid, vcpu);
+        frame.x[0] = crate::abi::SUCCESS as u64;
+        for (x, w) in frame.x[1..5].iter_mut().zip(&r.exit) {
+            *x = w.load(Relaxed);
+        }
+    }
+}
