@@ -15,6 +15,7 @@
 //! | 27-28 | [`vcpu`]: vCPU run states, registers, pending MMIO and faults, guest traps |
 
 pub mod boot;
+pub mod ctxt;
 pub mod locks;
 pub mod mem;
 pub mod npt;

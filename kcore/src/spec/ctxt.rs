@@ -1,0 +1,187 @@
+//! Specification of layer 29 (CtxtSwitch): the world switch as a function on a CPU's register
+//! file. A CPU is its system registers and its FP/SIMD registers; a vCPU's saved context is
+//! what it needs to continue. Entering a guest replaces exactly the registers that belong to
+//! whoever runs at EL1 (plus the EL2 controls a guest runs under) and keeps the host's old
+//! values aside; leaving saves the guest's and puts every one of the host's back.
+//!
+//! Written as sets of registers and their meaning (Arm ARM D23.2 for HCR_EL2, CPTR_EL2,
+//! CNTHCTL_EL2, VTTBR_EL2, VMPIDR_EL2; GICv3 chapter 12 for the list registers), not in the
+//! code's order of operations.
+
+use crate::machine::{FpRegs, SysReg};
+use std::collections::BTreeMap;
+
+/// A CPU's registers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsCpu {
+    /// Every [`SysReg`].
+    pub regs: BTreeMap<SysReg, u64>,
+    /// q0..q31, FPSR, FPCR.
+    pub fp: FpRegs,
+}
+
+/// A vCPU's saved context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsCtxt {
+    /// x0..x30.
+    pub x: [u64; 31],
+    /// Where it resumes.
+    pub pc: u64,
+    /// Its PSTATE.
+    pub pstate: u64,
+    /// Its EL1 (and EL0) system registers: [`el1_state`].
+    pub el1: BTreeMap<SysReg, u64>,
+    /// Its FP/SIMD registers.
+    pub fp: FpRegs,
+    /// Its virtual interrupts: list registers 0..4.
+    pub lrs: [u64; 4],
+    /// Its virtual CPU interface's control (ICH_VMCR_EL2).
+    pub vmcr: u64,
+}
+
+/// What the host leaves behind while a guest runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsHost {
+    /// The values of [`host_saved`] registers at entry.
+    pub regs: BTreeMap<SysReg, u64>,
+    /// Its FP/SIMD registers.
+    pub fp: FpRegs,
+}
+
+/// The registers that belong to whoever runs at EL1 and EL0: translation, exception, thread
+/// and timer state of EL1/EL0, and SP_EL0.
+pub fn el1_state() -> Vec<SysReg> {
+    use SysReg::*;
+    vec![
+        SpEl1,
+        ElrEl1,
+        SpsrEl1,
+        SctlrEl1,
+        Ttbr0El1,
+        Ttbr1El1,
+        TcrEl1,
+        MairEl1,
+        AmairEl1,
+        VbarEl1,
+        ContextidrEl1,
+        TpidrEl0,
+        TpidrEl1,
+        TpidrroEl0,
+        CpacrEl1,
+        EsrEl1,
+        FarEl1,
+        Afsr0El1,
+        Afsr1El1,
+        ParEl1,
+        CntkctlEl1,
+        CsselrEl1,
+        MdscrEl1,
+        CntvCtlEl0,
+        CntvCvalEl0,
+        SpEl0,
+    ]
+}
+
+/// The registers the host gets back exactly: its EL1 state, its GIC system-register enable,
+/// and the EL2 controls a guest runs under.
+pub fn host_saved() -> Vec<SysReg> {
+    let mut r = el1_state();
+    r.extend([
+        SysReg::IccSreEl1,
+        SysReg::HcrEl2,
+        SysReg::VttbrEl2,
+        SysReg::CptrEl2,
+        SysReg::CnthctlEl2,
+        SysReg::VmpidrEl2,
+    ]);
+    r
+}
+
+const LRS: [SysReg; 4] = [SysReg::IchLr0El2, SysReg::IchLr1El2, SysReg::IchLr2El2, SysReg::IchLr3El2];
+
+/// HCR_EL2 for a guest, bit by bit: stage-2 on (VM), set/way invalidation upgraded (SWIO),
+/// protected table walks (PTW), FIQ, IRQ and SError to EL2 (FMO, IMO, AMO), broadcast TLB
+/// maintenance (FB) and inner-shareable barriers (BSU = 01), WFI and WFE trapped (TWI, TWE),
+/// SMC trapped (TSC), implementation-defined registers trapped (TIDCP), auxiliary control
+/// trapped (TACR), set/way cache maintenance trapped (TSW), EL1 in AArch64 (RW).
+pub const fn guest_hcr() -> u64 {
+    let bits = [0u32, 1, 2, 3, 4, 5, 9, 10, 13, 14, 19, 20, 21, 22, 31];
+    let mut v = 0;
+    let mut i = 0;
+    while i < bits.len() {
+        v |= 1 << bits[i];
+        i += 1;
+    }
+    v
+}
+
+/// Enter a guest: the CPU after, and what the host left behind.
+pub fn enter(cpu: &AbsCpu, guest: &AbsCtxt, vmid: u16, root: u64, vcpu: usize) -> (AbsCpu, AbsHost) {
+    let host = AbsHost { regs: host_saved().into_iter().map(|r| (r, cpu.regs[&r])).collect(), fp: cpu.fp };
+    let mut c = cpu.clone();
+    for r in el1_state() {
+        c.regs.insert(r, guest.el1[&r]);
+    }
+    c.fp = guest.fp;
+    for (r, v) in LRS.iter().zip(guest.lrs) {
+        c.regs.insert(*r, v);
+    }
+    let set = |c: &mut AbsCpu, r, v| {
+        c.regs.insert(r, v);
+    };
+    set(&mut c, SysReg::IchVmcrEl2, guest.vmcr);
+    set(&mut c, SysReg::IchHcrEl2, 1); // En: the virtual CPU interface is on
+    set(&mut c, SysReg::IccSreEl1, 1); // SRE: the GIC through system registers
+    set(&mut c, SysReg::ElrEl2, guest.pc);
+    set(&mut c, SysReg::SpsrEl2, guest.pstate);
+    set(&mut c, SysReg::VttbrEl2, ((vmid as u64) << 48) | root);
+    set(&mut c, SysReg::HcrEl2, guest_hcr());
+    // CPTR_EL2: RES1 bits 13, 9, 7:0; TFP (bit 10), TTA (20), TCPAC (31) clear.
+    set(&mut c, SysReg::CptrEl2, (1 << 13) | (1 << 9) | 0xff);
+    // CNTHCTL_EL2: EL1PCTEN (physical counter readable), not EL1PCEN (physical timer traps).
+    set(&mut c, SysReg::CnthctlEl2, 1);
+    // VMPIDR_EL2: bit 31 RES1, Aff0 = the vCPU's index.
+    set(&mut c, SysReg::VmpidrEl2, (1 << 31) | vcpu as u64);
+    (c, host)
+}
+
+/// Leave a guest whose general registers, PC and PSTATE the trap left as `x`, `pc` and
+/// `pstate`: the CPU after, and the guest's saved context.
+pub fn exit(cpu: &AbsCpu, host: &AbsHost, x: [u64; 31], pc: u64, pstate: u64) -> (AbsCpu, AbsCtxt) {
+    let ctxt = AbsCtxt {
+        x,
+        pc,
+        pstate,
+        el1: el1_state().into_iter().map(|r| (r, cpu.regs[&r])).collect(),
+        fp: cpu.fp,
+        lrs: LRS.map(|r| cpu.regs[&r]),
+        vmcr: cpu.regs[&SysReg::IchVmcrEl2],
+    };
+    let mut c = cpu.clone();
+    for (r, v) in &host.regs {
+        c.regs.insert(*r, *v);
+    }
+    c.fp = host.fp;
+    c.regs.insert(SysReg::IchHcrEl2, 0); // the virtual CPU interface off for the host
+    (c, ctxt)
+}
+
+/// A physical IRQ while the guest runs: is it the guest's virtual timer (enabled, fired,
+/// not masked)? If so the CPU after: the timer's output masked and INTID 27 pending in the
+/// first list register whose state is invalid, unless 27 is already pending or active in one.
+pub fn timer_irq(cpu: &AbsCpu) -> (bool, AbsCpu) {
+    let ctl = cpu.regs[&SysReg::CntvCtlEl0];
+    let (enable, imask, istatus) = (ctl & 1 != 0, ctl & 2 != 0, ctl & 4 != 0);
+    if !(enable && istatus && !imask) {
+        return (false, cpu.clone());
+    }
+    let mut c = cpu.clone();
+    c.regs.insert(SysReg::CntvCtlEl0, ctl | 2);
+    let state = |lr: u64| lr >> 62;
+    let queued = LRS.iter().any(|r| state(c.regs[r]) != 0 && c.regs[r] as u32 == 27);
+    if !queued && let Some(r) = LRS.iter().find(|r| state(c.regs[r]) == 0) {
+        // State pending (01), group 1, priority 0xa0, virtual INTID 27.
+        c.regs.insert(*r, (1 << 62) | (1 << 60) | (0xa0 << 48) | 27);
+    }
+    (true, c)
+}
