@@ -14,9 +14,8 @@ use kcore::locks::LockId;
 use kcore::machine::Machine;
 use kcore::machine::sim::SimMachine;
 use kcore::mem::pagemgmt::Owner;
-use kcore::spec::boot::{AbsBoot, AbsImage, AbsVm, BootOp, Contents};
+use kcore::spec::boot::{AbsBoot, BootOp};
 use kcore::spec::mem::abstraction;
-use kcore::vm::VmState;
 use kcore::{PAGE_SHIFT, Pfn};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -26,34 +25,6 @@ const GOOD_SIG: Pfn = P0 + 200;
 const BAD_SIG: Pfn = P0 + 201;
 const IMG: Pfn = P0 + 100; // 100..103 the image; 103 a tampered copy of page 0
 const LEN: u64 = 10_000;
-
-struct Oracle<'a> {
-    k: &'a KCore<SimMachine>,
-    pk: ed25519_compact::PublicKey,
-}
-
-impl Oracle<'_> {
-    fn bytes(&self, pfn: Pfn, len: usize) -> Vec<u8> {
-        (0..len.div_ceil(8))
-            .flat_map(|w| self.k.m.load((pfn << PAGE_SHIFT) + 8 * w as u64).to_le_bytes())
-            .take(len)
-            .collect()
-    }
-}
-
-impl Contents for Oracle<'_> {
-    fn signature_in(&self, pfn: Pfn) -> [u8; 64] {
-        self.bytes(pfn, 64).try_into().unwrap()
-    }
-    fn verifies(&self, img: &AbsImage, pfns: &[Pfn]) -> bool {
-        let mut msg = kcore::vm::bootaux::signed_header(img.load_ipa, img.bytes).to_vec();
-        for (i, p) in pfns.iter().enumerate() {
-            let len = (img.bytes - 4096 * i as u64).min(4096) as usize;
-            msg.extend(self.bytes(*p, len));
-        }
-        self.pk.verify(msg, &ed25519_compact::Signature::new(img.signature)).is_ok()
-    }
-}
 
 fn setup() -> (KCore<SimMachine>, ed25519_compact::PublicKey) {
     let (k, kp) = bare_kcore();
@@ -75,24 +46,6 @@ fn setup() -> (KCore<SimMachine>, ed25519_compact::PublicKey) {
     bad[40] ^= 2;
     write(BAD_SIG, &bad);
     (k, kp.pk)
-}
-
-fn abstract_vms(k: &KCore<SimMachine>) -> BTreeMap<u16, AbsVm> {
-    let mut vms = BTreeMap::new();
-    for (i, info) in k.vminfo.iter().enumerate() {
-        if info.state() == VmState::Unused {
-            continue;
-        }
-        let images = (0..info.image_count())
-            .map(|j| {
-                let im = info.image(j);
-                AbsImage { load_ipa: im.load_ipa, bytes: im.bytes, mapped: im.mapped, signature: im.signature }
-            })
-            .collect();
-        let vcpus = std::array::from_fn(|v| info.vcpu(v));
-        vms.insert(i as u16 + 1, AbsVm { state: info.state(), vcpus, images });
-    }
-    vms
 }
 
 fn run(k: &KCore<SimMachine>, op: BootOp) -> Result<u64, kcore::Error> {

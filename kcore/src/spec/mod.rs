@@ -13,6 +13,8 @@
 //! | 16-17 | [`mem`]: owners, counts, gfns, host and VM maps, and every transition |
 //! | 18-21 | [`boot`]: the VM and vCPU state machines and boot images |
 //! | 27-28 | [`vcpu`]: vCPU run states, registers, pending MMIO and faults, guest traps |
+//! | 29 | [`ctxt`]: the world switch as a function on a CPU's register file |
+//! | 33-34 | [`trap`]: exception delivery; the top-level step composed of the specs above |
 
 pub mod boot;
 pub mod ctxt;
@@ -21,4 +23,5 @@ pub mod mem;
 pub mod npt;
 pub mod pages;
 pub mod ptalloc;
+pub mod trap;
 pub mod vcpu;

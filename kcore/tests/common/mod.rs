@@ -2,9 +2,13 @@
 #![allow(dead_code)]
 
 use kcore::kcore::KCore;
+use kcore::machine::Machine;
 use kcore::machine::sim::SimMachine;
 use kcore::mem::memblock::MemBlocks;
 use kcore::pt::ptalloc::PagePool;
+use kcore::spec::boot::{AbsImage, AbsVm, Contents};
+use kcore::vm::VmState;
+use kcore::{PAGE_SHIFT, Pfn};
 use std::collections::BTreeMap;
 
 /// RAM: 16 MiB at 1 GiB (4096 pages, 8 chunks of 2 MiB).
@@ -55,4 +59,53 @@ pub fn sign_image(kp: &ed25519_compact::KeyPair, load_ipa: u64, image: &[u8]) ->
     let mut msg = kcore::vm::bootaux::signed_header(load_ipa, image.len() as u64).to_vec();
     msg.extend_from_slice(image);
     *kp.sk.sign(msg, None)
+}
+
+/// Answers the boot specification's questions about memory contents from the simulated
+/// machine, verifying signatures one-shot (independently of KCore's streaming path).
+pub struct Oracle<'a> {
+    pub k: &'a KCore<SimMachine>,
+    pub pk: ed25519_compact::PublicKey,
+}
+
+impl Oracle<'_> {
+    fn bytes(&self, pfn: Pfn, len: usize) -> Vec<u8> {
+        (0..len.div_ceil(8))
+            .flat_map(|w| self.k.m.load((pfn << PAGE_SHIFT) + 8 * w as u64).to_le_bytes())
+            .take(len)
+            .collect()
+    }
+}
+
+impl Contents for Oracle<'_> {
+    fn signature_in(&self, pfn: Pfn) -> [u8; 64] {
+        self.bytes(pfn, 64).try_into().unwrap()
+    }
+    fn verifies(&self, img: &AbsImage, pfns: &[Pfn]) -> bool {
+        let mut msg = kcore::vm::bootaux::signed_header(img.load_ipa, img.bytes).to_vec();
+        for (i, p) in pfns.iter().enumerate() {
+            let len = (img.bytes - 4096 * i as u64).min(4096) as usize;
+            msg.extend(self.bytes(*p, len));
+        }
+        self.pk.verify(msg, &ed25519_compact::Signature::new(img.signature)).is_ok()
+    }
+}
+
+/// The VMs of the boot specification's state, read from KCore's per-VM records.
+pub fn abstract_vms(k: &KCore<SimMachine>) -> BTreeMap<u16, AbsVm> {
+    let mut vms = BTreeMap::new();
+    for (i, info) in k.vminfo.iter().enumerate() {
+        if info.state() == VmState::Unused {
+            continue;
+        }
+        let images = (0..info.image_count())
+            .map(|j| {
+                let im = info.image(j);
+                AbsImage { load_ipa: im.load_ipa, bytes: im.bytes, mapped: im.mapped, signature: im.signature }
+            })
+            .collect();
+        let vcpus = std::array::from_fn(|v| info.vcpu(v));
+        vms.insert(i as u16 + 1, AbsVm { state: info.state(), vcpus, images });
+    }
+    vms
 }
