@@ -43,6 +43,8 @@ enum Event {
     Host(HostEvent),
     /// A guest trap (or, `None`, an interrupt) while it runs.
     Guest(Option<GuestTrap>),
+    /// A host hypercall with x0..x4 on the second CPU while the guest runs on the first.
+    OtherCpuHvc([u64; 5]),
 }
 
 fn setup() -> (KCore<SimMachine>, ed25519_compact::PublicKey) {
@@ -120,8 +122,8 @@ fn host_syndrome(ev: HostEvent) -> (u64, u64, u64, u64) {
     }
 }
 
-fn el1_of(k: &KCore<SimMachine>) -> El1Exc {
-    let r = |x| k.m.sysreg(0, x);
+fn el1_of(k: &KCore<SimMachine>, cpu: usize) -> El1Exc {
+    let r = |x| k.m.sysreg(cpu, x);
     El1Exc {
         vbar: r(SysReg::VbarEl1),
         sctlr: r(SysReg::SctlrEl1),
@@ -202,13 +204,23 @@ fn refine(events: &[Event], host_pc: u64, host_pstate: u64) -> Result<(), TestCa
     }
     // While a guest runs: its frame, and the host's state kept by the world switch.
     let mut guest: Option<(TrapFrame, HostCtxt)> = None;
+    let mut other = host.clone();
     for (n, ev) in events.iter().enumerate() {
         match (*ev, guest.take()) {
             (Event::Hvc(a), None) => {
                 host.x[..5].copy_from_slice(&a);
-                guest = host_event(&k, &oracle, &mut spec, &mut host, HostEvent::Hvc, n)?;
+                guest = host_event(&k, &oracle, &mut spec, &mut host, HostEvent::Hvc, 0, n)?;
             }
-            (Event::Host(e), None) => guest = host_event(&k, &oracle, &mut spec, &mut host, e, n)?,
+            (Event::Host(e), None) => guest = host_event(&k, &oracle, &mut spec, &mut host, e, 0, n)?,
+            (Event::OtherCpuHvc(a), Some(g)) => {
+                // The host on CPU 1 while the guest runs on CPU 0 (never VCPU_RUN here).
+                other.x[..5].copy_from_slice(&a);
+                SimMachine::set_cpu(1);
+                let entered = host_event(&k, &oracle, &mut spec, &mut other, HostEvent::Hvc, 1, n);
+                SimMachine::set_cpu(0);
+                prop_assert!(entered?.is_none());
+                guest = Some(g);
+            }
             (Event::Guest(t), Some((mut frame, hc))) => {
                 // The guest computed something since its last trap.
                 frame.x[n % 31] = (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -222,11 +234,11 @@ fn refine(events: &[Event], host_pc: u64, host_pstate: u64) -> Result<(), TestCa
                 k.m.set_sysreg(0, SysReg::FarEl2, far);
                 k.m.set_sysreg(0, SysReg::HpfarEl2, hpfar);
                 let (want_route, want_regs, want_el1, want_host, next) =
-                    spec.guest_trap(t, regs_of(&frame), el1_of(&k));
+                    spec.guest_trap(t, regs_of(&frame), el1_of(&k, 0));
                 let got = route_of(k.trap(slot, &mut frame));
                 prop_assert_eq!(got, want_route, "event {}: {:?}", n, ev);
                 prop_assert_eq!(regs_of(&frame), want_regs, "guest registers after event {}: {:?}", n, ev);
-                prop_assert_eq!(el1_of(&k), want_el1, "guest EL1 after event {}: {:?}", n, ev);
+                prop_assert_eq!(el1_of(&k, 0), want_el1, "guest EL1 after event {}: {:?}", n, ev);
                 if let Some(words) = want_host {
                     k.end_run(&hc, &mut host);
                     prop_assert_eq!(&host.x[..5], &words[..], "host's VCPU_RUN result after event {}", n);
@@ -249,17 +261,18 @@ fn host_event(
     spec: &mut AbsTop,
     host: &mut TrapFrame,
     e: HostEvent,
+    cpu: usize,
     n: usize,
 ) -> Result<Option<(TrapFrame, HostCtxt)>, TestCaseError> {
     let (slot, esr, far, hpfar) = host_syndrome(e);
-    k.m.set_sysreg(0, SysReg::EsrEl2, esr);
-    k.m.set_sysreg(0, SysReg::FarEl2, far);
-    k.m.set_sysreg(0, SysReg::HpfarEl2, hpfar);
-    let (want_route, want_regs, want_el1, next) = spec.host_trap(e, regs_of(host), el1_of(k), oracle);
+    k.m.set_sysreg(cpu, SysReg::EsrEl2, esr);
+    k.m.set_sysreg(cpu, SysReg::FarEl2, far);
+    k.m.set_sysreg(cpu, SysReg::HpfarEl2, hpfar);
+    let (want_route, want_regs, want_el1, next) = spec.host_trap(e, regs_of(host), el1_of(k, cpu), oracle);
     let got = route_of(k.trap(slot, host));
     prop_assert_eq!(got, want_route, "event {}: {:?} x {:x?}", n, e, &host.x[..5]);
     prop_assert_eq!(regs_of(host), want_regs, "host registers after event {}: {:?}", n, e);
-    prop_assert_eq!(el1_of(k), want_el1, "host EL1 after event {}: {:?}", n, e);
+    prop_assert_eq!(el1_of(k, cpu), want_el1, "host EL1 after event {}: {:?}", n, e);
     *spec = next;
     let Route::EnterGuest { vmid, vcpu } = got else { return Ok(None) };
     // As boot/ does: switch, then the assembly loads x0..x30, ELR and SPSR from the page.
@@ -369,8 +382,16 @@ fn guest() -> impl Strategy<Value = Event> {
     .prop_map(Event::Guest)
 }
 
+/// Hypercalls the host may make on another CPU while a guest runs (all but VCPU_RUN).
+fn other_cpu_hvc() -> impl Strategy<Value = Event> {
+    hvc().prop_filter_map("VCPU_RUN", |e| match e {
+        Event::Hvc(a) if a[0] != abi::VCPU_RUN as u64 => Some(Event::OtherCpuHvc(a)),
+        _ => None,
+    })
+}
+
 fn event() -> impl Strategy<Value = Event> {
-    prop_oneof![5 => hvc(), 3 => host(), 6 => guest()]
+    prop_oneof![5 => hvc(), 3 => host(), 6 => guest(), 2 => other_cpu_hvc()]
 }
 
 proptest! {
