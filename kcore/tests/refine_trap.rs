@@ -20,13 +20,12 @@ use kcore::machine::sim::SimMachine;
 use kcore::psci;
 use kcore::spec::mem::abstraction;
 use kcore::spec::trap::{self as spec, AbsTop, AbsVector, El1Exc, HostEvent, Regs, Route};
-use kcore::spec::vcpu::{AbsVcpu, AbsVcpus, GuestTrap, Pending, Run};
+use kcore::spec::vcpu::GuestTrap;
 use kcore::trap::traphandler::Outcome;
 use kcore::trap::traphandlerraw::{TrapFrame, Vector, vector};
 use kcore::vcpu::ctxtswitch::HostCtxt;
+use kcore::vcpu::slot;
 use kcore::vcpu::vcpuopsaux::VcpuPage;
-use kcore::vcpu::{flags, slot};
-use kcore::vm::VcpuState;
 use kcore::{PAGE_SHIFT, Pfn, abi};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -79,17 +78,6 @@ fn boot_vm1() -> Vec<Event> {
     ev.push(Event::Hvc([abi::MAP_IMAGE_PAGE as u64, 1, 0, 1, IMG + 1]));
     ev.push(Event::Hvc([abi::VERIFY_VM as u64, 1, 0, 0, 0]));
     ev
-}
-
-fn esr_dabt(write: bool, rt: u64, size: u64, sign: bool, isv: bool) -> u64 {
-    (0x24 << 26)
-        | (1 << 25)
-        | ((isv as u64) << 24)
-        | (size << 22)
-        | ((sign as u64) << 21)
-        | (rt << 16)
-        | ((write as u64) << 6)
-        | 0x07
 }
 
 /// The syndrome registers the hardware sets for a guest trap, and the vector slot.
@@ -146,42 +134,6 @@ fn route_of(o: Outcome) -> Route {
         Outcome::HostSmc => Route::HostSmc,
         Outcome::OwnException => Route::Halt,
     }
-}
-
-/// The vCPUs of VM `vmid` as KCore holds them (the run that is live is read from the guest's
-/// trap frame: its registers are not in the page until it exits).
-fn vcpus_of(k: &KCore<SimMachine>, vmid: u16, spec: &AbsVcpus, live: Option<(usize, &TrapFrame)>) -> AbsVcpus {
-    let info = &k.vminfo[vmid as usize - 1];
-    let vcpus = (0..spec.vcpus.len())
-        .map(|v| {
-            let page = VcpuPage { pa: info.vcpu_page(v) };
-            let f = page.get(&k.m, slot::FLAGS);
-            let run = if info.vcpu(v) == VcpuState::Active {
-                Run::Active
-            } else if f & flags::OFF != 0 {
-                Run::Off
-            } else {
-                Run::Ready { first: f & flags::FIRST_RUN != 0 }
-            };
-            let pending = if f & flags::MMIO_READ_PENDING != 0 {
-                Pending::Read {
-                    rt: (f >> flags::MMIO_RT_SHIFT) & 0x1f,
-                    size_log2: (f >> flags::MMIO_SIZE_SHIFT) & 3,
-                    sign: f & flags::MMIO_SIGN != 0,
-                }
-            } else if f & flags::PAGE_FAULT_PENDING != 0 {
-                Pending::Fault { ipa: page.get(&k.m, slot::EXIT_IPA) & !0xfff }
-            } else {
-                Pending::None
-            };
-            let (x, pc) = match live {
-                Some((l, fr)) if l == v => (fr.x, fr.elr),
-                _ => (std::array::from_fn(|i| page.x(&k.m, i as u64)), page.get(&k.m, slot::PC)),
-            };
-            AbsVcpu { run, x, pc, pending }
-        })
-        .collect();
-    AbsVcpus { vcpus, off: info.state() == kcore::vm::VmState::PowerOff, ..spec.clone() }
 }
 
 fn refine(events: &[Event], host_pc: u64, host_pstate: u64) -> Result<(), TestCaseError> {
@@ -298,7 +250,7 @@ fn check_state(k: &KCore<SimMachine>, spec: &AbsTop, live: Option<&TrapFrame>, n
         prop_assert!(spec.boot.mem.host_may_map(p), "host maps {:#x} after event {}", p, n);
     }
     for (vmid, vs) in &spec.vcpus {
-        let l = spec.running.filter(|r| r.0 == *vmid).and_then(|r| live.map(|f| (r.1, f)));
+        let l = spec.running.filter(|r| r.0 == *vmid).and_then(|r| live.map(|f| (r.1, f.x, f.elr)));
         prop_assert_eq!(&vcpus_of(k, *vmid, vs, l), vs, "vCPUs of VM {} after event {}", vmid, n);
         for (&(vm, v), lrs) in spec.lrs.iter().filter(|e| e.0.0 == *vmid) {
             let page = VcpuPage { pa: k.vminfo[vm as usize - 1].vcpu_page(v) };

@@ -16,8 +16,6 @@ use kcore::psci;
 use kcore::spec::vcpu::{AbsVcpu, AbsVcpus, GuestTrap, Pending, Run};
 use kcore::vcpu::vcpuops::Trap;
 use kcore::vcpu::vcpuopsaux::{PageRegs, VcpuPage};
-use kcore::vcpu::{flags, slot};
-use kcore::vm::VcpuState;
 use kcore::{PAGE_SHIFT, Pfn};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -56,56 +54,6 @@ fn setup() -> (KCore<SimMachine>, u16) {
     k.map_image_page(vmid as u64, 0, 1, P0 + 12).unwrap();
     // (page 12 holds zeros beyond the image's first 4 KiB: sign what is there)
     (k, vmid)
-}
-
-fn abstraction(k: &KCore<SimMachine>, vmid: u16, spec: &AbsVcpus) -> AbsVcpus {
-    let info = &k.vminfo[vmid as usize - 1];
-    let vcpus = (0..2)
-        .map(|v| {
-            let page = VcpuPage { pa: info.vcpu_page(v) };
-            let f = page.get(&k.m, slot::FLAGS);
-            let run = if info.vcpu(v) == VcpuState::Active {
-                Run::Active
-            } else if f & flags::OFF != 0 {
-                Run::Off
-            } else {
-                Run::Ready { first: f & flags::FIRST_RUN != 0 }
-            };
-            let pending = if f & flags::MMIO_READ_PENDING != 0 {
-                Pending::Read {
-                    rt: (f >> flags::MMIO_RT_SHIFT) & 0x1f,
-                    size_log2: (f >> flags::MMIO_SIZE_SHIFT) & 3,
-                    sign: f & flags::MMIO_SIGN != 0,
-                }
-            } else if f & flags::PAGE_FAULT_PENDING != 0 {
-                Pending::Fault { ipa: page.get(&k.m, slot::EXIT_IPA) & !0xfff }
-            } else {
-                Pending::None
-            };
-            let mut x = [0u64; 31];
-            for (i, r) in x.iter_mut().enumerate() {
-                *r = page.x(&k.m, i as u64);
-            }
-            AbsVcpu { run, x, pc: page.get(&k.m, slot::PC), pending }
-        })
-        .collect();
-    AbsVcpus {
-        vcpus,
-        entry: spec.entry,
-        images: spec.images.clone(),
-        off: info.state() == kcore::vm::VmState::PowerOff,
-    }
-}
-
-fn esr_dabt(write: bool, rt: u64, size: u64, sign: bool, isv: bool) -> u64 {
-    (0x24 << 26)
-        | (1 << 25)
-        | ((isv as u64) << 24)
-        | (size << 22)
-        | ((sign as u64) << 21)
-        | (rt << 16)
-        | ((write as u64) << 6)
-        | 0x07
 }
 
 fn trap() -> impl Strategy<Value = GuestTrap> {
@@ -233,7 +181,7 @@ fn refine(steps: &[Step]) -> Result<(), TestCaseError> {
                 }
             }
         }
-        prop_assert_eq!(abstraction(&k, vmid, &spec), spec.clone(), "state after step {}: {:?}", i, s);
+        prop_assert_eq!(vcpus_of(&k, vmid, &spec, None), spec.clone(), "state after step {}: {:?}", i, s);
         if let Err(v) = invariants::check(&k) {
             prop_assert!(false, "invariant broken after step {}: {:?}: {:?}", i, s, v);
         }

@@ -206,7 +206,8 @@ impl AbsBoot {
             BootOp::Destroy { vmid } => {
                 let v = vmid_ok(vmid)?;
                 let vm = self.vm(v);
-                if vm.state == VmState::Unused {
+                // A VM with a vCPU running (on some CPU) is not destroyed under it.
+                if vm.state == VmState::Unused || vm.vcpus.contains(&VcpuState::Active) {
                     return Err(Error::BadState);
                 }
                 // Every page the VM owns is scrubbed; its table and pool pages return.

@@ -7,6 +7,10 @@ use kcore::machine::sim::SimMachine;
 use kcore::mem::memblock::MemBlocks;
 use kcore::pt::ptalloc::PagePool;
 use kcore::spec::boot::{AbsImage, AbsVm, Contents};
+use kcore::spec::vcpu::{AbsVcpu, AbsVcpus, Pending, Run};
+use kcore::vcpu::vcpuopsaux::VcpuPage;
+use kcore::vcpu::{flags, slot};
+use kcore::vm::VcpuState;
 use kcore::vm::VmState;
 use kcore::{PAGE_SHIFT, Pfn};
 use std::collections::BTreeMap;
@@ -108,4 +112,53 @@ pub fn abstract_vms(k: &KCore<SimMachine>) -> BTreeMap<u16, AbsVm> {
         vms.insert(i as u16 + 1, AbsVm { state: info.state(), vcpus, images });
     }
     vms
+}
+
+/// ESR_EL2 of a data abort from a lower EL (translation fault, level 3).
+pub fn esr_dabt(write: bool, rt: u64, size: u64, sign: bool, isv: bool) -> u64 {
+    (0x24 << 26)
+        | (1 << 25)
+        | ((isv as u64) << 24)
+        | (size << 22)
+        | ((sign as u64) << 21)
+        | (rt << 16)
+        | ((write as u64) << 6)
+        | 0x07
+}
+
+/// The vCPUs of VM `vmid` as KCore holds them, as many as `spec` has. A vCPU running in
+/// `live` (index, x0..x30, PC of its trap frame) is read from there: its registers reach the
+/// page only when it exits.
+pub fn vcpus_of(k: &KCore<SimMachine>, vmid: u16, spec: &AbsVcpus, live: Option<(usize, [u64; 31], u64)>) -> AbsVcpus {
+    let info = &k.vminfo[vmid as usize - 1];
+    let vcpus = (0..spec.vcpus.len())
+        .map(|v| {
+            let page = VcpuPage { pa: info.vcpu_page(v) };
+            let f = page.get(&k.m, slot::FLAGS);
+            let run = if info.vcpu(v) == VcpuState::Active {
+                Run::Active
+            } else if f & flags::OFF != 0 {
+                Run::Off
+            } else {
+                Run::Ready { first: f & flags::FIRST_RUN != 0 }
+            };
+            let pending = if f & flags::MMIO_READ_PENDING != 0 {
+                Pending::Read {
+                    rt: (f >> flags::MMIO_RT_SHIFT) & 0x1f,
+                    size_log2: (f >> flags::MMIO_SIZE_SHIFT) & 3,
+                    sign: f & flags::MMIO_SIGN != 0,
+                }
+            } else if f & flags::PAGE_FAULT_PENDING != 0 {
+                Pending::Fault { ipa: page.get(&k.m, slot::EXIT_IPA) & !0xfff }
+            } else {
+                Pending::None
+            };
+            let (x, pc) = match live {
+                Some((l, x, pc)) if l == v => (x, pc),
+                _ => (std::array::from_fn(|i| page.x(&k.m, i as u64)), page.get(&k.m, slot::PC)),
+            };
+            AbsVcpu { run, x, pc, pending }
+        })
+        .collect();
+    AbsVcpus { vcpus, off: info.state() == kcore::vm::VmState::PowerOff, ..spec.clone() }
 }
