@@ -311,27 +311,7 @@ fn host() -> impl Strategy<Value = Event> {
 }
 
 fn guest() -> impl Strategy<Value = Event> {
-    let hvc_id = prop_oneof![
-        Just(psci::PSCI_VERSION as u64),
-        Just(psci::CPU_ON_64 as u64),
-        Just(psci::CPU_OFF as u64),
-        Just(psci::AFFINITY_INFO_64 as u64),
-        Just(psci::SYSTEM_OFF as u64),
-        Just(0xC600_1234u64),
-    ];
-    let entry = prop_oneof![Just(LOAD), Just(LOAD + 0x40), Just(LOAD + LEN), Just(0x1000u64)];
-    prop_oneof![
-        4 => (hvc_id, 0u64..3, entry, any::<u64>()).prop_map(|(id, a, e, c)| Some(GuestTrap::Hvc([id, a, e, c]))),
-        3 => (0u64..32, 0u64..4).prop_map(|(rt, size_log2)| Some(GuestTrap::MmioWrite { ipa: 0x0900_0000, rt, size_log2 })),
-        2 => (0u64..32, 0u64..4, any::<bool>())
-            .prop_map(|(rt, size_log2, sign)| Some(GuestTrap::MmioRead { ipa: 0x0900_0018, rt, size_log2, sign })),
-        3 => prop_oneof![Just(LOAD + 0x10_0000), Just(LOAD + 0x20_0123), Just(0x0800_0000u64)]
-            .prop_map(|ipa| Some(GuestTrap::RamFault { ipa })),
-        1 => Just(Some(GuestTrap::Wfi)),
-        2 => Just(Some(GuestTrap::Sysreg)),
-        1 => Just(None),
-    ]
-    .prop_map(Event::Guest)
+    prop_oneof![12 => guest_trap(LOAD, LEN).prop_map(Some), 1 => Just(None)].prop_map(Event::Guest)
 }
 
 /// Hypercalls the host may make on another CPU while a guest runs (all but VCPU_RUN).

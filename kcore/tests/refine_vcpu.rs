@@ -56,33 +56,11 @@ fn setup() -> (KCore<SimMachine>, u16) {
     (k, vmid)
 }
 
-fn trap() -> impl Strategy<Value = GuestTrap> {
-    let hvc_id = prop_oneof![
-        Just(psci::PSCI_VERSION as u64),
-        Just(psci::CPU_ON_64 as u64),
-        Just(psci::CPU_OFF as u64),
-        Just(psci::AFFINITY_INFO_64 as u64),
-        Just(psci::SYSTEM_OFF as u64),
-        Just(0x8000_0000u64),
-        Just(0xC600_1234u64),
-    ];
-    let entry = prop_oneof![Just(LOAD), Just(LOAD + 0x40), Just(LOAD + LEN), Just(0x1000u64)];
-    prop_oneof![
-        4 => (hvc_id, 0u64..3, entry, any::<u64>()).prop_map(|(id, a, e, c)| GuestTrap::Hvc([id, a, e, c])),
-        3 => (0u64..32, 0u64..4).prop_map(|(rt, size_log2)| GuestTrap::MmioWrite { ipa: 0x0900_0000, rt, size_log2 }),
-        2 => (0u64..32, 0u64..4, any::<bool>()).prop_map(|(rt, size_log2, sign)| GuestTrap::MmioRead { ipa: 0x0900_0018, rt, size_log2, sign }),
-        2 => prop_oneof![Just(LOAD + 0x10_0000), Just(LOAD + 0x10_0000 + 0x123), Just(LOAD + 0x20_0000), Just(0x0800_0000u64)]
-            .prop_map(|ipa| GuestTrap::RamFault { ipa }),
-        1 => Just(GuestTrap::Wfi),
-        1 => Just(GuestTrap::Sysreg),
-    ]
-}
-
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (prop_oneof![8 => 0usize..2, 1 => Just(2usize), 1 => Just(9usize)], any::<u64>())
             .prop_map(|(vcpu, value)| Step::Run { vcpu, value }),
-        6 => trap().prop_map(Step::Trap),
+        6 => guest_trap(LOAD, LEN).prop_map(Step::Trap),
         2 => (0u64..3).prop_map(|vcpu| Step::MapVmPage { vcpu }),
     ]
 }

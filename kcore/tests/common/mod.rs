@@ -5,14 +5,16 @@ use kcore::kcore::KCore;
 use kcore::machine::Machine;
 use kcore::machine::sim::SimMachine;
 use kcore::mem::memblock::MemBlocks;
+use kcore::psci;
 use kcore::pt::ptalloc::PagePool;
 use kcore::spec::boot::{AbsImage, AbsVm, Contents};
-use kcore::spec::vcpu::{AbsVcpu, AbsVcpus, Pending, Run};
+use kcore::spec::vcpu::{AbsVcpu, AbsVcpus, GuestTrap, Pending, Run};
 use kcore::vcpu::vcpuopsaux::VcpuPage;
 use kcore::vcpu::{flags, slot};
 use kcore::vm::VcpuState;
 use kcore::vm::VmState;
 use kcore::{PAGE_SHIFT, Pfn};
+use proptest::prelude::*;
 use std::collections::BTreeMap;
 
 /// RAM: 16 MiB at 1 GiB (4096 pages, 8 chunks of 2 MiB).
@@ -161,4 +163,29 @@ pub fn vcpus_of(k: &KCore<SimMachine>, vmid: u16, spec: &AbsVcpus, live: Option<
         })
         .collect();
     AbsVcpus { vcpus, off: info.state() == kcore::vm::VmState::PowerOff, ..spec.clone() }
+}
+
+/// Guest traps of every kind the vCPU specification knows, for a VM whose one image lies at
+/// `[load, load + len)`: PSCI and unknown hypercalls, MMIO stores and loads, RAM faults
+/// (backed, refused and in the device window), WFI, trapped system registers.
+pub fn guest_trap(load: u64, len: u64) -> impl Strategy<Value = GuestTrap> {
+    let hvc_id = prop_oneof![
+        Just(psci::PSCI_VERSION as u64),
+        Just(psci::CPU_ON_64 as u64),
+        Just(psci::CPU_OFF as u64),
+        Just(psci::AFFINITY_INFO_64 as u64),
+        Just(psci::SYSTEM_OFF as u64),
+        Just(0x8000_0000u64),
+        Just(0xC600_1234u64),
+    ];
+    let entry = prop_oneof![Just(load), Just(load + 0x40), Just(load + len), Just(0x1000u64)];
+    prop_oneof![
+        4 => (hvc_id, 0u64..3, entry, any::<u64>()).prop_map(|(id, a, e, c)| GuestTrap::Hvc([id, a, e, c])),
+        3 => (0u64..32, 0u64..4).prop_map(|(rt, size_log2)| GuestTrap::MmioWrite { ipa: 0x0900_0000, rt, size_log2 }),
+        2 => (0u64..32, 0u64..4, any::<bool>()).prop_map(|(rt, size_log2, sign)| GuestTrap::MmioRead { ipa: 0x0900_0018, rt, size_log2, sign }),
+        2 => prop_oneof![Just(load + 0x10_0000), Just(load + 0x10_0000 + 0x123), Just(load + 0x20_0000), Just(0x0800_0000u64)]
+            .prop_map(|ipa| GuestTrap::RamFault { ipa }),
+        1 => Just(GuestTrap::Wfi),
+        1 => Just(GuestTrap::Sysreg),
+    ]
 }
