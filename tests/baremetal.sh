@@ -18,14 +18,14 @@ build_payload() {
         aarch64-linux-gnu-objcopy -O binary "$OUT/$name.elf" "$OUT/$name.bin"
 }
 
-# run_payload NAME CPU [KCORE]: boot KCore + payload; echo the exit status.
+# run_payload NAME CPU [KCORE [SMP]]: boot KCore + payload; echo the exit status.
 run_payload() {
-    local name="$1" cpu="$2" kcore="${3:-kcore}"
-    timeout 120 qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$cpu" -smp 2 -m 1G \
+    local name="$1" cpu="$2" kcore="${3:-kcore}" smp="${4:-2}"
+    timeout 120 qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$cpu" -smp "$smp" -m 1G \
         -nographic -no-reboot -nic none -semihosting -kernel "$ROOT/out/$kcore.bin" \
         -append "kcore.semihosting kcore.host=$(printf '%#x' $load)" \
         -device "loader,file=$OUT/$name.bin,addr=$(printf '%#x' $load),force-raw=on" \
-        > "$OUT/$name-$cpu-$kcore.log" 2>&1 < /dev/null
+        > "$OUT/$name-$cpu-$kcore$([ "$smp" = 2 ] || echo "-smp$smp").log" 2>&1 < /dev/null
     echo $?
 }
 
@@ -56,14 +56,15 @@ elif ! (cd "$ROOT" && cargo build -q -p kcore-testhost --target aarch64-unknown-
      ! aarch64-linux-gnu-objcopy -O binary "$ROOT/target/aarch64-unknown-none-softfloat/release/testhost" "$OUT/testhost.bin"; then
     fail "build the test host"
 else
-    for run in "max kcore" "cortex-a57 kcore" "max kcore-debug"; do
+    for run in "max kcore 2" "cortex-a57 kcore 2" "max kcore-debug 2" "max kcore 1" "cortex-a57 kcore 1"; do
         set -- $run
-        status=$(run_payload testhost "$1" "$2")
-        what="VMs on $1 ($2): signed image verified, bad signature refused, VM and KCore pages refused to the host, destroy scrubs, vmid reused, malformed calls refused; a signed guest runs (PSCI in KCore, MMIO served by the host, RAM backed on fault, pKVM MEM_SHARE/UNSHARE and SeKVM grant/revoke: the host reads a shared page and loses it on unshare, a second vCPU started by PSCI CPU_ON and stopped by CPU_OFF, a host-injected virtual interrupt taken through the list registers, the guest timer interrupt, FP/SIMD isolation, WFI, power-off)"
-        if [ "$status" = 0 ] && grep -q "TESTHOST: all passed" "$OUT/testhost-$1-$2.log"; then
+        status=$(run_payload testhost "$1" "$2" "$3")
+        log="$OUT/testhost-$1-$2$([ "$3" = 2 ] || echo "-smp$3").log"
+        what="VMs on $1 ($2, $3 CPUs): signed image verified, bad signature refused, VM and KCore pages refused to the host, destroy scrubs, vmid reused, malformed calls refused; a signed guest runs (PSCI in KCore, MMIO served by the host, RAM backed on fault, pKVM MEM_SHARE/UNSHARE and SeKVM grant/revoke: the host reads a shared page and loses it on unshare, a second vCPU started by PSCI CPU_ON and stopped by CPU_OFF, a host-injected virtual interrupt taken through the list registers, the guest timer interrupt, FP/SIMD isolation, WFI, power-off; a guest spinning for 2 s gives the host its timer ticks)"
+        if [ "$status" = 0 ] && grep -q "TESTHOST: all passed" "$log"; then
             pass "$what"
         else
-            fail "$what (failed check $status; see out/tests/testhost-$1-$2.log)" "$(tail -5 "$OUT/testhost-$1-$2.log")"
+            fail "$what (failed check $status; see ${log#$ROOT/})" "$(tail -5 "$log")"
         fi
     done
 fi

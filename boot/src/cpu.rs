@@ -9,7 +9,9 @@ use aarch64_cpu::registers::{
     TPIDR_EL2,
 };
 use bitflags::bitflags;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kcore::arch;
+use kcore::locks::locks::MAX_CPUS;
 use tock_registers::interfaces::Readable;
 
 bitflags! {
@@ -176,9 +178,11 @@ pub fn setup_host_el2(f: &Features) {
         write_sysreg!("S3_4_C3_C1_4", 0); // HDFGRTR_EL2
         write_sysreg!("S3_4_C3_C1_5", 0); // HDFGWTR_EL2
     }
-    // EL1 may use the physical counter and timer; no virtual offset.
+    // EL1 may use the physical counter and timer; no virtual offset. KCore's own timer (the
+    // EL2 physical timer, armed only while a guest runs) starts off.
     write_sysreg!("cnthctl_el2", 0b11);
     write_sysreg!("cntvoff_el2", 0);
+    write_sysreg!("cnthp_ctl_el2", 0);
     if f.gicv3 {
         // ICC_SRE_EL2: SRE | DFB | DIB | Enable (lower ELs may use the system registers).
         write_sysreg!("S3_4_C12_C9_5", 0xf);
@@ -218,6 +222,38 @@ pub fn enable_host_stage2(r: &El2Regs) {
 /// SPSR_EL2 for entering the host: EL1h with D, A, I, F masked.
 pub fn set_host_return_state() {
     write_sysreg!("spsr_el2", arch::spsr::EL1H_MASKED);
+}
+
+/// Each CPU's GICv3 redistributor SGI/PPI frame, by KCore's CPU index (0: not found).
+static REDIST_SGI: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Find the executing CPU's redistributor in the region `gicr` (mapped as device memory in
+/// KCore's EL2 map) by matching GICR_TYPER.Affinity_Value with MPIDR_EL1 (GICv3 architecture,
+/// 12.11.36: Aff3.Aff2.Aff1.Aff0 in bits 63:32; Last in bit 4; VLPIS in bit 1 means four
+/// 64 KiB frames per redistributor instead of two), and remember its SGI/PPI frame.
+pub fn find_redistributor(gicr: (u64, u64)) {
+    let mpidr = MPIDR_EL1.get();
+    let aff = (((mpidr >> 32) & 0xff) << 24) | (mpidr & 0xff_ffff);
+    let (mut rd, end) = (gicr.0, gicr.0 + gicr.1);
+    while rd + 0x2_0000 <= end {
+        // SAFETY: `rd` lies inside the redistributor region the device tree names, which
+        // KCore's EL2 map covers as device memory; GICR_TYPER is a read-only 64-bit register.
+        let typer = unsafe { core::ptr::read_volatile((rd + 8) as *const u64) };
+        if typer >> 32 == aff {
+            REDIST_SGI[current_index()].store(rd + 0x1_0000, Ordering::Relaxed);
+            return;
+        }
+        if typer & (1 << 4) != 0 {
+            break;
+        }
+        rd += if typer & (1 << 1) != 0 { 0x4_0000 } else { 0x2_0000 };
+    }
+    log::warn!("no GIC redistributor for MPIDR {mpidr:#x}: the host's tick cannot preempt guests on this CPU");
+}
+
+/// The executing CPU's redistributor SGI/PPI frame (0 if none was found).
+pub fn redistributor_sgi_frame() -> u64 {
+    REDIST_SGI[current_index()].load(Ordering::Relaxed)
 }
 
 /// KCore's index of the executing CPU (kept in TPIDR_EL2 by `entry.S`).

@@ -2,7 +2,7 @@
 
 use kcore::el2map::{Kind, Segment};
 use kcore::mem::memblock::MemBlocks;
-use kcore::{PAGE_SIZE, align_down};
+use kcore::{PAGE_SIZE, align_down, align_up};
 
 unsafe extern "C" {
     static __image_start: u8;
@@ -57,7 +57,7 @@ pub fn linux_image_size(pa: u64) -> Option<u64> {
 /// KCore's own text (read-only, executable), rodata (read-only) and the stack guard pages
 /// (unmapped); the console UART as device memory. Returns how many entries of `out` were
 /// filled.
-pub fn el2_segments(mb: &MemBlocks, uart: u64, out: &mut [Segment]) -> usize {
+pub fn el2_segments(mb: &MemBlocks, uart: u64, gicr: (u64, u64), out: &mut [Segment]) -> usize {
     // SAFETY: linker-script symbols; only their addresses are taken.
     let (start, text_end, rodata_end, stacks, stacks_end, end) = unsafe {
         (
@@ -99,6 +99,11 @@ pub fn el2_segments(mb: &MemBlocks, uart: u64, out: &mut [Segment]) -> usize {
     let uart_page = align_down(uart, PAGE_SIZE);
     if mb.search(uart_page).is_none() {
         push(uart_page, uart_page + PAGE_SIZE, Kind::Device);
+    }
+    // The GIC redistributors: KCore enables the EL2 timer's interrupt in its own CPU's.
+    let (gicr_start, gicr_end) = (align_down(gicr.0, PAGE_SIZE), align_up(gicr.0 + gicr.1, PAGE_SIZE));
+    if mb.search(gicr_start).is_none() {
+        push(gicr_start, gicr_end, Kind::Device);
     }
     n
 }

@@ -69,6 +69,8 @@ mod el2 {
     pub static EL2_REGS: Once<El2Regs> = Once::new();
     /// Where the host asked each CPU to start.
     pub static HOST_ENTRIES: HostEntries = HostEntries::new();
+    /// The GIC redistributor region `(base, size)`.
+    pub static GICR: Once<(u64, u64)> = Once::new();
     /// Options from the command line.
     pub static OPTIONS: Once<crate::platform::Options> = Once::new();
 
@@ -168,13 +170,14 @@ mod el2 {
             cpu_index: current_cpu,
             fp_save: crate::world::kcore_fp_save,
             fp_load: crate::world::kcore_fp_restore,
+            redist_sgi_base: cpu::redistributor_sgi_frame,
         };
         let el2_pool = PagePool::new(plan.pool.0, plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE);
         let host_pool = PagePool::new(plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE, plan.pool.1);
         let el2_root = el2_pool.alloc(&hw).unwrap_or_else(|_| fatal(format_args!("EL2 table pool empty")));
         let el2 = Npt { root: el2_root, ia_bits: 48 };
         let mut segs = [Segment { start: 0, end: 0, kind: Kind::ReadWrite }; 48];
-        let n = layout::el2_segments(&mb, plat.uart, &mut segs);
+        let n = layout::el2_segments(&mb, plat.uart, plat.gicr, &mut segs);
         if let Err(e) = el2map::build(&hw, &el2_pool, &el2, &segs[..n]) {
             fatal(format_args!("building KCore's EL2 map: {e:?}"));
         }
@@ -187,6 +190,8 @@ mod el2 {
         EL2_REGS.call_once(|| regs);
         cpu::enable_mmu(&regs);
         console::mmu_on();
+        GICR.call_once(|| plat.gicr);
+        cpu::find_redistributor(plat.gicr);
 
         for (start, end) in [plan.kcore_low, plan.kcore_high] {
             if let Err(e) = kc.mem().protect_kcore(start, end) {
@@ -224,6 +229,9 @@ mod el2 {
         let index = index as usize;
         let Some(regs) = EL2_REGS.get() else { fatal(format_args!("cpu {index} started before KCore was set up")) };
         cpu::enable_mmu(regs);
+        if let Some(gicr) = GICR.get() {
+            cpu::find_redistributor(*gicr);
+        }
         let features = Features::read();
         cpu::setup_host_el2(&features);
         cpu::enable_host_stage2(regs);

@@ -112,6 +112,11 @@ fn refine(steps: &[Step], host_seed: u64, guest_seed: u64) -> Result<Vec<AbsCtxt
                 let mut hc = HostCtxt::new();
                 k.switch_to_guest(vm, vcpu, &VcpuPage { pa }, &mut hc);
                 prop_assert!(k.m.syncs() > syncs, "no context synchronisation after entry");
+                // The EL2 timer's interrupt reaches KCore whenever it stands in for the host's.
+                if before.regs[&SysReg::CntvCtlEl0] & 0b11 == 0b01 {
+                    prop_assert!(k.m.enabled_ppis(0) & (1 << 26) != 0, "host deadline armed, PPI 26 off");
+                }
+                k.m.clear_ppis(0); // the host may turn it off again while it runs
                 spec = next;
                 running = Some((pa, hc, host, before));
             }

@@ -15,7 +15,16 @@ pub struct Hardware {
     pub fp_save: unsafe extern "C" fn(u64),
     /// Loads them from the given address.
     pub fp_load: unsafe extern "C" fn(u64),
+    /// The physical address of the calling CPU's GICv3 redistributor SGI/PPI frame (its
+    /// RD_base + 64 KiB), found by `boot/` from GICR_TYPER and mapped as device memory in
+    /// KCore's EL2 map; 0 if this CPU has none.
+    pub redist_sgi_base: fn() -> u64,
 }
+
+/// GICR_IGROUPR0 and GICR_ISENABLER0, in a redistributor's SGI/PPI frame (GICv3
+/// architecture, 12.11).
+const GICR_IGROUPR0: u64 = 0x80;
+const GICR_ISENABLER0: u64 = 0x100;
 
 macro_rules! read_match {
     ($($v:ident $name:literal),* $(,)?) => {
@@ -152,6 +161,26 @@ impl Machine for Hardware {
     fn fp_load_from(&self, pa: u64) {
         // SAFETY: as for `fp_save_to`.
         unsafe { (self.fp_load)(pa) }
+    }
+
+    fn enable_private_irq(&self, intid: u32) {
+        let base = (self.redist_sgi_base)();
+        if base == 0 || !(16..32).contains(&intid) {
+            return;
+        }
+        let bit = 1u32 << intid;
+        // SAFETY: `base` is this CPU's redistributor SGI frame, which `boot/` mapped as device
+        // memory in KCore's EL2 map; GICR_IGROUPR0 and GICR_ISENABLER0 are 32-bit registers.
+        // Group 1 (non-secure IRQ, as the host's own interrupts are): only this CPU's code
+        // programs its private interrupts, and the host is not running on it now.
+        unsafe {
+            let group = (base + GICR_IGROUPR0) as *mut u32;
+            let g = core::ptr::read_volatile(group);
+            if g & bit == 0 {
+                core::ptr::write_volatile(group, g | bit);
+            }
+            core::ptr::write_volatile((base + GICR_ISENABLER0) as *mut u32, bit)
+        }
     }
 }
 

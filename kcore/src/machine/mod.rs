@@ -30,7 +30,10 @@ macro_rules! with_sysregs {
             // EL2's own: the exception being handled, and the world-switch controls.
             ElrEl2 "elr_el2", SpsrEl2 "spsr_el2", EsrEl2 "esr_el2", FarEl2 "far_el2",
             HpfarEl2 "hpfar_el2", HcrEl2 "hcr_el2", VttbrEl2 "vttbr_el2", CptrEl2 "cptr_el2",
-            CnthctlEl2 "cnthctl_el2", VmpidrEl2 "vmpidr_el2"
+            CnthctlEl2 "cnthctl_el2", VmpidrEl2 "vmpidr_el2",
+            // The EL2 physical timer (Arm ARM D12.8): KCore's alarm for the host's deadline
+            // while a guest runs.
+            CnthpCtlEl2 "cnthp_ctl_el2", CnthpCvalEl2 "cnthp_cval_el2"
         }
     };
 }
@@ -117,4 +120,8 @@ pub trait Machine: Sync {
     fn fp_save_to(&self, pa: u64);
     /// Load the executing CPU's FP/SIMD registers from KCore memory at `pa`.
     fn fp_load_from(&self, pa: u64);
+    /// Enable private interrupt `intid` (a PPI, 16..32) of the executing CPU in its GIC
+    /// redistributor (GICR_ISENABLER0; write-one-to-set, so a host that configures the same
+    /// redistributor loses nothing).
+    fn enable_private_irq(&self, intid: u32);
 }

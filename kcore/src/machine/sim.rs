@@ -25,6 +25,7 @@ pub struct SimMachine {
     sysregs: Vec<[AtomicU64; SYSREG_COUNT]>,
     fp: Vec<[AtomicU64; FP_WORDS]>,
     syncs: AtomicUsize,
+    ppis: Vec<AtomicU64>,
 }
 
 thread_local! {
@@ -44,7 +45,19 @@ impl SimMachine {
             sysregs: (0..MAX_CPUS).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
             fp: (0..MAX_CPUS).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
             syncs: AtomicUsize::new(0),
+            ppis: (0..MAX_CPUS).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// The private interrupts KCore enabled in CPU `cpu`'s redistributor (bit n = INTID n).
+    pub fn enabled_ppis(&self, cpu: usize) -> u64 {
+        self.ppis[cpu].load(Ordering::Relaxed)
+    }
+
+    /// Disable every private interrupt of CPU `cpu` (what the host's GIC driver does at CPU
+    /// initialisation).
+    pub fn clear_ppis(&self, cpu: usize) {
+        self.ppis[cpu].store(0, Ordering::Relaxed)
     }
 
     /// System register `r` of CPU `cpu` (what a test observes of the CPU).
@@ -159,5 +172,9 @@ impl Machine for SimMachine {
         assert!(pa.is_multiple_of(16), "unaligned FP area at {pa:#x}");
         let v: FpRegs = core::array::from_fn(|i| self.load(pa + 8 * i as u64));
         self.set_fp_regs(self.cpu_index(), &v)
+    }
+    fn enable_private_irq(&self, intid: u32) {
+        assert!((16..32).contains(&intid), "not a PPI: {intid}");
+        self.ppis[self.cpu_index()].fetch_or(1 << intid, Ordering::Relaxed);
     }
 }

@@ -142,6 +142,13 @@ pub fn enter(cpu: &AbsCpu, guest: &AbsCtxt, vmid: u16, root: u64, vcpu: usize) -
     set(&mut c, SysReg::CnthctlEl2, 1);
     // VMPIDR_EL2: bit 31 RES1, Aff0 = the vCPU's index.
     set(&mut c, SysReg::VmpidrEl2, (1 << 31) | vcpu as u64);
+    // The host's tick (its EL1 virtual timer, enabled and unmasked) is taken over by the EL2
+    // physical timer at the same deadline: the guest cannot keep the CPU past it.
+    let host_ctl = cpu.regs[&SysReg::CntvCtlEl0];
+    if host_ctl & 0b11 == 0b01 {
+        set(&mut c, SysReg::CnthpCvalEl2, cpu.regs[&SysReg::CntvCvalEl0]);
+        set(&mut c, SysReg::CnthpCtlEl2, 1);
+    }
     (c, host)
 }
 
@@ -163,6 +170,7 @@ pub fn exit(cpu: &AbsCpu, host: &AbsHost, x: [u64; 31], pc: u64, pstate: u64) ->
     }
     c.fp = host.fp;
     c.regs.insert(SysReg::IchHcrEl2, 0); // the virtual CPU interface off for the host
+    c.regs.insert(SysReg::CnthpCtlEl2, 0); // the host's own timer is back: no alarm
     (c, ctxt)
 }
 

@@ -64,6 +64,8 @@ const ICH_HCR_EN: u64 = 1;
 const ICC_SRE_SRE: u64 = 1;
 /// CNTV_CTL_EL0.IMASK.
 const CNTV_IMASK: u64 = 0b010;
+/// CNTHP_CTL_EL2.ENABLE (IMASK clear).
+const CNTHP_ENABLE: u64 = 0b001;
 
 /// One side's EL1 state: the 25 registers of [`super::EL1_SYSREGS`], then SP_EL0.
 pub type El1State = [u64; 26];
@@ -161,6 +163,16 @@ impl<M: Machine> KCore<M> {
         // An active vCPU belongs to a verified VM, which has a stage-2 table.
         let root = self.vms[vmid as usize - 1].npt().expect("active vCPU's VM has a stage-2 table").root;
         self.save_el1(&mut host.el1);
+        // The host ticks on the EL1 virtual timer, which the guest is about to get. If the
+        // host's timer is armed, the EL2 physical timer takes over its deadline (the host's
+        // CNTVOFF_EL2 is 0: its virtual count is the physical count), so a guest that never
+        // exits still gives the CPU back when the host's tick is due.
+        let host_ctl = host.el1[SysReg::CntvCtlEl0 as usize];
+        if super::host_deadline_armed(host_ctl) {
+            m.write_sysreg(SysReg::CnthpCvalEl2, host.el1[SysReg::CntvCvalEl0 as usize]);
+            m.write_sysreg(SysReg::CnthpCtlEl2, CNTHP_ENABLE);
+            m.enable_private_irq(super::HYP_TIMER_INTID);
+        }
         host.sre = m.read_sysreg(SysReg::IccSreEl1);
         for_each_el2!(i => host.el2[i] = m.read_sysreg(SWITCHED_EL2[i]));
         m.fp_save(&mut host.fp);
@@ -202,6 +214,8 @@ impl<M: Machine> KCore<M> {
         for_each_lr!(i => page.set(m, slot::LRS + i as u64, m.read_sysreg(LIST_REGS[i])));
         page.set(m, slot::VMCR, m.read_sysreg(SysReg::IchVmcrEl2));
         m.write_sysreg(SysReg::IchHcrEl2, 0);
+        // The host's own timer is back: KCore's alarm for it is off.
+        m.write_sysreg(SysReg::CnthpCtlEl2, 0);
         m.fp_load(&host.fp);
         self.load_el1(&host.el1);
         m.write_sysreg(SysReg::IccSreEl1, host.sre);

@@ -21,6 +21,9 @@ mod tests {
         assert!(!vtimer_fired(0b111), "masked");
         assert!(!vtimer_fired(0b001), "not yet");
         assert!(!vtimer_fired(0b100), "disabled");
+        assert!(host_deadline_armed(0b001) && host_deadline_armed(0b101));
+        assert!(!host_deadline_armed(0b011), "masked");
+        assert!(!host_deadline_armed(0b000), "off");
         let busy = pending_lr(40);
         assert_eq!(free_lr(&[busy, 0, 0, 0], 27), Some(1));
         assert_eq!(free_lr(&[busy, pending_lr(27), 0, 0], 27), None, "already queued");
@@ -82,6 +85,16 @@ pub const fn pending_lr(intid: u32) -> u64 {
 
 /// The virtual timer's interrupt (PPI 11, INTID 27 on every GICv3 system).
 pub const VTIMER_INTID: u32 = 27;
+
+/// The EL2 physical timer's interrupt (PPI 10, INTID 26; Arm BSA / the GICv3 PPI map): KCore's
+/// alarm for the host's own timer deadline while a guest runs on the CPU.
+pub const HYP_TIMER_INTID: u32 = 26;
+
+/// Is the host's timer armed to interrupt it (CNTV_CTL_EL0: ENABLE set, IMASK clear)? Then
+/// its deadline must take the CPU back from a guest.
+pub const fn host_deadline_armed(cntv_ctl: u64) -> bool {
+    cntv_ctl & 0b11 == 0b01
+}
 
 /// Has the guest's virtual timer fired with its interrupt unmasked? (CNTV_CTL_EL0: ENABLE
 /// bit 0, IMASK bit 1, ISTATUS bit 2.)
