@@ -97,6 +97,36 @@ impl Features {
     }
 }
 
+/// Read the 56 ID registers HCR_EL2.TID3 traps for guests (op0 3, op1 0, CRn 0, CRm 1..=7,
+/// op2 0..=7), in `kcore::vcpu::guestcpu::id_index` order. Unallocated encodings in this space
+/// read as zero (Arm ARM D23.3.1).
+pub fn read_id_regs() -> [u64; kcore::vcpu::guestcpu::ID_REGS] {
+    macro_rules! ids {
+        ($($crm:literal: $($op2:literal)*;)*) => {{
+            let mut r = [0u64; kcore::vcpu::guestcpu::ID_REGS];
+            $($({
+                let v: u64;
+                // SAFETY: reading an ID register at EL2 has no side effects.
+                unsafe {
+                    core::arch::asm!(concat!("mrs {}, S3_0_C0_C", $crm, "_", $op2), out(reg) v,
+                        options(nomem, nostack, preserves_flags))
+                };
+                r[($crm - 1) * 8 + $op2] = v;
+            })*)*
+            r
+        }};
+    }
+    ids! {
+        1: 0 1 2 3 4 5 6 7;
+        2: 0 1 2 3 4 5 6 7;
+        3: 0 1 2 3 4 5 6 7;
+        4: 0 1 2 3 4 5 6 7;
+        5: 0 1 2 3 4 5 6 7;
+        6: 0 1 2 3 4 5 6 7;
+        7: 0 1 2 3 4 5 6 7;
+    }
+}
+
 /// EL2 register values shared by all CPUs, computed once by the boot CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct El2Regs {

@@ -186,6 +186,13 @@ mod el2 {
             KCore::new_with_key(hw, mb, plan.meta_base, host_pool, ipa_bits, VM_KEY)
                 .unwrap_or_else(|e| fatal(format_args!("KCore state: {e:?}")))
         });
+        kc.guest_cpu.configure(&cpu::read_id_regs(), ipa_bits);
+        let gf = kc.guest_cpu.features();
+        log::info!(
+            "guests: SVE, SME, pointer authentication, MTE, PMU, RAS, LOR, AMU hidden; debug emulated (FGT {}, HCX {})",
+            gf.fgt,
+            gf.hcx
+        );
         let regs = El2Regs::new(&features, el2_root, kc.host.expect_npt().root, ipa_bits);
         EL2_REGS.call_once(|| regs);
         cpu::enable_mmu(&regs);

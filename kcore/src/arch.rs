@@ -91,6 +91,12 @@ pub mod ec {
     pub const SMC64: u64 = 0x17;
     /// MSR/MRS/system instruction.
     pub const SYS64: u64 = 0x18;
+    /// Pointer authentication instruction (HCR_EL2.API = 0).
+    pub const PAC: u64 = 0x09;
+    /// SVE (CPTR_EL2.TZ).
+    pub const SVE: u64 = 0x19;
+    /// SME (CPTR_EL2.TSM).
+    pub const SME: u64 = 0x1d;
     /// Instruction abort from a lower EL.
     pub const IABT_LOW: u64 = 0x20;
     /// Instruction abort from the same EL.

@@ -10,6 +10,7 @@ use crate::mem::pagemgmt::{PageMeta, meta_bytes};
 use crate::pt::nptops::S2Table;
 use crate::pt::ptalloc::PagePool;
 use crate::trap::traphandler::{CpuRun, CpuRuns};
+use crate::vcpu::guestcpu::GuestCpu;
 use crate::vm::VmInfo;
 use crate::{BLOCK_2M, PAGE_SIZE, align_down, align_up};
 
@@ -95,6 +96,8 @@ pub struct KCore<M: Machine> {
     pub vm_key: [u8; 32],
     /// What runs on each CPU (layer 34).
     pub runs: CpuRuns,
+    /// The CPU as guests see it (layer 27): features and sanitised ID registers.
+    pub guest_cpu: GuestCpu,
 }
 
 impl<M: Machine> KCore<M> {
@@ -122,8 +125,18 @@ impl<M: Machine> KCore<M> {
         let vms = core::array::from_fn(|i| S2Table::new(i as u16 + 1, ipa_bits, PagePool::new(0, 0)));
         let vminfo = core::array::from_fn(|_| VmInfo::default());
         let runs = core::array::from_fn(|_| CpuRun::default());
-        let k =
-            KCore { m, locks: Locks::new(), mb, meta: PageMeta { base: meta_base }, host, vms, vminfo, vm_key, runs };
+        let k = KCore {
+            m,
+            locks: Locks::new(),
+            mb,
+            meta: PageMeta { base: meta_base },
+            host,
+            vms,
+            vminfo,
+            vm_key,
+            runs,
+            guest_cpu: GuestCpu::default(),
+        };
         k.host.init_root(&k.m, &k.locks)?;
         Ok(k)
     }

@@ -16,6 +16,7 @@ use kcore::machine::sim::SimMachine;
 use kcore::machine::{FP_WORDS, FpRegs, SysReg};
 use kcore::spec::ctxt::{self, AbsCpu, AbsCtxt, AbsHost};
 use kcore::vcpu::ctxtswitch::HostCtxt;
+use kcore::vcpu::guestcpu::{CpuFeatures, ID_REGS, id_index};
 use kcore::vcpu::slot;
 use kcore::vcpu::vcpuopsaux::VcpuPage;
 use proptest::prelude::*;
@@ -85,8 +86,13 @@ fn root_of(k: &KCore<SimMachine>, vm: u16) -> u64 {
 
 /// Run `steps` from host registers drawn from `host_seed` and guest contexts from
 /// `guest_seed`; returns the final contexts of both pages.
-fn refine(steps: &[Step], host_seed: u64, guest_seed: u64) -> Result<Vec<AbsCtxt>, TestCaseError> {
+fn refine(steps: &[Step], host_seed: u64, guest_seed: u64, f: CpuFeatures) -> Result<Vec<AbsCtxt>, TestCaseError> {
     let (k, _) = kcore();
+    // The CPU's trap-control registers exist as `f` says (ID_AA64MMFR0.FGT, MMFR1.HCX).
+    let mut ids = [0u64; ID_REGS];
+    ids[id_index(7, 0).unwrap()] = (f.fgt as u64) << 56;
+    ids[id_index(7, 1).unwrap()] = (f.hcx as u64) << 40;
+    k.guest_cpu.configure(&ids, 40);
     for (i, r) in SysReg::ALL.iter().enumerate() {
         k.m.set_sysreg(0, *r, mix(host_seed, i as u64));
     }
@@ -108,7 +114,7 @@ fn refine(steps: &[Step], host_seed: u64, guest_seed: u64) -> Result<Vec<AbsCtxt
                 let pa = PAGES[page];
                 let guest = ctxt_of(&k, pa);
                 let before = spec.clone();
-                let (next, host) = ctxt::enter(&spec, &guest, vm, root_of(&k, vm), vcpu);
+                let (next, host) = ctxt::enter(&spec, &guest, vm, root_of(&k, vm), vcpu, f);
                 let mut hc = HostCtxt::new();
                 k.switch_to_guest(vm, vcpu, &VcpuPage { pa }, &mut hc);
                 prop_assert!(k.m.syncs() > syncs, "no context synchronisation after entry");
@@ -158,14 +164,14 @@ fn refine(steps: &[Step], host_seed: u64, guest_seed: u64) -> Result<Vec<AbsCtxt
                 prop_assert_eq!(ctxt_of(&k, pa), saved, "saved context after step {}", n);
                 // The host has every register it had before entry back, and its FP/SIMD.
                 let now = cpu_of(&k);
-                for r in ctxt::host_saved() {
+                for r in ctxt::host_saved(f) {
                     prop_assert_eq!(now.regs[&r], before.regs[&r], "host {:?} after step {}", r, n);
                 }
                 prop_assert_eq!(now.fp, before.fp);
                 spec = next;
             }
             (Step::HostReg { reg, val }, None) => {
-                let reg = ctxt::host_saved()[reg % ctxt::host_saved().len()];
+                let reg = ctxt::host_saved(f)[reg % ctxt::host_saved(f).len()];
                 k.m.set_sysreg(0, reg, val);
                 spec.regs.insert(reg, val);
             }
@@ -201,9 +207,12 @@ proptest! {
         host in any::<u64>(),
         other_host in any::<u64>(),
         guest in any::<u64>(),
+        fgt in any::<bool>(),
+        hcx in any::<bool>(),
     ) {
-        let a = refine(&steps, host, guest)?;
-        let b = refine(&steps, other_host, guest)?;
+        let f = CpuFeatures { fgt, hcx, sme: false };
+        let a = refine(&steps, host, guest, f)?;
+        let b = refine(&steps, other_host, guest, f)?;
         prop_assert_eq!(a, b, "a guest's saved context depends on the host's registers");
     }
 }
@@ -221,7 +230,7 @@ fn timer_goes_to_the_first_free_list_register() {
         Step::Irq { ctl: 0b101 },
         Step::Exit { seed: 1, pc: 0x8000_0000, pstate: 0x3c5 },
     ];
-    let ctxts = refine(&steps, 7, 9).unwrap();
+    let ctxts = refine(&steps, 7, 9, CpuFeatures::default()).unwrap();
     assert_eq!(ctxts[0].lrs[1], (1 << 62) | (1 << 60) | (0xa0 << 48) | 27);
     assert_eq!(ctxts[0].lrs[2], 0, "queued once");
     assert_eq!(ctxts[0].el1[&SysReg::CntvCtlEl0], 0b111, "timer output masked");
@@ -242,10 +251,11 @@ fn spec_round_trip_is_the_identity() {
         lrs: [1, 2, 3, 4],
         vmcr: 8,
     };
-    let (inside, host) = ctxt::enter(&cpu, &guest, 1, 0x4000_0000, 0);
+    let f = CpuFeatures { fgt: true, hcx: true, sme: false };
+    let (inside, host) = ctxt::enter(&cpu, &guest, 1, 0x4000_0000, 0, f);
     let (back, saved) = ctxt::exit(&inside, &host, guest.x, guest.pc, guest.pstate);
     assert_eq!(saved, guest);
-    for r in ctxt::host_saved() {
+    for r in ctxt::host_saved(f) {
         assert_eq!(back.regs[&r], cpu.regs[&r]);
     }
     assert_eq!(back.fp, cpu.fp);

@@ -33,7 +33,13 @@ macro_rules! with_sysregs {
             CnthctlEl2 "cnthctl_el2", VmpidrEl2 "vmpidr_el2",
             // The EL2 physical timer (Arm ARM D12.8): KCore's alarm for the host's deadline
             // while a guest runs.
-            CnthpCtlEl2 "cnthp_ctl_el2", CnthpCvalEl2 "cnthp_cval_el2"
+            CnthpCtlEl2 "cnthp_ctl_el2", CnthpCvalEl2 "cnthp_cval_el2",
+            // Trap controls switched for guests: MDCR_EL2 always; HFGRTR_EL2, HFGWTR_EL2
+            // (FEAT_FGT) and HCRX_EL2 (FEAT_HCX) only where they exist. MDSCR_EL1 is also
+            // reached directly when a guest's access to it traps. SVCR (FEAT_SME) is read
+            // before a guest runs.
+            MdcrEl2 "mdcr_el2", HfgrtrEl2 "S3_4_C1_C1_4", HfgwtrEl2 "S3_4_C1_C1_5",
+            HcrxEl2 "S3_4_C1_C2_2", SvcrEl0 "S3_3_C4_C2_2"
         }
     };
 }

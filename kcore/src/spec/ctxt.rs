@@ -9,6 +9,7 @@
 //! code's order of operations.
 
 use crate::machine::{FpRegs, SysReg};
+use crate::vcpu::guestcpu::CpuFeatures;
 use std::collections::BTreeMap;
 
 /// A CPU's registers.
@@ -83,8 +84,9 @@ pub fn el1_state() -> Vec<SysReg> {
 }
 
 /// The registers the host gets back exactly: its EL1 state, its GIC system-register enable,
-/// and the EL2 controls a guest runs under.
-pub fn host_saved() -> Vec<SysReg> {
+/// and the EL2 controls a guest runs under (the fine-grained trap registers and HCRX_EL2 only
+/// where the CPU has them).
+pub fn host_saved(f: CpuFeatures) -> Vec<SysReg> {
     let mut r = el1_state();
     r.extend([
         SysReg::IccSreEl1,
@@ -93,7 +95,14 @@ pub fn host_saved() -> Vec<SysReg> {
         SysReg::CptrEl2,
         SysReg::CnthctlEl2,
         SysReg::VmpidrEl2,
+        SysReg::MdcrEl2,
     ]);
+    if f.fgt {
+        r.extend([SysReg::HfgrtrEl2, SysReg::HfgwtrEl2]);
+    }
+    if f.hcx {
+        r.push(SysReg::HcrxEl2);
+    }
     r
 }
 
@@ -103,9 +112,12 @@ const LRS: [SysReg; 4] = [SysReg::IchLr0El2, SysReg::IchLr1El2, SysReg::IchLr2El
 /// protected table walks (PTW), FIQ, IRQ and SError to EL2 (FMO, IMO, AMO), broadcast TLB
 /// maintenance (FB) and inner-shareable barriers (BSU = 01), WFI and WFE trapped (TWI, TWE),
 /// SMC trapped (TSC), implementation-defined registers trapped (TIDCP), auxiliary control
-/// trapped (TACR), set/way cache maintenance trapped (TSW), EL1 in AArch64 (RW).
+/// trapped (TACR), set/way cache maintenance trapped (TSW), EL1 in AArch64 (RW); and to hide
+/// features: ID group 3 registers trapped (TID3, bit 18), LORegions registers trapped (TLOR,
+/// 35), RAS error records trapped (TERR, 36). API and APK (40, 41) stay clear: pointer
+/// authentication traps.
 pub const fn guest_hcr() -> u64 {
-    let bits = [0u32, 1, 2, 3, 4, 5, 9, 10, 13, 14, 19, 20, 21, 22, 31];
+    let bits = [0u32, 1, 2, 3, 4, 5, 9, 10, 13, 14, 18, 19, 20, 21, 22, 31, 35, 36];
     let mut v = 0;
     let mut i = 0;
     while i < bits.len() {
@@ -116,8 +128,8 @@ pub const fn guest_hcr() -> u64 {
 }
 
 /// Enter a guest: the CPU after, and what the host left behind.
-pub fn enter(cpu: &AbsCpu, guest: &AbsCtxt, vmid: u16, root: u64, vcpu: usize) -> (AbsCpu, AbsHost) {
-    let host = AbsHost { regs: host_saved().into_iter().map(|r| (r, cpu.regs[&r])).collect(), fp: cpu.fp };
+pub fn enter(cpu: &AbsCpu, guest: &AbsCtxt, vmid: u16, root: u64, vcpu: usize, f: CpuFeatures) -> (AbsCpu, AbsHost) {
+    let host = AbsHost { regs: host_saved(f).into_iter().map(|r| (r, cpu.regs[&r])).collect(), fp: cpu.fp };
     let mut c = cpu.clone();
     for r in el1_state() {
         c.regs.insert(r, guest.el1[&r]);
@@ -136,8 +148,25 @@ pub fn enter(cpu: &AbsCpu, guest: &AbsCtxt, vmid: u16, root: u64, vcpu: usize) -
     set(&mut c, SysReg::SpsrEl2, guest.pstate);
     set(&mut c, SysReg::VttbrEl2, ((vmid as u64) << 48) | root);
     set(&mut c, SysReg::HcrEl2, guest_hcr());
-    // CPTR_EL2: RES1 bits 13, 9, 7:0; TFP (bit 10), TTA (20), TCPAC (31) clear.
-    set(&mut c, SysReg::CptrEl2, (1 << 13) | (1 << 9) | 0xff);
+    // CPTR_EL2: RES1 bits 13, 9, 7:0; TFP (bit 10) and TCPAC (31) clear: FP/SIMD and
+    // CPACR_EL1 are the guest's; TZ (8), TSM (12), TTA (20), TAM (30) set: SVE, SME, trace and
+    // activity monitors trap (hidden).
+    set(&mut c, SysReg::CptrEl2, (1 << 13) | (1 << 9) | 0xff | (1 << 8) | (1 << 12) | (1 << 20) | (1 << 30));
+    // MDCR_EL2: the host's HPMN (4:0) kept; PMU (TPMCR 5, TPM 6), debug (TDA 9, TDOSA 10,
+    // TDRA 11), SPE (TPMS 14) and trace filter (TTRF 19) accesses trap; the profiling and
+    // trace buffers (E2PB, E2TB) are EL2's.
+    let mdcr = cpu.regs[&SysReg::MdcrEl2] & 0x1f;
+    set(&mut c, SysReg::MdcrEl2, mdcr | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 14) | (1 << 19));
+    // Fine-grained traps: every negative-polarity bit clear, so every register they guard
+    // (TPIDR2_EL0, SMPRI_EL1, PIR, POR, GCS, ...) traps.
+    if f.fgt {
+        set(&mut c, SysReg::HfgrtrEl2, 0);
+        set(&mut c, SysReg::HfgwtrEl2, 0);
+    }
+    // HCRX_EL2: only the memory copy/set instructions (MSCEn, bit 11) as the host has them.
+    if f.hcx {
+        set(&mut c, SysReg::HcrxEl2, cpu.regs[&SysReg::HcrxEl2] & (1 << 11));
+    }
     // CNTHCTL_EL2: EL1PCTEN (physical counter readable), not EL1PCEN (physical timer traps).
     set(&mut c, SysReg::CnthctlEl2, 1);
     // VMPIDR_EL2: bit 31 RES1, Aff0 = the vCPU's index.

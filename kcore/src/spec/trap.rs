@@ -233,6 +233,8 @@ pub fn exit_words(e: Exit) -> [u64; 4] {
         Exit::Shutdown => [5, 0, 0, 0],
         Exit::VcpuStarted { vcpu } => [6, vcpu, 0, 0],
         Exit::VcpuOff => [7, 0, 0, 0],
+        Exit::Sgi { reg, value } => [8, value, reg, 0],
+        Exit::SysReg { iss, write, value } => [9, iss, write as u64, value],
     }
 }
 

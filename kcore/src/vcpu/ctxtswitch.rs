@@ -11,6 +11,7 @@
 //! `boot/`'s assembly; everything here goes through layer 0's register interface, so the
 //! simulated machine checks it (`kcore/tests/refine_ctxt.rs`).
 
+use super::guestcpu;
 use super::slot;
 use super::vcpuopsaux::VcpuPage;
 use crate::arch;
@@ -20,8 +21,10 @@ use crate::machine::{FP_WORDS, FpRegs, Machine, SysReg};
 /// HCR_EL2 while a guest runs (Arm ARM D23.2.53): VM (stage-2 on), SWIO, PTW, FMO/IMO/AMO
 /// (physical interrupts and SErrors to EL2, virtual ones to the guest), FB and BSU = inner
 /// shareable (broadcast maintenance), TWI/TWE (WFI/WFE trap), TSC (SMC traps), TIDCP, TACR,
-/// TSW (set/way cache maintenance traps), RW (EL1 is AArch64).
-pub const GUEST_HCR: u64 = (1 << 0)
+/// TSW (set/way cache maintenance traps), RW (EL1 is AArch64); and the traps that hide
+/// features ([`guestcpu::GUEST_HCR_HIDE`]: TID3, TLOR, TERR).
+pub const GUEST_HCR: u64 = guestcpu::GUEST_HCR_HIDE
+    | (1 << 0)
     | (1 << 1)
     | (1 << 2)
     | (1 << 3)
@@ -37,9 +40,9 @@ pub const GUEST_HCR: u64 = (1 << 0)
     | (1 << 22)
     | (1 << 31);
 
-/// CPTR_EL2 while a guest runs: RES1 bits 13, 9 and 7:0 (nVHE layout) with TFP = 0, so the
-/// guest's FP/SIMD (already loaded) is not trapped.
-pub const GUEST_CPTR: u64 = 0x22ff;
+/// CPTR_EL2 while a guest runs ([`guestcpu::GUEST_CPTR`]): FP/SIMD (already loaded) is not
+/// trapped; SVE, SME, trace and activity monitors are.
+pub const GUEST_CPTR: u64 = guestcpu::GUEST_CPTR;
 
 /// CNTHCTL_EL2 while a guest runs: EL1PCTEN = 1 (the counter is readable), EL1PCEN = 0 (the
 /// physical timer traps; guests use the virtual one).
@@ -51,8 +54,10 @@ pub const fn guest_vmpidr(vcpu: usize) -> u64 {
 }
 
 /// The EL2 controls the switch changes, restored for the host as they were.
-pub const SWITCHED_EL2: [SysReg; 5] =
-    [SysReg::HcrEl2, SysReg::VttbrEl2, SysReg::CptrEl2, SysReg::CnthctlEl2, SysReg::VmpidrEl2];
+pub const SWITCHED_EL2: [SysReg; 6] =
+    [SysReg::HcrEl2, SysReg::VttbrEl2, SysReg::CptrEl2, SysReg::CnthctlEl2, SysReg::VmpidrEl2, SysReg::MdcrEl2];
+/// Position of MDCR_EL2 in [`SWITCHED_EL2`].
+const MDCR: usize = 5;
 
 /// The virtual GIC's list registers KCore uses.
 pub const LIST_REGS: [SysReg; super::MAX_LRS as usize] =
@@ -81,13 +86,17 @@ pub struct HostCtxt {
     /// ICC_SRE_EL1.
     pub sre: u64,
     /// [`SWITCHED_EL2`], in order.
-    pub el2: [u64; 5],
+    pub el2: [u64; 6],
+    /// HFGRTR_EL2 and HFGWTR_EL2 (where FEAT_FGT exists).
+    pub hfgxtr: [u64; 2],
+    /// HCRX_EL2 (where FEAT_HCX exists).
+    pub hcrx: u64,
 }
 
 impl HostCtxt {
     /// An empty context, to be filled by [`KCore::switch_to_guest`].
     pub const fn new() -> Self {
-        HostCtxt { fp: [0; FP_WORDS], el1: [0; 26], sre: 0, el2: [0; 5] }
+        HostCtxt { fp: [0; FP_WORDS], el1: [0; 26], sre: 0, el2: [0; 6], hfgxtr: [0; 2], hcrx: 0 }
     }
 }
 
@@ -129,7 +138,7 @@ macro_rules! for_each_el1 {
 /// [`unrolled!`] over [`SWITCHED_EL2`].
 macro_rules! for_each_el2 {
     ($i:ident => $body:expr) => {
-        unrolled!($i in 0 1 2 3 4 => $body)
+        unrolled!($i in 0 1 2 3 4 5 => $body)
     };
 }
 
@@ -140,7 +149,7 @@ macro_rules! for_each_lr {
     };
 }
 
-const _: () = assert!(SWITCHED_EL2.len() == 5 && LIST_REGS.len() == 4);
+const _: () = assert!(SWITCHED_EL2.len() == 6 && LIST_REGS.len() == 4);
 const _: () = assert!(slot::FP.is_multiple_of(2), "FP area 16-byte aligned");
 const _: () = assert!(FP_WORDS == 66);
 
@@ -191,6 +200,18 @@ impl<M: Machine> KCore<M> {
         m.write_sysreg(SysReg::CptrEl2, GUEST_CPTR);
         m.write_sysreg(SysReg::CnthctlEl2, GUEST_CNTHCTL);
         m.write_sysreg(SysReg::VmpidrEl2, guest_vmpidr(vcpu));
+        m.write_sysreg(SysReg::MdcrEl2, guestcpu::guest_mdcr(host.el2[MDCR]));
+        // The trap controls that exist only on some CPUs (layer 27 knows which).
+        let f = self.guest_cpu.features();
+        if f.fgt {
+            host.hfgxtr = [m.read_sysreg(SysReg::HfgrtrEl2), m.read_sysreg(SysReg::HfgwtrEl2)];
+            m.write_sysreg(SysReg::HfgrtrEl2, guestcpu::GUEST_HFGXTR);
+            m.write_sysreg(SysReg::HfgwtrEl2, guestcpu::GUEST_HFGXTR);
+        }
+        if f.hcx {
+            host.hcrx = m.read_sysreg(SysReg::HcrxEl2);
+            m.write_sysreg(SysReg::HcrxEl2, guestcpu::guest_hcrx(host.hcrx));
+        }
         m.sync_context();
     }
 
@@ -222,6 +243,14 @@ impl<M: Machine> KCore<M> {
         // Host TLB entries are tagged with the host's VMID: restoring VTTBR is enough, no
         // invalidation on this path.
         for_each_el2!(i => m.write_sysreg(SWITCHED_EL2[i], host.el2[i]));
+        let f = self.guest_cpu.features();
+        if f.fgt {
+            m.write_sysreg(SysReg::HfgrtrEl2, host.hfgxtr[0]);
+            m.write_sysreg(SysReg::HfgwtrEl2, host.hfgxtr[1]);
+        }
+        if f.hcx {
+            m.write_sysreg(SysReg::HcrxEl2, host.hcrx);
+        }
         m.sync_context();
     }
 

@@ -6,6 +6,8 @@
 //! ([`vcpuops::Exit`]).
 
 pub mod ctxtswitch;
+pub mod guestcpu;
+pub mod sysregs;
 pub mod vcpuops;
 pub mod vcpuopsaux;
 

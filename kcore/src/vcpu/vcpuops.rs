@@ -4,13 +4,14 @@
 //! discloses nothing and later takes exactly one value from the host, a stage-2 fault on
 //! guest RAM discloses the faulting page address.
 
+use super::sysregs::{self, SysRegAccess, SysRegAction};
 use super::vcpuopsaux::{GuestRegs, MmioAccess, VcpuPage, decode_mmio, mmio_read_value, pending_read_flags};
 use super::{flags, slot};
 use crate::abi;
 use crate::arch::{self, ec};
 use crate::error::{Error, Result};
 use crate::kcore::KCore;
-use crate::machine::Machine;
+use crate::machine::{Machine, SysReg};
 use crate::psci;
 use crate::vm::vmpower::check_vmid;
 use crate::vm::{MAX_VCPUS, VcpuState, VmState};
@@ -37,6 +38,13 @@ pub enum Exit {
     VcpuStarted { vcpu: u64 },
     /// This vCPU turned itself off (PSCI CPU_OFF): do not run it until a CPU_ON.
     VcpuOff,
+    /// The guest wrote `value` to an SGI register (`reg`: 0 ICC_SGI0R_EL1, 1 ICC_SGI1R_EL1,
+    /// 2 ICC_ASGI1R_EL1): the host's virtual GIC delivers the IPI it names.
+    Sgi { reg: u64, value: u64 },
+    /// The guest accessed a system register the host emulates (`iss`: ESR_EL2.ISS with Rt
+    /// and the direction cleared, see [`super::sysregs::ISS_REG_MASK`]); for a write, the
+    /// value; a read takes its value from the next VCPU_RUN, like an MMIO read.
+    SysReg { iss: u64, write: bool, value: u64 },
 }
 
 impl Exit {
@@ -50,6 +58,8 @@ impl Exit {
             Exit::Shutdown => [5, 0, 0, 0],
             Exit::VcpuStarted { vcpu } => [6, vcpu, 0, 0],
             Exit::VcpuOff => [7, 0, 0, 0],
+            Exit::Sgi { reg, value } => [8, value, reg, 0],
+            Exit::SysReg { iss, write, value } => [9, iss, write as u64, value],
         }
     }
 }
@@ -109,6 +119,11 @@ impl<M: Machine> KCore<M> {
         if f & flags::OFF != 0 {
             return Err(Error::BadState);
         }
+        // A host in SME streaming mode (SVCR.SM) would hand the guest a CPU whose FP/SIMD
+        // instructions behave otherwise: the host must leave streaming mode first.
+        if self.guest_cpu.features().sme && self.m.read_sysreg(SysReg::SvcrEl0) & 1 != 0 {
+            return Err(Error::BadState);
+        }
         if f & flags::FIRST_RUN != 0 {
             page.reset(&self.m, info.image(0).load_ipa, 0);
         } else if f & flags::MMIO_READ_PENDING != 0 {
@@ -162,8 +177,44 @@ impl<M: Machine> KCore<M> {
                     None => ExitAction::InjectAbort,
                 }
             }
+            ec::SYS64 => self.guest_sysreg(regs, page, esr),
+            // Everything else, including the hidden features' own traps (pointer
+            // authentication, SVE, SME) and AArch32 coprocessor accesses: refused.
             _ => ExitAction::InjectUndef,
         }
+    }
+
+    /// A trapped system-register access (EC 0x18), decided by [`sysregs::decide`].
+    fn guest_sysreg(&self, regs: &mut impl GuestRegs, page: &VcpuPage, esr: u64) -> ExitAction {
+        let m = &self.m;
+        let a = SysRegAccess::decode(esr);
+        let action = sysregs::decide(&a, &self.guest_cpu);
+        match action {
+            SysRegAction::Undef => return ExitAction::InjectUndef,
+            SysRegAction::Read(v) => regs.set_x(a.rt, v),
+            SysRegAction::Ignore => {}
+            // The guest's MDSCR_EL1 is the CPU's while it runs (switched, layer 29).
+            SysRegAction::MdscrRead => regs.set_x(a.rt, m.read_sysreg(SysReg::MdscrEl1)),
+            SysRegAction::MdscrWrite => m.write_sysreg(SysReg::MdscrEl1, regs.x(a.rt) & !sysregs::MDSCR_DEBUG_ENABLES),
+            SysRegAction::Sgi(reg) => {
+                let value = regs.x(a.rt);
+                regs.skip();
+                return ExitAction::ToHost(Exit::Sgi { reg: reg as u64, value });
+            }
+            SysRegAction::Host => {
+                let iss = esr & sysregs::ISS_REG_MASK;
+                if a.read {
+                    let read = MmioAccess { write: false, size_log2: 3, rt: a.rt, sign_extend: false };
+                    page.set(m, slot::FLAGS, pending_read_flags(&read));
+                    return ExitAction::ToHost(Exit::SysReg { iss, write: false, value: 0 });
+                }
+                let value = regs.x(a.rt);
+                regs.skip();
+                return ExitAction::ToHost(Exit::SysReg { iss, write: true, value });
+            }
+        }
+        regs.skip();
+        ExitAction::Resume
     }
 
     fn mmio_exit(&self, regs: &mut impl GuestRegs, page: &VcpuPage, ipa: u64, a: &MmioAccess) -> ExitAction {
