@@ -37,10 +37,12 @@ pub const VENDOR_HYP_REVISION: u32 = 0x8600_FF03;
 /// x2 = feature bits ([`FEATURE_HOST_STAGE2`], ...).
 pub const KCORE_VERSION: u32 = 0xC600_0000;
 
-/// Give host page x2 to the page-table pool of vmid x1 (0 = the host's own stage-2 pool).
-/// The page becomes KCore's until the VM is destroyed.
+/// Give host page x2 to the page-table pool of vmid x1 (0 = the host's own stage-2 pool; else
+/// a registered VM: a vmid nobody holds answers BAD_STATE). The page becomes KCore's until the
+/// VM is destroyed.
 pub const DONATE_PAGE: u32 = 0xC600_0001;
-/// Register a VM whose stage-2 root is host page x1 (donated). Returns x1 = vmid.
+/// Register a VM whose stage-2 root is host page x1 (donated), of kind x2 ([`VM_PROTECTED`] or
+/// [`VM_NON_PROTECTED`]). Returns x1 = vmid.
 pub const REGISTER_VM: u32 = 0xC600_0002;
 /// Register vCPU x2 of VM x1.
 pub const REGISTER_VCPU: u32 = 0xC600_0003;
@@ -65,6 +67,22 @@ pub const VCPU_RUN: u32 = 0xC600_0009;
 pub const MAP_VM_PAGE: u32 = 0xC600_000A;
 /// Deliver virtual interrupt x3 (0..1019) to vCPU x2 of VM x1 on its next run.
 pub const INJECT_IRQ: u32 = 0xC600_000B;
+/// Non-protected VM x1: lend host page x3 to it at guest address x2 (in a RAM region).
+pub const LEND_PAGE: u32 = 0xC600_000C;
+/// Non-protected VM x1: take back the page lent at guest address x2. Returns x1 = its pfn.
+pub const RECLAIM_PAGE: u32 = 0xC600_000D;
+/// Non-protected VM x1: register x3 of vCPU x2 ([`crate::vcpu::vcpuops::reg_slot`]).
+/// Returns x1 = its value.
+pub const GET_VCPU_REG: u32 = 0xC600_000E;
+/// Non-protected VM x1: set register x3 of vCPU x2 to x4.
+pub const SET_VCPU_REG: u32 = 0xC600_000F;
+/// VM x1 (being set up): guest addresses [x2, x2 + x3) are RAM; the rest is MMIO.
+pub const ADD_RAM_REGION: u32 = 0xC600_0010;
+
+/// REGISTER_VM x2: a protected VM (SeKVM's).
+pub const VM_PROTECTED: u64 = 0;
+/// REGISTER_VM x2: a non-protected VM (host-owned memory lent to it, registers visible).
+pub const VM_NON_PROTECTED: u64 = 1;
 
 /// Guest calls (VM -> KCore), pKVM's KVM vendor-hypervisor service so pKVM guests work
 /// unchanged: the features bitmap (function numbers), answered in x0..x3.
@@ -88,7 +106,7 @@ pub const GUEST_KVM_UID: [u32; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x74
 /// ABI major version.
 pub const ABI_MAJOR: u64 = 0;
 /// ABI minor version.
-pub const ABI_MINOR: u64 = 3;
+pub const ABI_MINOR: u64 = 4;
 
 /// Feature bit: the host runs under a KCore-owned stage-2 table.
 pub const FEATURE_HOST_STAGE2: u64 = 1 << 0;
@@ -96,6 +114,16 @@ pub const FEATURE_HOST_STAGE2: u64 = 1 << 0;
 pub const FEATURE_VM_LIFECYCLE: u64 = 1 << 1;
 /// Feature bit: running vCPUs (VCPU_RUN, MAP_VM_PAGE).
 pub const FEATURE_VCPU_RUN: u64 = 1 << 2;
+/// Feature bit: non-protected VMs (REGISTER_VM x2 = 1, LEND_PAGE, RECLAIM_PAGE,
+/// GET/SET_VCPU_REG) and per-VM layouts (ADD_RAM_REGION).
+pub const FEATURE_NON_PROTECTED: u64 = 1 << 3;
+/// Feature bit: guests see a sanitised CPU (hidden features refused in KCore); SGI writes
+/// and EL1 physical timer accesses are exits (8, 9); the host's timer deadline preempts
+/// guests.
+pub const FEATURE_FULL_GUESTS: u64 = 1 << 4;
+/// Every feature this KCore has.
+pub const FEATURES: u64 =
+    FEATURE_HOST_STAGE2 | FEATURE_VM_LIFECYCLE | FEATURE_VCPU_RUN | FEATURE_NON_PROTECTED | FEATURE_FULL_GUESTS;
 
 /// KCore's vendor-hypervisor UID, `1f0a7e78-2a96-46e6-8a0f-af2034a27b98`, as the four 32-bit
 /// words SMCCC returns in w0..w3 (bytes in UUID order, little-endian within each word).

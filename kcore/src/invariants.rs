@@ -3,10 +3,11 @@
 //! and after every host trap in debug builds of the EL2 binary; a violation there is fatal.
 //!
 //! 1. KCore's pages (image, metadata, table pools, every table page) are mapped in no stage-2.
-//! 2. The host stage-2 is an identity map of device space, host-owned pages, and pages a VM
-//!    shared (count > 0).
-//! 3. A VM's stage-2 maps RAM only where that VM owns the page and the page's gfn is that
-//!    address (so a page is mapped at one gfn at most, and in one VM at most).
+//! 2. The host stage-2 is an identity map of device space, host-owned pages (including those
+//!    it lent to a non-protected VM), and pages a VM shared (count > 0).
+//! 3. A VM's stage-2 maps RAM only where that VM owns the page, or (a non-protected VM) the
+//!    host lent it the page, and the page's gfn is that address (so a page is mapped at one
+//!    gfn at most, and in one VM at most). A protected VM never maps a lent page.
 //! 4. Page 0 is never RAM; the 2 MiB block counters match the records.
 //! 5. VMs: a vCPU context page is KCore's; only a verified VM has an active vCPU; a verified
 //!    VM's boot images are its own pages at their load addresses; at most as many vCPUs are
@@ -45,6 +46,8 @@ pub enum Violation {
     ImagePageNotOwned { vmid: u16, gfn: u64 },
     /// More vCPUs active than CPUs.
     TooManyActiveVcpus { active: usize },
+    /// A protected VM maps a page the host lent (the host could read the VM's memory).
+    LentToProtectedVm { vmid: u16, gfn: u64 },
 }
 
 fn is_device_leaf(d: u64) -> bool {
@@ -80,7 +83,7 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
             for pfn in (ipa >> PAGE_SHIFT)..((ipa + leaf.size()) >> PAGE_SHIFT) {
                 match k.meta.get(&k.m, &k.mb, pfn) {
                     None => note(Violation::HostWrongMemoryType { ipa }),
-                    Some(i) if i.owner == Owner::Host => {}
+                    Some(i) if i.owner.is_hosts() => {}
                     Some(i) if matches!(i.owner, Owner::Vm(_)) && i.count > 0 => {}
                     Some(i) => note(Violation::HostMapsForeign { pfn, owner: i.owner }),
                 }
@@ -89,6 +92,7 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
     }
     for t in k.vms.iter() {
         let Some(npt) = t.npt() else { continue };
+        let protected = k.vminfo[t.vmid as usize - 1].kind() == crate::vm::VmKind::Protected;
         npt.for_each_leaf(&k.m, |ipa, leaf| {
             let first = leaf.output(ipa) >> PAGE_SHIFT;
             for i in 0..leaf.size() >> PAGE_SHIFT {
@@ -97,6 +101,10 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
                     None => {}
                     Some(_) if is_device_leaf(leaf.desc) => note(Violation::VmDeviceLeafOnRam { vmid: t.vmid, gfn }),
                     Some(info) if info.owner == Owner::Vm(t.vmid) && info.gfn == gfn => {}
+                    Some(info) if info.owner == Owner::Lent(t.vmid) && info.gfn == gfn && !protected => {}
+                    Some(info) if info.owner == Owner::Lent(t.vmid) && info.gfn == gfn => {
+                        note(Violation::LentToProtectedVm { vmid: t.vmid, gfn })
+                    }
                     Some(info) => note(Violation::VmMapsForeign { vmid: t.vmid, gfn, pfn, owner: info.owner }),
                 }
             }
@@ -108,7 +116,13 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
         let mut chunk = first.next_multiple_of(CHUNK_PAGES);
         while chunk < end {
             let actual = (chunk..(chunk + CHUNK_PAGES).min(end))
-                .filter(|&p| k.meta.get(&k.m, &k.mb, p).is_some_and(|i| i.owner != Owner::Host || i.count != 0))
+                .filter(|&p| {
+                    k.meta.get(&k.m, &k.mb, p).is_some_and(|i| match i.owner {
+                        Owner::Host => i.count != 0,
+                        Owner::Lent(_) => false,
+                        _ => true,
+                    })
+                })
                 .count() as u64;
             let stored = k.meta.chunk_blockers(&k.m, &k.mb, chunk).unwrap_or(0);
             if stored != actual {

@@ -58,7 +58,7 @@ fn run(k: &KCore<SimMachine>, op: BootOp) -> Result<u64, kcore::Error> {
         BootOp::MapImagePage { vmid, image, index, pfn } => k.map_image_page(vmid, image, index, pfn).map(|_| 0),
         BootOp::Verify { vmid } => k.verify_vm(vmid).map(|_| 0),
         BootOp::Destroy { vmid } => k.destroy_vm(vmid).map(|_| 0),
-        BootOp::Donate { vmid, pfn } => k.mem().donate_to_pool(vmid, pfn).map(|_| 0),
+        BootOp::Donate { vmid, pfn } => k.donate_page(vmid as u64, pfn).map(|_| 0),
     }
 }
 

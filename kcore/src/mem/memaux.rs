@@ -14,6 +14,8 @@
 //! | `grant_vm_page` / `revoke_vm_page` | VM page; count below the cap / above 0 | count +1 / -1 (at 0 unmapped from the host) |
 //! | `clear_vm_page` | VM page | unmapped from the VM and host, zeroed and cleaned to PoC, host-owned |
 //! | `map_vm_io` | the physical address is not RAM; nothing mapped there | device mapping in the VM stage-2 |
+//! | `lend_pfn_to_vm` | host page, count 0, lent to no VM; nothing mapped at gfn | lent to the (non-protected) VM at gfn and mapped there; the host keeps its access |
+//! | `reclaim_lent_page` | the page mapped at gfn is lent to that VM | unmapped from the VM (TLB invalidated); plainly the host's again |
 
 use super::memblock::MemBlocks;
 use super::pagemgmt::{CHUNK_PAGES, MAX_SHARE_COUNT, Owner, PageInfo, PageMeta};
@@ -138,7 +140,7 @@ impl<M: Machine> MemAux<'_, M> {
         let (level, device) = match self.meta.get(self.m, self.mb, pfn) {
             Some(info) => {
                 let shared = matches!(info.owner, Owner::Vm(_)) && info.count > 0;
-                if info.owner != Owner::Host && !shared {
+                if !info.owner.is_hosts() && !shared {
                     return Err(Error::Denied);
                 }
                 let level = if shared { 3 } else { self.largest_host_ram_level(ipa, min_level) };
@@ -364,6 +366,55 @@ impl<M: Machine> MemAux<'_, M> {
         }
         self.host.clear_pfn_host(self.m, self.locks, pfn);
         self.m.zero_page(pfn << PAGE_SHIFT);
+        self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
+    }
+
+    /// `lend_pfn_to_vm`: lend host page `pfn` to (non-protected) VM `vmid` at `gfn` and map it
+    /// there. The page stays the host's to access (a VMM doing virtio needs that); it cannot be
+    /// lent to a second VM, donated or assigned until [`MemAux::reclaim_lent_page`].
+    pub fn lend_pfn_to_vm(&self, vmid: u16, gfn: Gfn, pfn: Pfn) -> Result<()> {
+        let s2 = self.lock_s2page();
+        let info = self.page(pfn)?;
+        // A page with a share count is in use by host DMA; one lent already is some VM's.
+        if info.owner != Owner::Host || info.count != 0 {
+            return Err(Error::Denied);
+        }
+        self.check_map_vm_locked(&s2, vmid, gfn, pfn, 3)?;
+        self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::Lent(vmid), count: 0, gfn });
+        self.map_pfn_vm_locked(&s2, vmid, gfn, pfn, 3);
+        Ok(())
+    }
+
+    /// `reclaim_lent_page`: VM `vmid` gives back the lent page mapped at `gfn`: unmapped from
+    /// its stage-2 (with TLB invalidation) before the record says the host's alone. Returns
+    /// the page.
+    pub fn reclaim_lent_page(&self, vmid: u16, gfn: Gfn) -> Result<Pfn> {
+        let s2 = self.lock_s2page();
+        let t = self.vm(vmid)?;
+        let ipa = self.check_gfn(t, gfn, 1)?;
+        let leaf = t.walk(self.m, self.locks, ipa).ok_or(Error::NotFound)?;
+        let pfn = leaf.output(ipa) >> PAGE_SHIFT;
+        match self.meta.get(self.m, self.mb, pfn) {
+            Some(info) if info.owner == Owner::Lent(vmid) && info.gfn == gfn => {}
+            _ => return Err(Error::Denied),
+        }
+        self.reclaim_lent_locked(&s2, vmid, pfn);
+        Ok(pfn)
+    }
+
+    /// Give back lent page `pfn` of VM `vmid` (its record says so): unmapped from the VM,
+    /// then the host's alone.
+    pub fn reclaim_lent_locked(&self, s2: &LockGuard<'_>, vmid: u16, pfn: Pfn) {
+        self.check_s2page(s2);
+        let info = self.page(pfn).expect("lent page is RAM");
+        assert_eq!(info.owner, Owner::Lent(vmid), "reclaiming a page not lent to this VM");
+        let t = self.table(vmid).expect("valid vmid");
+        let ipa = info.gfn << PAGE_SHIFT;
+        if let Some(leaf) = t.npt().and_then(|npt| npt.walk(self.m, ipa))
+            && leaf.output(ipa) == pfn << PAGE_SHIFT
+        {
+            t.unmap(self.m, self.locks, ipa);
+        }
         self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
     }
 

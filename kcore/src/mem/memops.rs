@@ -33,7 +33,8 @@ impl<M: Machine> MemAux<'_, M> {
     }
 
     /// `clear_vm_range`: scrub every page of `[pfn, pfn + n)` that VM `vmid` owns and return
-    /// it to the host; pages it does not own are left alone. Returns how many were scrubbed.
+    /// it to the host, and give back every page the host lent it (unmapped, not scrubbed: the
+    /// host's own memory); other pages are left alone. Returns how many were scrubbed.
     pub fn clear_vm_range(&self, vmid: u16, pfn: Pfn, n: u64) -> Result<u64> {
         if vmid == 0 || !pfn_range_is_valid(pfn, n) {
             return Err(Error::InvalidParameter);
@@ -42,9 +43,13 @@ impl<M: Machine> MemAux<'_, M> {
         let s2 = self.lock_s2page();
         let mut scrubbed = 0;
         for p in pfn..pfn + n {
-            if self.meta.get(self.m, self.mb, p).is_some_and(|i| i.owner == Owner::Vm(vmid)) {
-                self.clear_vm_page_locked(&s2, vmid, p);
-                scrubbed += 1;
+            match self.meta.get(self.m, self.mb, p).map(|i| i.owner) {
+                Some(Owner::Vm(v)) if v == vmid => {
+                    self.clear_vm_page_locked(&s2, vmid, p);
+                    scrubbed += 1;
+                }
+                Some(Owner::Lent(v)) if v == vmid => self.reclaim_lent_locked(&s2, vmid, p),
+                _ => {}
             }
         }
         Ok(scrubbed)

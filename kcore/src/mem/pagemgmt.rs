@@ -6,7 +6,7 @@
 //! |---|---|
 //! | 0..=35 | gfn: where the owning VM maps the page (36 bits: IPAs up to 48 bits) |
 //! | 36..=46 | owner: 0 host, 1..=2046 a VM, 2047 KCore |
-//! | 47..=53 | share count (VM pages granted to the host; at most [`MAX_SHARE_COUNT`]) |
+//! | 47..=53 | share count (VM pages granted to the host; at most [`MAX_SHARE_COUNT`]); 127 with a VM in the owner field marks a host page lent to that VM |
 //! | 54..=63 | in the record of the first page of each 2 MiB chunk: how many pages of that chunk the host may not map as part of a block (owner not host, or shared) |
 //!
 //! The last field lets the host fault path pick a 2 MiB or 1 GiB block without scanning every
@@ -24,6 +24,10 @@ pub enum Owner {
     Host,
     /// A VM.
     Vm(u16),
+    /// The host, which has lent the page to a non-protected VM: mapped in that VM's stage-2
+    /// at the record's gfn and still the host's to access. It can be lent to no other VM and
+    /// given to no one until the VM gives it back (unmapped, with TLB invalidation).
+    Lent(u16),
     /// KCore itself.
     KCore,
 }
@@ -44,21 +48,30 @@ const COUNT_SHIFT: u32 = 47;
 const COUNT_MASK: u64 = 0x7f;
 const FOREIGN_SHIFT: u32 = 54;
 const FOREIGN_MASK: u64 = 0x3ff;
+/// The count value that marks a lent page (above [`MAX_SHARE_COUNT`], never a real count).
+const LENT_MARK: u64 = COUNT_MASK;
 
 impl Owner {
     const fn encode(self) -> u64 {
         match self {
             Owner::Host => 0,
-            Owner::Vm(v) => v as u64,
+            Owner::Vm(v) | Owner::Lent(v) => v as u64,
             Owner::KCore => OWNER_KCORE,
         }
     }
-    const fn decode(v: u64) -> Owner {
+    /// Decode the owner field `v` and the count field `count` of a record.
+    const fn decode(v: u64, count: u64) -> Owner {
         match v & OWNER_MASK {
             0 => Owner::Host,
             OWNER_KCORE => Owner::KCore,
+            v if count == LENT_MARK => Owner::Lent(v as u16),
             v => Owner::Vm(v as u16),
         }
+    }
+
+    /// May the host access the page (its own, or its own lent to a VM)?
+    pub const fn is_hosts(self) -> bool {
+        matches!(self, Owner::Host | Owner::Lent(_))
     }
 }
 
@@ -97,11 +110,10 @@ impl PageMeta {
     /// The record of `pfn`, or `None` if `pfn` is not RAM.
     pub fn get<M: Machine>(&self, m: &M, mb: &MemBlocks, pfn: Pfn) -> Option<PageInfo> {
         let r = m.load(self.record_addr(mb, pfn)?);
-        Some(PageInfo {
-            owner: Owner::decode(r >> OWNER_SHIFT),
-            count: (r >> COUNT_SHIFT) & COUNT_MASK,
-            gfn: r & GFN_MASK,
-        })
+        let count = (r >> COUNT_SHIFT) & COUNT_MASK;
+        let owner = Owner::decode(r >> OWNER_SHIFT, count);
+        let count = if matches!(owner, Owner::Lent(_)) { 0 } else { count };
+        Some(PageInfo { owner, count, gfn: r & GFN_MASK })
     }
 
     /// `get_pfn_owner`: the owner of `pfn`, `None` for non-RAM.
@@ -113,17 +125,21 @@ impl PageMeta {
     /// Out-of-range fields are a KCore bug and halt.
     pub fn set<M: Machine>(&self, m: &M, mb: &MemBlocks, pfn: Pfn, info: PageInfo) {
         assert!(info.gfn <= GFN_MASK && info.count <= MAX_SHARE_COUNT, "page record field out of range");
-        if let Owner::Vm(v) = info.owner {
+        if let Owner::Vm(v) | Owner::Lent(v) = info.owner {
             assert!((1..=MAX_OWNER_VMID).contains(&v), "bad vmid in page record");
         }
+        if let Owner::Lent(_) = info.owner {
+            assert!(info.count == 0, "a lent page has no share count");
+        }
+        let count = if matches!(info.owner, Owner::Lent(_)) { LENT_MARK } else { info.count };
         let addr = self.record_addr(mb, pfn).expect("page record of non-RAM");
         let old = m.load(addr);
-        let was_blocking =
-            Self::blocks_host_block(Owner::decode(old >> OWNER_SHIFT), (old >> COUNT_SHIFT) & COUNT_MASK);
-        let now_blocking = Self::blocks_host_block(info.owner, info.count);
+        let old_count = (old >> COUNT_SHIFT) & COUNT_MASK;
+        let was_blocking = Self::blocks_host_block(Owner::decode(old >> OWNER_SHIFT, old_count), old_count);
+        let now_blocking = Self::blocks_host_block(info.owner, count);
         let new = (old & (FOREIGN_MASK << FOREIGN_SHIFT))
             | (info.owner.encode() << OWNER_SHIFT)
-            | (info.count << COUNT_SHIFT)
+            | (count << COUNT_SHIFT)
             | info.gfn;
         m.store(addr, new);
         if was_blocking != now_blocking {
@@ -131,10 +147,15 @@ impl PageMeta {
         }
     }
 
-    /// A page keeps its 2 MiB chunk out of host block mappings unless it is plainly the
-    /// host's (shared VM pages are mapped to the host one page at a time).
+    /// A page keeps its 2 MiB chunk out of host block mappings unless it is the host's
+    /// (plainly, or lent to a VM: the host keeps access). Shared VM pages are mapped to the
+    /// host one page at a time.
     const fn blocks_host_block(owner: Owner, count: u64) -> bool {
-        !matches!(owner, Owner::Host) || count != 0
+        match owner {
+            Owner::Host => count != 0,
+            Owner::Lent(_) => false,
+            _ => true,
+        }
     }
 
     fn adjust_chunk<M: Machine>(&self, m: &M, mb: &MemBlocks, pfn: Pfn, up: bool) {
@@ -189,6 +210,12 @@ mod tests {
         assert_eq!(meta.get(&m, &mb, p).unwrap(), PageInfo { owner: Owner::Vm(1), count: 5, gfn: 9 });
         assert_eq!(meta.chunk_blockers(&m, &mb, p), Some(2));
         assert_eq!(meta.owner(&m, &mb, 0x3000_0000 >> 12), None, "device memory has no owner");
+        // A lent page keeps its vmid and gfn, and does not block host blocks.
+        meta.set(&m, &mb, p + 600, PageInfo { owner: Owner::Lent(9), count: 0, gfn: 0x4_0000 });
+        assert_eq!(meta.get(&m, &mb, p + 600).unwrap(), PageInfo { owner: Owner::Lent(9), count: 0, gfn: 0x4_0000 });
+        assert_eq!(meta.chunk_blockers(&m, &mb, p + 512), Some(0));
+        meta.set(&m, &mb, p + 600, PageInfo { owner: Owner::Vm(9), count: 100, gfn: 1 });
+        assert_eq!(meta.get(&m, &mb, p + 600).unwrap().owner, Owner::Vm(9), "count 100 is a share count");
     }
 
     #[test]

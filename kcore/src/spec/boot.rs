@@ -228,6 +228,10 @@ impl AbsBoot {
                 Ok(0)
             }
             BootOp::Donate { vmid, pfn } => {
+                // Only to the host's own pool or a VM that exists.
+                if vmid != 0 && self.vm(vmid).state == VmState::Unused {
+                    return Err(Error::BadState);
+                }
                 self.mem_op(MemOp::Donate { vmid, pfn })?;
                 if vmid != 0 {
                     self.donated.entry(vmid).or_default().insert(pfn);

@@ -327,7 +327,8 @@ impl AbsTop {
             abi::KCORE_VERSION => {
                 x[0] = 0;
                 x[1] = (abi::ABI_MAJOR << 16) | abi::ABI_MINOR;
-                x[2] = 0b111; // host stage-2, VM lifecycle, vCPU run
+                // Host stage-2, VM lifecycle, vCPU run, non-protected VMs, full guests.
+                x[2] = 0b1_1111;
             }
             abi::VENDOR_HYP_CALL_UID => {
                 for (r, w) in x.iter_mut().zip(abi::KCORE_UID) {
@@ -339,7 +340,14 @@ impl AbsTop {
                 x[1] = abi::ABI_MINOR;
             }
             abi::REGISTER_VM => {
-                let r = self.boot_op(BootOp::RegisterVm { root: x[1] }, c);
+                // Only protected VMs (x2 = 0) are modelled here; another kind is refused.
+                let r = if x[2] == 0 {
+                    self.boot_op(BootOp::RegisterVm { root: x[1] }, c)
+                } else if x[2] == 1 {
+                    unimplemented!("the top-level specification models protected VMs only")
+                } else {
+                    Err(Error::InvalidParameter)
+                };
                 if let Ok(v) = r {
                     self.vcpus.remove(&(v as u16));
                     self.lrs.retain(|k, _| k.0 != v as u16);

@@ -34,7 +34,7 @@ pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
     let r: Result<Option<u64>> = match id {
         abi::KCORE_VERSION => {
             x[1] = (abi::ABI_MAJOR << 16) | abi::ABI_MINOR;
-            x[2] = abi::FEATURE_HOST_STAGE2 | abi::FEATURE_VM_LIFECYCLE | abi::FEATURE_VCPU_RUN;
+            x[2] = abi::FEATURES;
             Ok(None)
         }
         abi::VENDOR_HYP_CALL_UID => {
@@ -50,8 +50,13 @@ pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
         }
         abi::MAP_VM_PAGE => k.map_vm_page(x[1], x[2], x[3]).map(|_| None),
         abi::INJECT_IRQ => k.inject_irq(x[1], x[2], x[3]).map(|_| None),
-        abi::DONATE_PAGE => donate(k, x[1], x[2]).map(|_| None),
-        abi::REGISTER_VM => k.register_vm(x[1]).map(|v| Some(v as u64)),
+        abi::DONATE_PAGE => k.donate_page(x[1], x[2]).map(|_| None),
+        abi::REGISTER_VM => k.register_vm_kind(x[1], x[2]).map(|v| Some(v as u64)),
+        abi::ADD_RAM_REGION => k.add_ram_region(x[1], x[2], x[3]).map(|_| None),
+        abi::LEND_PAGE => k.lend_page(x[1], x[2], x[3]).map(|_| None),
+        abi::RECLAIM_PAGE => k.reclaim_page(x[1], x[2]).map(Some),
+        abi::GET_VCPU_REG => k.get_vcpu_reg(x[1], x[2], x[3]).map(Some),
+        abi::SET_VCPU_REG => k.set_vcpu_reg(x[1], x[2], x[3], x[4]).map(|_| None),
         abi::REGISTER_VCPU => k.register_vcpu(x[1], x[2]).map(|_| None),
         abi::SET_BOOT_INFO => k.set_boot_info(x[1], x[2], x[3], x[4]).map(|i| Some(i as u64)),
         abi::MAP_IMAGE_PAGE => k.map_image_page(x[1], x[2], x[3], x[4]).map(|_| None),
@@ -70,11 +75,6 @@ pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
         Err(e) => x[0] = e.code() as u64,
     }
     HostCall::Done
-}
-
-fn donate<M: Machine>(k: &KCore<M>, vmid: u64, pfn: u64) -> Result<()> {
-    let vmid = if vmid == 0 { 0 } else { check_vmid(vmid)? };
-    k.mem().donate_to_pool(vmid, pfn)
 }
 
 fn vm_state<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> Result<Option<u64>> {
@@ -103,7 +103,7 @@ mod tests {
         let k = kcore();
         let mut x = [abi::KCORE_VERSION as u64, 9, 9, 9, 0, 0, 0, 0];
         host_hvc(&k, &mut x);
-        assert_eq!(&x[..3], &[0, 3, abi::FEATURE_HOST_STAGE2 | abi::FEATURE_VM_LIFECYCLE | abi::FEATURE_VCPU_RUN]);
+        assert_eq!(&x[..3], &[0, 4, abi::FEATURES]);
     }
 
     #[test]
@@ -118,7 +118,7 @@ mod tests {
     #[test]
     fn every_other_id_is_not_supported() {
         let k = kcore();
-        for id in [0u64, 0xC600_000C, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x8600_0000] {
+        for id in [0u64, 0xC600_0011, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x8600_0000] {
             let mut x = [id, 1, 2, 3, 4, 5, 6, 7];
             host_hvc(&k, &mut x);
             assert_eq!(x[0] as i64, abi::NOT_SUPPORTED, "id {id:#x}");

@@ -14,12 +14,12 @@ use crate::kcore::KCore;
 use crate::machine::{Machine, SysReg};
 use crate::psci;
 use crate::vm::vmpower::check_vmid;
-use crate::vm::{MAX_VCPUS, VcpuState, VmState};
+use crate::vm::{MAX_VCPUS, VcpuState, VmKind, VmState};
 use crate::{PAGE_SHIFT, Pfn};
 
-/// Guest IPAs below this are device (MMIO) space; RAM lies above (the QEMU `virt` layout,
-/// which SeKVM fixed too; a per-VM layout is future work).
-pub const GUEST_MMIO_LIMIT: u64 = 1 << 30;
+/// Without a layout from the host, guest IPAs below this are device (MMIO) space and RAM lies
+/// above (the QEMU `virt` layout); see [`crate::vm::VmInfo::is_ram`].
+pub const GUEST_MMIO_LIMIT: u64 = crate::vm::LEGACY_RAM_START;
 
 /// Why a vCPU stopped running, as the host learns it (ABI: x1 = reason, x2..x4 = details).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +125,7 @@ impl<M: Machine> KCore<M> {
             return Err(Error::BadState);
         }
         if f & flags::FIRST_RUN != 0 {
-            page.reset(&self.m, info.image(0).load_ipa, 0);
+            self.first_run_reset(info, &page);
         } else if f & flags::MMIO_READ_PENDING != 0 {
             let rt = (f >> flags::MMIO_RT_SHIFT) & 0x1f;
             let size = (f >> flags::MMIO_SIZE_SHIFT) & 3;
@@ -135,6 +135,14 @@ impl<M: Machine> KCore<M> {
         page.set(&self.m, slot::FLAGS, 0);
         info.set_vcpu(vcpu, VcpuState::Active);
         Ok((vmid, vcpu, page))
+    }
+
+    /// The state a vCPU that never ran starts in: a protected VM's at its first image's load
+    /// address (inside a verified image); a non-protected VM's at 0, for the host to set.
+    fn first_run_reset(&self, info: &crate::vm::VmInfo, page: &VcpuPage) {
+        let entry = if info.kind() == VmKind::Protected { info.image(0).load_ipa } else { 0 };
+        page.reset(&self.m, entry, 0);
+        page.set(&self.m, slot::FLAGS, page.get(&self.m, slot::FLAGS) & !flags::FIRST_RUN);
     }
 
     /// The guest stopped running and KCore returns to the host: the vCPU may run again.
@@ -168,7 +176,7 @@ impl<M: Machine> KCore<M> {
                 if !arch::is_translation_fault(esr) {
                     return ExitAction::InjectAbort;
                 }
-                if ipa >= GUEST_MMIO_LIMIT {
+                if self.vminfo[vmid as usize - 1].is_ram(ipa) {
                     page.set(m, slot::FLAGS, flags::PAGE_FAULT_PENDING);
                     return ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff });
                 }
@@ -250,6 +258,7 @@ impl<M: Machine> KCore<M> {
                 ExitAction::Resume
             }};
         }
+        let protected = self.vminfo[vmid as usize - 1].kind() == VmKind::Protected;
         match id {
             psci::CPU_ON_32 | psci::CPU_ON_64 => self.guest_cpu_on(vmid, regs),
             psci::CPU_OFF => {
@@ -292,12 +301,24 @@ impl<M: Machine> KCore<M> {
                 ExitAction::Resume
             }
             abi::GUEST_KVM_FEATURES => {
-                let fns = [0u32, 2, 3, 4, 7];
+                // pKVM offers its memory-protection calls to protected VMs only.
+                let fns: &[u32] = if protected { &[0, 2, 3, 4, 7] } else { &[0] };
                 regs.set_x(0, fns.iter().fold(0, |b, f| b | 1 << f));
                 for r in 1..4 {
                     regs.set_x(r, 0);
                 }
                 ExitAction::Resume
+            }
+            abi::GUEST_HYP_MEMINFO
+            | abi::GUEST_MEM_SHARE
+            | abi::GUEST_MEM_UNSHARE
+            | abi::GUEST_MMIO_GUARD
+            | abi::GUEST_SEKVM_GRANT
+            | abi::GUEST_SEKVM_REVOKE
+                if !protected =>
+            {
+                // A non-protected VM's memory is the host's already: nothing to share.
+                ret!(abi::NOT_SUPPORTED)
             }
             abi::GUEST_HYP_MEMINFO => {
                 let zero = (1..4).all(|r| regs.x(r) == 0);
@@ -317,7 +338,7 @@ impl<M: Machine> KCore<M> {
             }
             abi::GUEST_MMIO_GUARD => {
                 let ipa = regs.x(1);
-                let ok = ipa.is_multiple_of(crate::PAGE_SIZE) && ipa < GUEST_MMIO_LIMIT;
+                let ok = ipa.is_multiple_of(crate::PAGE_SIZE) && !self.vminfo[vmid as usize - 1].is_ram(ipa);
                 ret!(if ok { 0 } else { abi::INVALID_PARAMETER })
             }
             _ => ret!(abi::NOT_SUPPORTED),
@@ -334,10 +355,12 @@ impl<M: Machine> KCore<M> {
         let info = &self.vminfo[vmid as usize - 1];
         let code = if target >= MAX_VCPUS as u64 || info.vcpu(target as usize) == VcpuState::Unused {
             psci::INVALID_PARAMETERS
-        } else if (0..info.image_count()).all(|i| {
-            let img = info.image(i);
-            entry < img.load_ipa || entry >= img.load_ipa + img.bytes
-        }) {
+        } else if info.kind() == VmKind::Protected
+            && (0..info.image_count()).all(|i| {
+                let img = info.image(i);
+                entry < img.load_ipa || entry >= img.load_ipa + img.bytes
+            })
+        {
             psci::INVALID_ADDRESS
         } else {
             let t = self.vcpu_page(vmid, target as usize);
@@ -373,7 +396,7 @@ impl<M: Machine> KCore<M> {
                 ExitAction::Resume
             }};
         }
-        if !ipa.is_multiple_of(crate::PAGE_SIZE) || ipa < GUEST_MMIO_LIMIT || pages == 0 {
+        if !ipa.is_multiple_of(crate::PAGE_SIZE) || !self.vminfo[vmid as usize - 1].is_ram(ipa) || pages == 0 {
             return ret!(abi::INVALID_PARAMETER);
         }
         let mem = self.mem();
@@ -455,8 +478,106 @@ impl<M: Machine> KCore<M> {
             return Err(Error::BadState);
         }
         let gfn = page.get(&self.m, slot::EXIT_IPA) >> PAGE_SHIFT;
-        self.mem().prot_and_map_vm(vmid, gfn, pfn, 3)?;
+        match info.kind() {
+            VmKind::Protected => self.mem().prot_and_map_vm(vmid, gfn, pfn, 3)?,
+            VmKind::NonProtected => self.mem().lend_pfn_to_vm(vmid, gfn, pfn)?,
+        }
         page.set(&self.m, slot::FLAGS, 0);
         Ok(())
     }
+
+    /// The non-protected VM `vmid` (registered and not destroyed), under its lock.
+    fn non_protected(&self, vmid: u64) -> Result<(u16, crate::locks::LockGuard<'_>)> {
+        let vmid = check_vmid(vmid)?;
+        let g = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        if matches!(info.state(), VmState::Unused | VmState::Invalid) {
+            return Err(Error::BadState);
+        }
+        if info.kind() != VmKind::NonProtected {
+            return Err(Error::Denied);
+        }
+        Ok((vmid, g))
+    }
+
+    /// LEND_PAGE: the host lends its page `pfn` to non-protected VM `vmid` at guest address
+    /// `ipa` (page aligned, in one of the VM's RAM regions), mapped at once.
+    pub fn lend_page(&self, vmid: u64, ipa: u64, pfn: Pfn) -> Result<()> {
+        let (vmid, _vm) = self.non_protected(vmid)?;
+        if !ipa.is_multiple_of(crate::PAGE_SIZE) || !self.vminfo[vmid as usize - 1].is_ram(ipa) {
+            return Err(Error::InvalidParameter);
+        }
+        self.mem().lend_pfn_to_vm(vmid, ipa >> PAGE_SHIFT, pfn)
+    }
+
+    /// RECLAIM_PAGE: the host takes back the page it lent to non-protected VM `vmid` at `ipa`
+    /// (unmapped from the VM, TLB invalidated). Returns the page.
+    pub fn reclaim_page(&self, vmid: u64, ipa: u64) -> Result<Pfn> {
+        let (vmid, _vm) = self.non_protected(vmid)?;
+        if !ipa.is_multiple_of(crate::PAGE_SIZE) {
+            return Err(Error::InvalidParameter);
+        }
+        self.mem().reclaim_lent_page(vmid, ipa >> PAGE_SHIFT)
+    }
+
+    /// The context page of a non-protected VM's vCPU the host may read or write: registered
+    /// and not running. A vCPU that never ran gets its reset state first.
+    fn host_visible_vcpu(&self, vmid: u16, vcpu: u64) -> Result<VcpuPage> {
+        let info = &self.vminfo[vmid as usize - 1];
+        if vcpu >= MAX_VCPUS as u64 {
+            return Err(Error::InvalidParameter);
+        }
+        match info.vcpu(vcpu as usize) {
+            VcpuState::Unused => return Err(Error::NotFound),
+            VcpuState::Active => return Err(Error::BadState),
+            VcpuState::Ready => {}
+        }
+        let page = self.vcpu_page(vmid, vcpu as usize);
+        if page.get(&self.m, slot::FLAGS) & flags::FIRST_RUN != 0 {
+            self.first_run_reset(info, &page);
+        }
+        Ok(page)
+    }
+
+    /// GET_VCPU_REG: register `reg` ([`reg_slot`]) of vCPU `vcpu` of non-protected VM `vmid`.
+    pub fn get_vcpu_reg(&self, vmid: u64, vcpu: u64, reg: u64) -> Result<u64> {
+        let (vmid, _vm) = self.non_protected(vmid)?;
+        let slot_index = reg_slot(reg).ok_or(Error::InvalidParameter)?;
+        let page = self.host_visible_vcpu(vmid, vcpu)?;
+        Ok(page.get(&self.m, slot_index))
+    }
+
+    /// SET_VCPU_REG: set register `reg` of vCPU `vcpu` of non-protected VM `vmid` to `value`.
+    /// PSTATE must name AArch64 EL0t, EL1t or EL1h with only architected flags: a guest never
+    /// enters EL2 or AArch32 state through the host.
+    pub fn set_vcpu_reg(&self, vmid: u64, vcpu: u64, reg: u64, value: u64) -> Result<()> {
+        let (vmid, _vm) = self.non_protected(vmid)?;
+        let slot_index = reg_slot(reg).ok_or(Error::InvalidParameter)?;
+        if slot_index == slot::PSTATE && !valid_guest_pstate(value) {
+            return Err(Error::InvalidParameter);
+        }
+        let page = self.host_visible_vcpu(vmid, vcpu)?;
+        page.set(&self.m, slot_index, value);
+        Ok(())
+    }
+}
+
+/// The context-page word of register `reg` as GET/SET_VCPU_REG number it (`docs/ABI.md`):
+/// 0..=30 x0..x30, 31 SP_EL0, 32 PC, 33 PSTATE, 34..=58 the EL1 registers in
+/// [`super::EL1_SYSREGS`] order, 64..=127 q0..q31 (low word first), 128 FPSR, 129 FPCR. The
+/// run-state words between them are KCore's own and not registers.
+pub fn reg_slot(reg: u64) -> Option<u64> {
+    let el1_end = slot::SYSREGS + super::EL1_SYSREGS.len() as u64;
+    let fp_end = slot::FP + crate::machine::FP_WORDS as u64;
+    if reg < el1_end || (slot::FP..fp_end).contains(&reg) { Some(reg) } else { None }
+}
+
+/// May a host give a guest this PSTATE? AArch64 (M[4] = 0) EL0t, EL1t or EL1h, and only the
+/// flags a guest may hold (NZCV, DIT, UAO, PAN, SS, SSBS, BTYPE, D, A, I, F).
+pub const fn valid_guest_pstate(v: u64) -> bool {
+    use crate::arch::mode;
+    const ALLOWED: u64 =
+        (0xf << 28) | (1 << 24) | (1 << 23) | (1 << 22) | (1 << 21) | (1 << 12) | (0b11 << 10) | (0xf << 6);
+    let m = v & 0x1f;
+    v & !(ALLOWED | 0x1f) == 0 && (m == mode::EL0T || m == mode::EL1T || m == mode::EL1H)
 }

@@ -2,7 +2,7 @@
 //! checked; every refusal is an error code with nothing changed.
 
 use super::vmpower::check_vmid;
-use super::{Image, MAX_IMAGE_BYTES, MAX_IMAGES, MAX_VCPUS, VcpuState, VmState};
+use super::{Image, MAX_IMAGE_BYTES, MAX_IMAGES, MAX_RAM_REGIONS, MAX_VCPUS, VcpuState, VmKind, VmState};
 use crate::error::{Error, Result};
 use crate::kcore::KCore;
 use crate::machine::Machine;
@@ -10,9 +10,31 @@ use crate::mem::pagemgmt::{Owner, PageInfo};
 use crate::{PAGE_SHIFT, PAGE_SIZE, Pfn};
 
 impl<M: Machine> KCore<M> {
+    /// DONATE_PAGE: host page `pfn` to the host's own table pool (`vmid` 0) or a registered
+    /// VM's. A vmid nobody holds is refused (BAD_STATE): a page given to it would sit in the
+    /// pool of a VM that does not exist until the vmid is reused. The VM's lock keeps it
+    /// registered meanwhile.
+    pub fn donate_page(&self, vmid: u64, pfn: Pfn) -> Result<()> {
+        if vmid == 0 {
+            return self.mem().donate_to_pool(0, pfn);
+        }
+        let vmid = check_vmid(vmid)?;
+        let _vm = self.lock_vm(vmid);
+        if self.vminfo[vmid as usize - 1].state() == VmState::Unused {
+            return Err(Error::BadState);
+        }
+        self.mem().donate_to_pool(vmid, pfn)
+    }
+
     /// `register_kvm`: a new VM whose stage-2 root is host page `root_pfn` (donated). Returns
     /// the vmid.
     pub fn register_vm(&self, root_pfn: Pfn) -> Result<u16> {
+        self.register_vm_kind(root_pfn, VmKind::Protected as u64)
+    }
+
+    /// `REGISTER_VM` with the VM's kind (`kind`: 0 protected, 1 non-protected).
+    pub fn register_vm_kind(&self, root_pfn: Pfn, kind: u64) -> Result<u16> {
+        let kind = VmKind::from_abi(kind).ok_or(Error::InvalidParameter)?;
         // Check the page before claiming a vmid, so the common refusal leaves no trace.
         let info = self.mem().page(root_pfn)?;
         if info.owner != Owner::Host || info.count != 0 {
@@ -27,7 +49,35 @@ impl<M: Machine> KCore<M> {
             self.vminfo[vmid as usize - 1].clear();
             return Err(e);
         }
+        self.vminfo[vmid as usize - 1].set_kind(kind);
         Ok(vmid)
+    }
+
+    /// `ADD_RAM_REGION`: guest addresses `[base, base + size)` of VM `vmid` are RAM (the rest of
+    /// its IPA space is MMIO). Only while the VM is being set up: the layout is fixed before
+    /// it first runs. Regions are page aligned, inside the IPA space, and do not overlap.
+    pub fn add_ram_region(&self, vmid: u64, base: u64, size: u64) -> Result<()> {
+        let vmid = check_vmid(vmid)?;
+        let end = base.checked_add(size).ok_or(Error::InvalidParameter)?;
+        if !base.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) || size == 0 {
+            return Err(Error::InvalidParameter);
+        }
+        if end > 1u64 << self.host.ia_bits {
+            return Err(Error::InvalidParameter);
+        }
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        if info.state() != VmState::Ready {
+            return Err(Error::BadState);
+        }
+        if info.ram_regions().any(|(b, s)| base < b + s && b < end) {
+            return Err(Error::Exists);
+        }
+        if info.ram_regions().count() == MAX_RAM_REGIONS {
+            return Err(Error::NoMemory);
+        }
+        info.push_ram_region(base, size);
+        Ok(())
     }
 
     /// `register_vcpu`: vCPU `vcpuid` of a VM that is still being set up.
@@ -71,7 +121,8 @@ impl<M: Machine> KCore<M> {
         }
         let _vm = self.lock_vm(vmid);
         let info = &self.vminfo[vmid as usize - 1];
-        if info.state() != VmState::Ready {
+        // A non-protected VM has no authenticated images: the host loads it as it likes.
+        if info.state() != VmState::Ready || info.kind() != VmKind::Protected {
             return Err(Error::BadState);
         }
         if info.image_count() == MAX_IMAGES {
@@ -116,11 +167,16 @@ impl<M: Machine> KCore<M> {
     }
 
     /// `verify_and_load_images`: check every image's signature; only then may the VM run.
-    /// A failure is final: the VM becomes `Invalid` and can only be destroyed.
+    /// A failure is final: the VM becomes `Invalid` and can only be destroyed. A non-protected
+    /// VM has nothing to verify: this only ends its set-up (its layout is then fixed).
     pub fn verify_vm(&self, vmid: u64) -> Result<()> {
         let vmid = check_vmid(vmid)?;
         let _vm = self.lock_vm(vmid);
         let info = &self.vminfo[vmid as usize - 1];
+        if info.state() == VmState::Ready && info.kind() == VmKind::NonProtected {
+            info.set_state(VmState::Verified);
+            return Ok(());
+        }
         if info.state() != VmState::Ready || info.image_count() == 0 {
             return Err(Error::BadState);
         }

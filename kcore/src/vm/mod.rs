@@ -59,6 +59,37 @@ impl VmState {
     }
 }
 
+/// A VM's kind, chosen at registration (`REGISTER_VM` x2) and fixed for its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VmKind {
+    /// SeKVM's VM: its memory becomes its own (the host loses access), its boot images are
+    /// authenticated, its registers never leave KCore beyond what one exit needs.
+    Protected = 0,
+    /// A VM as stock KVM has them: its RAM stays the host's, lent into its stage-2; no
+    /// signature; the host may read and set its vCPU registers. It never weakens KCore's or a
+    /// protected VM's isolation.
+    NonProtected = 1,
+}
+
+impl VmKind {
+    /// The kind `REGISTER_VM` names with `v`, if any.
+    pub const fn from_abi(v: u64) -> Option<VmKind> {
+        match v {
+            0 => Some(VmKind::Protected),
+            1 => Some(VmKind::NonProtected),
+            _ => None,
+        }
+    }
+}
+
+/// Guest-physical RAM regions a VM may have (the rest of its IPA space is MMIO).
+pub const MAX_RAM_REGIONS: usize = 8;
+
+/// Without a RAM region set by the host, guest IPAs at and above this are RAM and those below
+/// are MMIO (the QEMU `virt` layout, which SeKVM fixed too).
+pub const LEGACY_RAM_START: u64 = 1 << 30;
+
 /// A vCPU's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -119,9 +150,40 @@ pub struct VmInfo {
     vcpu_pages: [AtomicU64; MAX_VCPUS],
     image_count: AtomicU8,
     images: [ImageSlot; MAX_IMAGES],
+    kind: AtomicU8,
+    ram_count: AtomicU8,
+    ram_base: [AtomicU64; MAX_RAM_REGIONS],
+    ram_size: [AtomicU64; MAX_RAM_REGIONS],
 }
 
 impl VmInfo {
+    /// The VM's kind.
+    pub fn kind(&self) -> VmKind {
+        if self.kind.load(Relaxed) == VmKind::NonProtected as u8 { VmKind::NonProtected } else { VmKind::Protected }
+    }
+    pub(crate) fn set_kind(&self, k: VmKind) {
+        self.kind.store(k as u8, Relaxed);
+    }
+    /// The RAM regions the host declared, `(base IPA, bytes)`.
+    pub fn ram_regions(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let n = (self.ram_count.load(Relaxed) as usize).min(MAX_RAM_REGIONS);
+        (0..n).map(|i| (self.ram_base[i].load(Relaxed), self.ram_size[i].load(Relaxed)))
+    }
+    /// Is guest address `ipa` RAM (else MMIO)? The host's regions if it declared any, else
+    /// [`LEGACY_RAM_START`] and above.
+    pub fn is_ram(&self, ipa: u64) -> bool {
+        if self.ram_count.load(Relaxed) == 0 {
+            return ipa >= LEGACY_RAM_START;
+        }
+        self.ram_regions().any(|(base, size)| ipa >= base && ipa - base < size)
+    }
+    pub(crate) fn push_ram_region(&self, base: u64, size: u64) -> usize {
+        let i = self.ram_count.load(Relaxed) as usize;
+        self.ram_base[i].store(base, Relaxed);
+        self.ram_size[i].store(size, Relaxed);
+        self.ram_count.store(i as u8 + 1, Relaxed);
+        i
+    }
     /// The VM's state.
     pub fn state(&self) -> VmState {
         VmState::from_u8(self.state.load(Relaxed))
@@ -185,6 +247,8 @@ impl VmInfo {
             p.store(0, Relaxed);
         }
         self.image_count.store(0, Relaxed);
+        self.ram_count.store(0, Relaxed);
+        self.set_kind(VmKind::Protected);
         self.set_state(VmState::Unused);
     }
 }

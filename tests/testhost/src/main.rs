@@ -331,7 +331,7 @@ mod el1 {
 
         // 1x: discovery.
         let r = hvc(abi::KCORE_VERSION, [0; 4]);
-        check(status(r) == 0 && r[1] == 3 && r[2] & 7 == 7, 11);
+        check(status(r) == 0 && r[1] == abi::ABI_MINOR && r[2] == abi::FEATURES, 11);
 
         // 2x: a VM from a correctly signed image.
         let vm1 = load_vm(page(0), page(1), page(16), page(32), GUEST_SIG, 20);
