@@ -20,6 +20,11 @@ mod el1 {
 
     core::arch::global_asm!(include_str!("entry.S"));
 
+    /// Non-protected VMs (`nonprotected.rs`, beside this file).
+    mod nonprotected {
+        include!("nonprotected.rs");
+    }
+
     /// Written by the EL1 vector: [synchronous exceptions taken, last ESR_EL1, last FAR_EL1].
     #[unsafe(no_mangle)]
     static TESTHOST_FAULTS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
@@ -397,6 +402,7 @@ mod el1 {
         check(status(hvc(abi::DESTROY_VM, [vm2, 0, 0, 0])) == 0, 70);
 
         run_guest();
+        nonprotected::run();
         spin_guest();
 
         print("TESTHOST: all passed\n");
