@@ -28,6 +28,8 @@ pub const BAD_SIGNATURE: i64 = -9;
 
 /// SMCCC: `SMCCC_VERSION` (arch service, fast call).
 pub const SMCCC_VERSION: u32 = 0x8000_0000;
+/// SMCCC 1.1: `SMCCC_ARCH_FEATURES`: is the arch service call x1 implemented?
+pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
 /// SMCCC: vendor-specific hypervisor service, "Call UID query" (returns the UUID in w0..w3).
 pub const VENDOR_HYP_CALL_UID: u32 = 0x8600_FF01;
 /// SMCCC: vendor-specific hypervisor service, "Revision query" (w0 major, w1 minor).

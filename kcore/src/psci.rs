@@ -24,6 +24,10 @@ pub const SYSTEM_OFF: u32 = 0x8400_0008;
 pub const SYSTEM_RESET: u32 = 0x8400_0009;
 /// PSCI_FEATURES.
 pub const PSCI_FEATURES: u32 = 0x8400_000A;
+/// PSCI `MIGRATE_INFO_TYPE`.
+pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
+/// MIGRATE_INFO_TYPE's answer: no Trusted OS that needs migrating (PSCI 5.7.2, value 2).
+pub const TOS_NOT_PRESENT_MP: i64 = 2;
 /// SYSTEM_SUSPEND, SMC32.
 pub const SYSTEM_SUSPEND_32: u32 = 0x8400_000E;
 /// SYSTEM_SUSPEND, SMC64.

@@ -205,6 +205,16 @@ impl AbsVcpus {
                 self.off = true;
                 ExitAction::ToHost(Exit::Shutdown)
             }
+            // Discovery: PSCI_FEATURES knows the PSCI calls answered here and SMCCC_VERSION;
+            // MIGRATE_INFO_TYPE says no Trusted OS needs migrating (2); SMCCC_ARCH_FEATURES
+            // knows only itself.
+            psci::PSCI_FEATURES => {
+                let known = [0x8400_0000u64, 0x8400_000A, 0x8400_0008, 0x8400_0009, 0xC400_0003, 0x8400_0002];
+                let more = [0xC400_0004u64, 0x8400_0006, 0x8000_0000];
+                ret(self, if known.contains(&x[1]) || more.contains(&x[1]) { 0 } else { -1 })
+            }
+            psci::MIGRATE_INFO_TYPE => ret(self, 2),
+            abi::SMCCC_ARCH_FEATURES => ret(self, if x[1] == 0x8000_0001 { 0 } else { -1 }),
             _ => ret(self, abi::NOT_SUPPORTED),
         }
     }

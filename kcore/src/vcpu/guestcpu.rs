@@ -64,13 +64,13 @@ const fn fields(shifts: &[u32]) -> u64 {
     m
 }
 
-/// ID_AA64PFR0_EL1 fields a guest sees as they are: EL1 (AArch64 only), FP, AdvSIMD, GIC
-/// (the system-register CPU interface, virtualised), DIT, CSV2, CSV3. EL0 is reported
-/// AArch64-only, EL2/EL3/SEL2 absent (a guest has none), and SVE, RAS, MPAM, AMU and RME
-/// hidden.
-const PFR0_KEEP: u64 = fields(&[4, 16, 20, 24, 48, 56, 60]);
-/// ID_AA64PFR0_EL1.EL0 = 0b0001: AArch64 only.
-const PFR0_EL0_AARCH64: u64 = 1;
+/// ID_AA64PFR0_EL1 fields a guest sees as they are: FP, AdvSIMD, GIC (the system-register
+/// CPU interface, virtualised), DIT, CSV2, CSV3. EL0 and EL1 are reported AArch64-only (a
+/// guest's EL1 is AArch64: HCR_EL2.RW), EL2/EL3/SEL2 absent (a guest has none), and SVE, RAS,
+/// MPAM, AMU and RME hidden.
+const PFR0_KEEP: u64 = fields(&[16, 20, 24, 48, 56, 60]);
+/// ID_AA64PFR0_EL1.EL0 = EL1 = 0b0001: AArch64 only.
+const PFR0_EL0_AARCH64: u64 = 1 | (1 << 4);
 /// ID_AA64PFR1_EL1: BT (BTI: PSTATE and SCTLR_EL1 bits, both switched), SSBS (PSTATE),
 /// CSV2_frac. Hidden: MTE, RAS_frac, MPAM_frac, SME, NMI, GCS, THE and the rest.
 const PFR1_KEEP: u64 = fields(&[0, 4, 32]);
@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(field(pfr0, 28), 0, "RAS");
         assert_eq!(field(pfr0, 8), 0, "EL2");
         assert_eq!(field(pfr0, 0), 1, "EL0 AArch64 only");
-        assert_eq!(field(pfr0, 4), 2, "EL1 kept");
+        assert_eq!(field(pfr0, 4), 1, "EL1 AArch64 only");
         assert_eq!(field(pfr0, 24), 1, "GIC system registers kept");
         let pfr1 = id(4, 1);
         assert_eq!(field(pfr1, 24), 0, "SME");

@@ -160,7 +160,7 @@ mod tests {
         cpu.configure(&raw, 40);
         let d = |r, read| decide(&SysRegAccess::decode(esr(r, 1, read)), &cpu);
         use SysRegAction::*;
-        assert_eq!(d((3, 0, 0, 4, 0), true), Read(0x21), "PFR0: EL0 AArch64 only");
+        assert_eq!(d((3, 0, 0, 4, 0), true), Read(0x11), "PFR0: EL0 and EL1 AArch64 only");
         assert_eq!(d((3, 0, 0, 4, 0), false), Undef, "ID registers are read-only");
         assert_eq!(d((3, 0, 0, 0, 0), true), Undef, "MIDR is not trapped by TID3");
         assert_eq!(d((2, 0, 0, 0, 4), false), Ignore, "DBGBVR0_EL1");

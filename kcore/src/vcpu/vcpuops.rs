@@ -278,6 +278,8 @@ impl<M: Machine> KCore<M> {
                 ret!(state)
             }
             psci::PSCI_FEATURES => {
+                // What Linux probes (PSCI 1.1 5.1.14): the calls KCore answers, and
+                // SMCCC_VERSION, which tells it SMCCC 1.1 is there to ask.
                 let f = regs.x(1) as u32;
                 let known = [
                     psci::PSCI_VERSION,
@@ -287,8 +289,16 @@ impl<M: Machine> KCore<M> {
                     psci::CPU_ON_64,
                     psci::CPU_OFF,
                     psci::AFFINITY_INFO_64,
+                    psci::MIGRATE_INFO_TYPE,
+                    abi::SMCCC_VERSION,
                 ];
-                ret!(if known.contains(&f) { 0i64 } else { -1 })
+                ret!(if regs.x(1) >> 32 == 0 && known.contains(&f) { 0i64 } else { abi::NOT_SUPPORTED })
+            }
+            psci::MIGRATE_INFO_TYPE => ret!(psci::TOS_NOT_PRESENT_MP),
+            abi::SMCCC_ARCH_FEATURES => {
+                // SMCCC 1.1: only the discovery call itself; no firmware workaround calls
+                // (ARCH_WORKAROUND_1/2/3) or SOC_ID are offered.
+                ret!(if regs.x(1) == abi::SMCCC_ARCH_FEATURES as u64 { 0 } else { abi::NOT_SUPPORTED })
             }
             psci::SYSTEM_OFF | psci::SYSTEM_RESET => {
                 let _ = self.set_vm_poweroff(vmid);

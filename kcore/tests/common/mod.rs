@@ -179,8 +179,20 @@ pub fn guest_trap(load: u64, len: u64) -> impl Strategy<Value = GuestTrap> {
         Just(0xC600_1234u64),
     ];
     let entry = prop_oneof![Just(load), Just(load + 0x40), Just(load + len), Just(0x1000u64)];
+    // Discovery calls and what they ask about.
+    let query_id = prop_oneof![Just(0x8400_000Au64), Just(0x8000_0001u64), Just(0x8400_0006u64)];
+    let query = prop_oneof![
+        Just(0x8000_0000u64),
+        Just(0x8000_0001u64),
+        Just(0x8000_8000u64),
+        Just(0x8400_0006u64),
+        Just(0xC400_0003u64),
+        Just(0x1_8400_0000u64),
+        Just(0x8400_0001u64),
+    ];
     prop_oneof![
         4 => (hvc_id, 0u64..3, entry, any::<u64>()).prop_map(|(id, a, e, c)| GuestTrap::Hvc([id, a, e, c])),
+        1 => (query_id, query).prop_map(|(id, q)| GuestTrap::Hvc([id, q, 0, 0])),
         3 => (0u64..32, 0u64..4).prop_map(|(rt, size_log2)| GuestTrap::MmioWrite { ipa: 0x0900_0000, rt, size_log2 }),
         2 => (0u64..32, 0u64..4, any::<bool>()).prop_map(|(rt, size_log2, sign)| GuestTrap::MmioRead { ipa: 0x0900_0018, rt, size_log2, sign }),
         2 => prop_oneof![Just(load + 0x10_0000), Just(load + 0x10_0000 + 0x123), Just(load + 0x20_0000), Just(0x0800_0000u64)]
