@@ -228,7 +228,7 @@ pub fn exit_words(e: Exit) -> [u64; 4] {
     match e {
         Exit::Mmio { ipa, write, size_log2, value } => [1, ipa, (size_log2 << 1) | write as u64, value],
         Exit::PageFault { ipa } => [2, ipa, 0, 0],
-        Exit::Wfi => [3, 0, 0, 0],
+        Exit::Wfi { wfe, deadline } => [3, deadline, wfe as u64, 0],
         Exit::Irq => [4, 0, 0, 0],
         Exit::Shutdown => [5, 0, 0, 0],
         Exit::VcpuStarted { vcpu } => [6, vcpu, 0, 0],

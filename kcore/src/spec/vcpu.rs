@@ -136,7 +136,8 @@ impl AbsVcpus {
             GuestTrap::Hvc(x) => self.hvc(vcpu, x),
             GuestTrap::Wfi => {
                 self.vcpus[vcpu].pc += 4;
-                ExitAction::ToHost(Exit::Wfi)
+                // The models run the guest with its timer off (CNTV_CTL_EL0 = 0): no deadline.
+                ExitAction::ToHost(Exit::Wfi { wfe: false, deadline: u64::MAX })
             }
             GuestTrap::Sysreg => ExitAction::InjectUndef,
             GuestTrap::RamFault { ipa } if ipa >= GUEST_MMIO_LIMIT => {

@@ -126,6 +126,12 @@ impl<M: Machine> KCore<M> {
         }
         let (trap, s) = if v == Vector::LowerSync {
             let s = self.syndrome();
+            // A guest waiting for its own timer, which has fired already: KCore delivers the
+            // interrupt and the wait ends at once, without the host.
+            if arch::esr_ec(s.esr) == ec::WFX && self.guest_timer_interrupt() {
+                frame.elr = frame.elr.wrapping_add(4);
+                return Outcome::Return;
+            }
             (Trap::Sync { esr: s.esr, far: s.far, hpfar: s.hpfar }, s)
         } else {
             (Trap::Interrupt, super::traphandlerraw::Syndrome { esr: 0, far: 0, hpfar: 0 })

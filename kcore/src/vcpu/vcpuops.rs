@@ -28,8 +28,11 @@ pub enum Exit {
     Mmio { ipa: u64, write: bool, size_log2: u64, value: u64 },
     /// The guest touched RAM at `ipa` that has no page yet: back it with MAP_VM_PAGE.
     PageFault { ipa: u64 },
-    /// The guest waits for an interrupt.
-    Wfi,
+    /// The guest waits for an interrupt (WFI, or WFE if `wfe`). `deadline`: the counter
+    /// value at which its virtual timer fires (CNTV_CVAL_EL0; its CNTVOFF_EL2 is 0), or
+    /// `u64::MAX` if the timer is off or masked; the host may sleep the vCPU until then or an
+    /// interrupt for it. A timer that has already fired never gets here: KCore delivers it.
+    Wfi { wfe: bool, deadline: u64 },
     /// A physical interrupt arrived for the host.
     Irq,
     /// The guest powered itself off (PSCI SYSTEM_OFF or SYSTEM_RESET).
@@ -53,7 +56,7 @@ impl Exit {
         match *self {
             Exit::Mmio { ipa, write, size_log2, value } => [1, ipa, (size_log2 << 1) | write as u64, value],
             Exit::PageFault { ipa } => [2, ipa, 0, 0],
-            Exit::Wfi => [3, 0, 0, 0],
+            Exit::Wfi { wfe, deadline } => [3, deadline, wfe as u64, 0],
             Exit::Irq => [4, 0, 0, 0],
             Exit::Shutdown => [5, 0, 0, 0],
             Exit::VcpuStarted { vcpu } => [6, vcpu, 0, 0],
@@ -167,7 +170,10 @@ impl<M: Machine> KCore<M> {
             }
             ec::WFX => {
                 regs.skip();
-                ExitAction::ToHost(Exit::Wfi)
+                // ISS.TI bit 0: WFE (vs WFI). The guest's timer is live on this CPU.
+                let ctl = m.read_sysreg(SysReg::CntvCtlEl0);
+                let deadline = if ctl & 0b11 == 0b01 { m.read_sysreg(SysReg::CntvCvalEl0) } else { u64::MAX };
+                ExitAction::ToHost(Exit::Wfi { wfe: esr & 1 != 0, deadline })
             }
             ec::DABT_LOW | ec::IABT_LOW => {
                 page.set(m, slot::EXIT_ESR, esr);
