@@ -67,8 +67,12 @@ pub const VM_STATE: u32 = 0xC600_0008;
 pub const VCPU_RUN: u32 = 0xC600_0009;
 /// Back the page vCPU x2 of VM x1 last faulted on with host page x3.
 pub const MAP_VM_PAGE: u32 = 0xC600_000A;
-/// Deliver virtual interrupt x3 (0..1019) to vCPU x2 of VM x1 on its next run.
+/// Deliver virtual interrupt x3 (0..1019) to vCPU x2 of VM x1 on its next run; x4 = its
+/// priority (bits 7:0) and level-triggered (bit 8).
 pub const INJECT_IRQ: u32 = 0xC600_000B;
+/// The list registers of vCPU x2 of VM x1: x1..x4 = state, group, priority, EOI and INTID of
+/// each (what the host put there, and the state the guest moved it to).
+pub const VCPU_IRQ_STATE: u32 = 0xC600_0011;
 /// Non-protected VM x1: lend host page x3 to it at guest address x2 (in a RAM region).
 pub const LEND_PAGE: u32 = 0xC600_000C;
 /// Non-protected VM x1: take back the page lent at guest address x2. Returns x1 = its pfn.

@@ -114,13 +114,20 @@ fn refine(steps: &[Step], host_seed: u64, guest_seed: u64, f: CpuFeatures) -> Re
                 let pa = PAGES[page];
                 let guest = ctxt_of(&k, pa);
                 let before = spec.clone();
-                let (next, host) = ctxt::enter(&spec, &guest, vm, root_of(&k, vm), vcpu, f);
+                let flags = kcore::machine::Machine::load(&k.m, pa + 8 * slot::FLAGS);
+                let underflow = flags & kcore::vcpu::flags::UNDERFLOW_NOTIFY != 0;
+                let (next, host) = ctxt::enter(&spec, &guest, vm, root_of(&k, vm), vcpu, f, underflow);
                 let mut hc = HostCtxt::new();
                 k.switch_to_guest(vm, vcpu, &VcpuPage { pa }, &mut hc);
                 prop_assert!(k.m.syncs() > syncs, "no context synchronisation after entry");
                 // The EL2 timer's interrupt reaches KCore whenever it stands in for the host's.
                 if before.regs[&SysReg::CntvCtlEl0] & 0b11 == 0b01 {
                     prop_assert!(k.m.enabled_ppis(0) & (1 << 26) != 0, "host deadline armed, PPI 26 off");
+                }
+                // So does the maintenance interrupt whenever the guest may raise it: underflow
+                // asked for, or a level interrupt tracked for its EOI.
+                if underflow || guest.lrs.iter().any(|lr| lr & (1 << 41) != 0) {
+                    prop_assert!(k.m.enabled_ppis(0) & (1 << 25) != 0, "maintenance interrupt PPI 25 off");
                 }
                 k.m.clear_ppis(0); // the host may turn it off again while it runs
                 spec = next;
@@ -252,7 +259,7 @@ fn spec_round_trip_is_the_identity() {
         vmcr: 8,
     };
     let f = CpuFeatures { fgt: true, hcx: true, sme: false };
-    let (inside, host) = ctxt::enter(&cpu, &guest, 1, 0x4000_0000, 0, f);
+    let (inside, host) = ctxt::enter(&cpu, &guest, 1, 0x4000_0000, 0, f, false);
     let (back, saved) = ctxt::exit(&inside, &host, guest.x, guest.pc, guest.pstate);
     assert_eq!(saved, guest);
     for r in ctxt::host_saved(f) {

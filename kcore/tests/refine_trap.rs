@@ -271,10 +271,15 @@ fn hvc() -> impl Strategy<Value = Event> {
         prop_oneof![4 => (0u64..24).prop_map(|i| P0 + 500 + i), 1 => Just(KMEM >> 12), 1 => Just(IMG), 1 => Just(0u64)];
     let w = |id: u32| id as u64;
     prop_oneof![
-        10 => (vmid.clone(), vcpu.clone(), any::<u64>()).prop_map(move |(a, b, c)| Event::Hvc([w(abi::VCPU_RUN), a, b, c, 0])),
+        10 => (vmid.clone(), vcpu.clone(), any::<u64>(), prop_oneof![8 => Just(0u64), 2 => Just(1u64), 1 => Just(2u64)])
+            .prop_map(move |(a, b, c, d)| Event::Hvc([w(abi::VCPU_RUN), a, b, c, d])),
         4 => (vmid.clone(), vcpu.clone(), pfn.clone()).prop_map(move |(a, b, c)| Event::Hvc([w(abi::MAP_VM_PAGE), a, b, c, 0])),
         3 => (vmid.clone(), vcpu.clone(), prop_oneof![Just(27u64), Just(40u64), 16u64..24, Just(1020u64), Just(u64::MAX)])
-            .prop_map(move |(a, b, c)| Event::Hvc([w(abi::INJECT_IRQ), a, b, c, 0])),
+            .prop_flat_map(move |(a, b, c)| {
+                prop_oneof![Just(0u64), Just(0xa0u64), Just(0x1a0u64), Just(0x200u64)]
+                    .prop_map(move |d| Event::Hvc([w(abi::INJECT_IRQ), a, b, c, d]))
+            }),
+        1 => (vmid.clone(), vcpu.clone()).prop_map(move |(a, b)| Event::Hvc([w(abi::VCPU_IRQ_STATE), a, b, 0, 0])),
         1 => vmid.clone().prop_map(move |a| Event::Hvc([w(abi::VM_STATE), a, 0, 0, 0])),
         1 => prop_oneof![Just(abi::KCORE_VERSION), Just(abi::VENDOR_HYP_CALL_UID), Just(abi::VENDOR_HYP_REVISION),
             Just(0xC600_00FF), Just(0x8400_0000), Just(0xdead_beef)]

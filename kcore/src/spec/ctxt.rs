@@ -127,8 +127,17 @@ pub const fn guest_hcr() -> u64 {
     v
 }
 
-/// Enter a guest: the CPU after, and what the host left behind.
-pub fn enter(cpu: &AbsCpu, guest: &AbsCtxt, vmid: u16, root: u64, vcpu: usize, f: CpuFeatures) -> (AbsCpu, AbsHost) {
+/// Enter a guest: the CPU after, and what the host left behind. `underflow`: the host asked
+/// to hear when the guest's list registers run empty.
+pub fn enter(
+    cpu: &AbsCpu,
+    guest: &AbsCtxt,
+    vmid: u16,
+    root: u64,
+    vcpu: usize,
+    f: CpuFeatures,
+    underflow: bool,
+) -> (AbsCpu, AbsHost) {
     let host = AbsHost { regs: host_saved(f).into_iter().map(|r| (r, cpu.regs[&r])).collect(), fp: cpu.fp };
     let mut c = cpu.clone();
     for r in el1_state() {
@@ -142,7 +151,8 @@ pub fn enter(cpu: &AbsCpu, guest: &AbsCtxt, vmid: u16, root: u64, vcpu: usize, f
         c.regs.insert(r, v);
     };
     set(&mut c, SysReg::IchVmcrEl2, guest.vmcr);
-    set(&mut c, SysReg::IchHcrEl2, 1); // En: the virtual CPU interface is on
+    // ICH_HCR_EL2: En (the virtual CPU interface is on), UIE (bit 1) if asked.
+    set(&mut c, SysReg::IchHcrEl2, 1 | (underflow as u64) << 1);
     set(&mut c, SysReg::IccSreEl1, 1); // SRE: the GIC through system registers
     set(&mut c, SysReg::ElrEl2, guest.pc);
     set(&mut c, SysReg::SpsrEl2, guest.pstate);

@@ -320,7 +320,7 @@ impl AbsTop {
             Err(e) => x[0] = code(e),
         };
         match id {
-            abi::VCPU_RUN => match self.run(x[1], x[2], x[3]) {
+            abi::VCPU_RUN => match self.run(x[1], x[2], x[3], x[4]) {
                 Ok((vmid, vcpu)) => return Route::EnterGuest { vmid, vcpu },
                 Err(e) => x[0] = code(e),
             },
@@ -408,9 +408,24 @@ impl AbsTop {
                 ok_value(x, r.map(|_| None))
             }
             abi::INJECT_IRQ => {
-                let r = self.inject_irq(x[1], x[2], x[3]);
+                let r = self.inject_irq(x[1], x[2], x[3], x[4]);
                 ok_value(x, r.map(|_| None))
             }
+            abi::VCPU_IRQ_STATE => match vcpu_of(x[1], x[2]) {
+                Err(e) => x[0] = code(e),
+                Ok((vmid, vcpu)) => match (self.vcpu_state(vmid, vcpu), self.lrs.get(&(vmid, vcpu))) {
+                    (VcpuState::Active, _) => x[0] = code(Error::BadState),
+                    (_, None) => x[0] = code(Error::NotFound),
+                    (_, Some(lrs)) => {
+                        // State, group, priority, EOI, INTID of each: nothing else.
+                        let visible = (3 << 62) | (1 << 60) | (0xff << 48) | (1 << 41) | 0xffff_ffff;
+                        x[0] = 0;
+                        for (i, lr) in lrs.iter().enumerate() {
+                            x[1 + i] = lr & visible;
+                        }
+                    }
+                },
+            },
             _ => x[0] = abi::NOT_SUPPORTED as u64,
         }
         Route::Return
@@ -430,8 +445,12 @@ impl AbsTop {
         self.vcpus.insert(vmid, AbsVcpus { vcpus, entry, images, off: false });
     }
 
-    fn run(&mut self, vmid: u64, vcpu: u64, value: u64) -> Result<(u16, usize)> {
+    fn run(&mut self, vmid: u64, vcpu: u64, value: u64, opts: u64) -> Result<(u16, usize)> {
         let (vmid, vcpu) = vcpu_of(vmid, vcpu)?;
+        // x4: bit 0 asks for underflow notification; nothing else is defined.
+        if opts > 1 {
+            return Err(Error::InvalidParameter);
+        }
         if self.vm_state(vmid) != VmState::Verified {
             return Err(Error::BadState);
         }
@@ -444,6 +463,12 @@ impl AbsTop {
             self.pstate.insert((vmid, vcpu), RESET_PSTATE);
         }
         self.boot.vms.get_mut(&vmid).expect("verified").vcpus[vcpu] = VcpuState::Active;
+        // List registers the guest is done with (state invalid) are free and cleared.
+        if let Some(lrs) = self.lrs.get_mut(&(vmid, vcpu)) {
+            for lr in lrs.iter_mut().filter(|lr| **lr >> 62 == 0) {
+                *lr = 0;
+            }
+        }
         self.running = Some((vmid, vcpu));
         Ok((vmid, vcpu))
     }
@@ -461,9 +486,9 @@ impl AbsTop {
         Ok(())
     }
 
-    fn inject_irq(&mut self, vmid: u64, vcpu: u64, intid: u64) -> Result<()> {
+    fn inject_irq(&mut self, vmid: u64, vcpu: u64, intid: u64, attrs: u64) -> Result<()> {
         let (vmid, vcpu) = vcpu_of(vmid, vcpu)?;
-        if intid >= 1020 {
+        if intid >= 1020 || attrs >= 0x200 {
             return Err(Error::InvalidParameter); // 1020-1023 are special, above is not an INTID
         }
         let st = self.vcpu_state(vmid, vcpu);
@@ -476,7 +501,8 @@ impl AbsTop {
             return Err(Error::Exists);
         }
         let free = lrs.iter().position(|&lr| !live(lr)).ok_or(Error::NoMemory)?;
-        lrs[free] = (1 << 62) | (1 << 60) | (0xa0 << 48) | intid;
+        // Pending, group 1, the host's priority (attrs 7:0), EOI maintenance if level (bit 8).
+        lrs[free] = (1 << 62) | (1 << 60) | ((attrs & 0xff) << 48) | ((attrs >> 8) << 41) | intid;
         Ok(())
     }
 

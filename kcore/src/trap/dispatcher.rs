@@ -23,7 +23,7 @@ pub enum HostCall {
 pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
     let id = x[0] as u32;
     if id == abi::VCPU_RUN {
-        return match k.prepare_run(x[1], x[2], x[3]) {
+        return match k.prepare_run_with(x[1], x[2], x[3], x[4]) {
             Ok((vmid, vcpu, page)) => HostCall::Run { vmid, vcpu, page: page.pa },
             Err(e) => {
                 x[0] = e.code() as u64;
@@ -49,7 +49,11 @@ pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
             return HostCall::Done;
         }
         abi::MAP_VM_PAGE => k.map_vm_page(x[1], x[2], x[3]).map(|_| None),
-        abi::INJECT_IRQ => k.inject_irq(x[1], x[2], x[3]).map(|_| None),
+        abi::INJECT_IRQ => k.inject_irq_with(x[1], x[2], x[3], x[4]).map(|_| None),
+        abi::VCPU_IRQ_STATE => k.vcpu_irq_state(x[1], x[2]).map(|lrs| {
+            x[1..5].copy_from_slice(&lrs);
+            None
+        }),
         abi::DONATE_PAGE => k.donate_page(x[1], x[2]).map(|_| None),
         abi::REGISTER_VM => k.register_vm_kind(x[1], x[2]).map(|v| Some(v as u64)),
         abi::ADD_RAM_REGION => k.add_ram_region(x[1], x[2], x[3]).map(|_| None),
@@ -118,7 +122,7 @@ mod tests {
     #[test]
     fn every_other_id_is_not_supported() {
         let k = kcore();
-        for id in [0u64, 0xC600_0011, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x8600_0000] {
+        for id in [0u64, 0xC600_0012, 0xC600_FFFF, 0x8400_0000, 0x8000_0000, u64::MAX, 0x8600_0000] {
             let mut x = [id, 1, 2, 3, 4, 5, 6, 7];
             host_hvc(&k, &mut x);
             assert_eq!(x[0] as i64, abi::NOT_SUPPORTED, "id {id:#x}");

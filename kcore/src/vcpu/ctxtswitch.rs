@@ -63,8 +63,6 @@ const MDCR: usize = 5;
 pub const LIST_REGS: [SysReg; super::MAX_LRS as usize] =
     [SysReg::IchLr0El2, SysReg::IchLr1El2, SysReg::IchLr2El2, SysReg::IchLr3El2];
 
-/// ICH_HCR_EL2.En: the virtual CPU interface is on (guest ICC_* accesses are virtual).
-const ICH_HCR_EN: u64 = 1;
 /// ICC_SRE_EL1.SRE: a guest always gets the GIC's system-register interface.
 const ICC_SRE_SRE: u64 = 1;
 /// CNTV_CTL_EL0.IMASK.
@@ -188,9 +186,21 @@ impl<M: Machine> KCore<M> {
         m.fp_load_from(page.pa + 8 * slot::FP);
         for_each_el1!(i => m.write_sysreg(el1_reg(i), page.get(m, el1_slot(i))));
         // The virtual GIC: list registers, VMCR, then the virtual CPU interface on.
-        for_each_lr!(i => m.write_sysreg(LIST_REGS[i], page.get(m, slot::LRS + i as u64)));
+        let mut eoi = 0;
+        for_each_lr!(i => {
+            let lr = page.get(m, slot::LRS + i as u64);
+            eoi |= lr;
+            m.write_sysreg(LIST_REGS[i], lr)
+        });
         m.write_sysreg(SysReg::IchVmcrEl2, page.get(m, slot::VMCR));
-        m.write_sysreg(SysReg::IchHcrEl2, ICH_HCR_EN);
+        // The virtual CPU interface on; underflow maintenance if the host asked for it. The
+        // maintenance interrupt reaches KCore if it may be raised (an EOI-tracked level
+        // interrupt in a list register, or underflow): the guest exits, the host refills.
+        let uie = page.get(m, slot::FLAGS) & super::flags::UNDERFLOW_NOTIFY != 0;
+        m.write_sysreg(SysReg::IchHcrEl2, super::ICH_HCR_EN | if uie { super::ICH_HCR_UIE } else { 0 });
+        if uie || eoi & (1 << super::LR_EOI_SHIFT) != 0 {
+            m.enable_private_irq(super::MAINTENANCE_INTID);
+        }
         m.write_sysreg(SysReg::IccSreEl1, ICC_SRE_SRE);
         // Where the guest resumes, and the controls it runs under.
         m.write_sysreg(SysReg::ElrEl2, page.get(m, slot::PC));

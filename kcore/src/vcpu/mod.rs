@@ -82,8 +82,32 @@ pub const MAX_LRS: u64 = 4;
 /// An ICH_LR<n>_EL2 value for a pending, group-1, virtual-only interrupt `intid` (Arm GICv3
 /// architecture, ICH_LR<n>_EL2: State 0b01 = pending, bit 60 Group, Priority bits 55:48).
 pub const fn pending_lr(intid: u32) -> u64 {
-    (0b01 << 62) | (1 << 60) | (0xa0 << 48) | intid as u64
+    pending_lr_with(intid, 0xa0, false)
 }
+
+/// [`pending_lr`] with priority `priority` and, for a level-triggered interrupt (`level`),
+/// the EOI bit (41): the guest's deactivation raises an EOI maintenance interrupt, so the
+/// host learns it and can sample its line again.
+pub const fn pending_lr_with(intid: u32, priority: u8, level: bool) -> u64 {
+    (0b01 << 62) | (1 << 60) | ((priority as u64) << 48) | ((level as u64) << LR_EOI_SHIFT) | intid as u64
+}
+
+/// ICH_LR<n>_EL2.EOI.
+pub const LR_EOI_SHIFT: u32 = 41;
+
+/// The fields of a list register the host may see (VCPU_IRQ_STATE): the state the guest
+/// moved it to, and what the host put there itself (group, priority, EOI, virtual INTID).
+pub const LR_HOST_VISIBLE: u64 = (0b11 << 62) | (1 << 60) | (0xff << 48) | (1 << LR_EOI_SHIFT) | 0xffff_ffff;
+
+/// The maintenance interrupt (PPI 9, INTID 25): the virtual CPU interface asks EL2 for
+/// attention (an EOI of a level interrupt, list registers running empty).
+pub const MAINTENANCE_INTID: u32 = 25;
+
+/// ICH_HCR_EL2 bits: En (the virtual CPU interface on), UIE (underflow: a maintenance
+/// interrupt while at most one list register holds a valid interrupt).
+pub const ICH_HCR_EN: u64 = 1;
+/// See [`ICH_HCR_EN`].
+pub const ICH_HCR_UIE: u64 = 1 << 1;
 
 /// The virtual timer's interrupt (PPI 11, INTID 27 on every GICv3 system).
 pub const VTIMER_INTID: u32 = 27;
@@ -126,6 +150,8 @@ pub mod flags {
     pub const PAGE_FAULT_PENDING: u64 = 1 << 2;
     /// The vCPU is off: it runs only after the guest's PSCI CPU_ON (secondary vCPUs start off).
     pub const OFF: u64 = crate::vm::vcpu_start::OFF;
+    /// The host asked (VCPU_RUN x4 bit 0) to hear when the list registers run empty.
+    pub const UNDERFLOW_NOTIFY: u64 = 1 << 4;
     /// Destination register (bits 8..=12), access size log2 (bits 16..=17), sign-extend (bit
     /// 20) of a pending MMIO read.
     pub const MMIO_RT_SHIFT: u32 = 8;

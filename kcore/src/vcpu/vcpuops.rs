@@ -108,7 +108,18 @@ impl<M: Machine> KCore<M> {
     /// verified image), or completion of a pending MMIO read with `mmio_value` (the one value
     /// the host may give the guest). Marks it active: a vCPU runs on one CPU at a time.
     pub fn prepare_run(&self, vmid: u64, vcpu: u64, mmio_value: u64) -> Result<(u16, usize, VcpuPage)> {
+        self.prepare_run_with(vmid, vcpu, mmio_value, 0)
+    }
+
+    /// [`KCore::prepare_run`] with VCPU_RUN's options `opts` (bit 0: ask for an exit when the
+    /// vCPU's list registers run empty, so the host can refill them). List registers the
+    /// guest has finished with (state invalid) are cleared: the host reads them with
+    /// VCPU_IRQ_STATE before this run, or not at all.
+    pub fn prepare_run_with(&self, vmid: u64, vcpu: u64, mmio_value: u64, opts: u64) -> Result<(u16, usize, VcpuPage)> {
         let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
+        if opts & !1 != 0 {
+            return Err(Error::InvalidParameter);
+        }
         let _vm = self.lock_vm(vmid);
         let info = &self.vminfo[vmid as usize - 1];
         if info.state() != VmState::Verified {
@@ -135,7 +146,12 @@ impl<M: Machine> KCore<M> {
             page.set_x(&self.m, rt, mmio_read_value(mmio_value, size, f & flags::MMIO_SIGN != 0));
             page.skip_instruction(&self.m);
         }
-        page.set(&self.m, slot::FLAGS, 0);
+        for i in 0..super::MAX_LRS {
+            if page.get(&self.m, slot::LRS + i) >> 62 == 0 {
+                page.set(&self.m, slot::LRS + i, 0);
+            }
+        }
+        page.set(&self.m, slot::FLAGS, if opts & 1 != 0 { flags::UNDERFLOW_NOTIFY } else { 0 });
         info.set_vcpu(vcpu, VcpuState::Active);
         Ok((vmid, vcpu, page))
     }
@@ -450,8 +466,15 @@ impl<M: Machine> KCore<M> {
     /// of it already waiting) and puts it in a free list register of the vCPU; the guest sees
     /// it on its next run. A full set of list registers answers NO_MEMORY (retry later).
     pub fn inject_irq(&self, vmid: u64, vcpu: u64, intid: u64) -> Result<()> {
+        self.inject_irq_with(vmid, vcpu, intid, 0)
+    }
+
+    /// INJECT_IRQ with its attributes `attrs`: bits 7:0 the priority, bit 8 level-triggered
+    /// (the guest's deactivation then raises an EOI maintenance interrupt: an exit, after
+    /// which VCPU_IRQ_STATE shows the list register invalid with its EOI bit).
+    pub fn inject_irq_with(&self, vmid: u64, vcpu: u64, intid: u64, attrs: u64) -> Result<()> {
         let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
-        if intid >= 1020 {
+        if intid >= 1020 || attrs >> 9 != 0 {
             return Err(Error::InvalidParameter);
         }
         let _vm = self.lock_vm(vmid);
@@ -476,8 +499,25 @@ impl<M: Machine> KCore<M> {
             }
         }
         let slot_index = free.ok_or(Error::NoMemory)?;
-        page.set(&self.m, slot::LRS + slot_index, super::pending_lr(intid as u32));
+        let lr = super::pending_lr_with(intid as u32, attrs as u8, attrs & 0x100 != 0);
+        page.set(&self.m, slot::LRS + slot_index, lr);
         Ok(())
+    }
+
+    /// VCPU_IRQ_STATE: the list registers of vCPU `vcpu` (not running) as the host may see
+    /// them ([`super::LR_HOST_VISIBLE`]): which interrupts are still pending or active, and
+    /// which level-triggered ones the guest deactivated (state invalid, EOI set).
+    pub fn vcpu_irq_state(&self, vmid: u64, vcpu: u64) -> Result<[u64; super::MAX_LRS as usize]> {
+        let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
+        let _vm = self.lock_vm(vmid);
+        let info = &self.vminfo[vmid as usize - 1];
+        match info.vcpu(vcpu) {
+            VcpuState::Unused => return Err(Error::NotFound),
+            VcpuState::Active => return Err(Error::BadState),
+            VcpuState::Ready => {}
+        }
+        let page = self.vcpu_page(vmid, vcpu);
+        Ok(core::array::from_fn(|i| page.get(&self.m, slot::LRS + i as u64) & super::LR_HOST_VISIBLE))
     }
 
     /// MAP_VM_PAGE: back the page the vCPU's last exit faulted on (KCore's own record of the
