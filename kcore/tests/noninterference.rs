@@ -2,7 +2,10 @@
 //! never outputs, contents of pages it never shares) give the host identical observations:
 //! every hypercall result (including each exit's details), the ownership records, and the
 //! contents of every page the host may read. The same generated sequence of host requests and
-//! guest traps drives both runs.
+//! guest traps drives both runs. The guest's private data includes its EL1 system registers,
+//! its FP/SIMD registers and its live debug state (MDSCR_EL1), and its traps include accesses
+//! to the hidden and emulated registers (ID, debug, PMU, pointer authentication) and the
+//! ones whose values do leave (SGI writes, the EL1 physical timer) with public operands.
 
 mod common;
 
@@ -53,6 +56,9 @@ enum GuestTrap {
     Share(u64, bool),
     /// WFI.
     Wfi,
+    /// A trapped MSR/MRS of (op0, op1, CRn, CRm, op2) through register `rt` (1: public, 5 and
+    /// 6: secret).
+    SysReg((u64, u64, u64, u64, u64), u64, bool),
 }
 
 fn esr_dabt(write: bool, rt: u64) -> u64 {
@@ -130,6 +136,14 @@ impl Run {
                     k.m.store((p << PAGE_SHIFT) + 4088, !self.secret);
                 }
                 page.set_x(&k.m, 1, 0x41); // public: what it writes to the UART
+                for i in 0..kcore::vcpu::EL1_SYSREGS.len() as u64 {
+                    page.set(&k.m, kcore::vcpu::slot::SYSREGS + i, self.secret ^ (0x100 + i));
+                }
+                for i in 0..kcore::machine::FP_WORDS as u64 {
+                    page.set(&k.m, kcore::vcpu::slot::FP + i, self.secret.rotate_left(i as u32));
+                }
+                // Loaded on the CPU while it runs: its debug control.
+                k.m.set_sysreg(0, kcore::machine::SysReg::MdscrEl1, self.secret & 0x7fff_ffff);
                 let trap = match t {
                     GuestTrap::MmioWrite => {
                         Trap::Sync { esr: esr_dabt(true, 1), far: 0x0900_0000, hpfar: 0x0900_0000 >> 8 }
@@ -162,6 +176,18 @@ impl Run {
                         Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 }
                     }
                     GuestTrap::Wfi => Trap::Sync { esr: 0x01 << 26 | 1 << 25, far: 0, hpfar: 0 },
+                    GuestTrap::SysReg((op0, op1, crn, crm, op2), rt, read) => {
+                        let esr = (0x18 << 26)
+                            | (1 << 25)
+                            | (op0 << 20)
+                            | (op2 << 17)
+                            | (op1 << 14)
+                            | (crn << 10)
+                            | (rt << 5)
+                            | (crm << 1)
+                            | read as u64;
+                        Trap::Sync { esr, far: 0, hpfar: 0 }
+                    }
                 };
                 let mut regs = kcore::vcpu::vcpuopsaux::PageRegs { page, m: &k.m };
                 let action = k.handle_vm_trap(vmid, &mut regs, &page, trap);
@@ -219,6 +245,19 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Guest(GuestTrap::PsciVersion)),
         2 => ((0u64..6), any::<bool>()).prop_map(|(n, up)| Step::Guest(GuestTrap::Share(n, up))),
         1 => Just(Step::Guest(GuestTrap::Wfi)),
+        3 => prop_oneof![
+            Just(GuestTrap::SysReg((3, 0, 0, 4, 0), 5, true)),   // ID_AA64PFR0_EL1
+            Just(GuestTrap::SysReg((2, 0, 0, 0, 5), 5, false)),  // DBGBCR0_EL1
+            Just(GuestTrap::SysReg((2, 0, 0, 2, 2), 5, false)),  // MDSCR_EL1
+            Just(GuestTrap::SysReg((2, 0, 0, 2, 2), 6, true)),
+            Just(GuestTrap::SysReg((2, 0, 1, 0, 4), 5, false)),  // OSLAR_EL1
+            Just(GuestTrap::SysReg((3, 3, 9, 12, 0), 5, true)),  // PMCR_EL0
+            Just(GuestTrap::SysReg((3, 0, 2, 1, 0), 5, false)),  // APIAKeyLo_EL1
+            Just(GuestTrap::SysReg((3, 0, 12, 11, 5), 1, false)), // ICC_SGI1R_EL1
+            Just(GuestTrap::SysReg((3, 3, 14, 2, 1), 1, false)),  // CNTP_CTL_EL0
+            Just(GuestTrap::SysReg((3, 3, 14, 2, 1), 5, true)),
+        ]
+        .prop_map(Step::Guest),
         4 => page.clone().prop_map(Step::MapFault),
         2 => page.clone().prop_map(Step::HostTouch),
         1 => page.prop_map(Step::Donate),

@@ -199,8 +199,15 @@ fn malformed_requests_are_refused_with_nothing_changed() {
 
 // ---------------------------------------------------------------- dispatcher fuzzing
 
-const IDS: [u32; 15] = [
+const IDS: [u32; 22] = [
     abi::VCPU_RUN,
+    abi::INJECT_IRQ,
+    abi::VCPU_IRQ_STATE,
+    abi::LEND_PAGE,
+    abi::RECLAIM_PAGE,
+    abi::GET_VCPU_REG,
+    abi::SET_VCPU_REG,
+    abi::ADD_RAM_REGION,
     abi::MAP_VM_PAGE,
     abi::KCORE_VERSION,
     abi::DONATE_PAGE,
@@ -223,12 +230,14 @@ fn arg() -> impl Strategy<Value = u64> {
         3 => (0u64..4096).prop_map(|p| P0 + p),
         1 => Just(KMEM >> PAGE_SHIFT),
         2 => prop_oneof![Just(LOAD), Just(0u64), Just(1 << 40), Just(u64::MAX), Just(0xfff), Just(4096 * 3)],
+        // Register numbers, PSTATE values, RAM region sizes, interrupt attributes.
+        1 => prop_oneof![Just(32u64), Just(33), Just(60), Just(0x3c5), Just(0x3c9), Just(1 << 20), Just(0x1a0)],
         1 => any::<u64>(),
     ]
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
 
     /// Random host hypercalls: no panic, an SMCCC status in x0, invariants and locks intact
     /// after every call.
