@@ -66,8 +66,15 @@ fn device_pa() -> impl Strategy<Value = u64> {
     prop_oneof![Just(0x0900_0000u64), Just(0x0901_0000), Just(RAM + 0x5000), Just(0x0900_0010), Just(1 << 48)]
 }
 
+/// VM 2 is non-protected (the only kind a page may be lent to; layer 28 checks the kind).
+fn lend_vmid() -> impl Strategy<Value = u16> {
+    prop_oneof![6 => Just(2u16), 1 => Just(0u16), 1 => Just(64u16), 1 => Just(u16::MAX)]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
+        3 => (lend_vmid(), paired()).prop_map(|(vmid, (gfn, pfn))| Op::Lend { vmid, gfn, pfn }),
+        2 => (prop_oneof![3 => lend_vmid(), 1 => Just(1u16)], gfn()).prop_map(|(vmid, gfn)| Op::Reclaim { vmid, gfn }),
         4 => ipa().prop_map(|ipa| Op::HostFault { ipa }),
         1 => (vmid(), pfn()).prop_map(|(vmid, pfn)| Op::Donate { vmid, pfn }),
         1 => prop_oneof![Just(3u16), Just(1), Just(0), Just(64)].prop_map(|vmid| Op::CreateVm { vmid }),
@@ -88,6 +95,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// Run `ops` on both sides, checking everything after every step.
 fn refine(ops: &[Op]) -> Result<(), TestCaseError> {
     let (k, pools) = kcore();
+    k.vminfo[1].set_kind(kcore::vm::VmKind::NonProtected);
     let mut spec: AbsMem = abstraction(&k, &pools);
     for (step, &op) in ops.iter().enumerate() {
         let (want, next) = spec.step(op);

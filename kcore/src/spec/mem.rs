@@ -59,6 +59,8 @@ pub enum Op {
     MapIo { vmid: u16, gpa: u64, pa: u64 },
     ClearRange { vmid: u16, pfn: Pfn, n: u64 },
     ShareRange { vmid: u16, gpa: u64, size: u64, up: bool },
+    Lend { vmid: u16, gfn: u64, pfn: Pfn },
+    Reclaim { vmid: u16, gfn: u64 },
 }
 
 const fn pages_at(level: u8) -> u64 {
@@ -91,7 +93,10 @@ impl AbsMem {
     /// May the host map `pfn`?
     pub fn host_may_map(&self, pfn: Pfn) -> bool {
         match self.pages.get(&pfn) {
-            Some(i) => i.owner == Owner::Host || (matches!(i.owner, Owner::Vm(_)) && i.count > 0),
+            // Its own pages (lent ones too: the host keeps access), and pages a VM shares.
+            Some(i) => {
+                matches!(i.owner, Owner::Host | Owner::Lent(_)) || (matches!(i.owner, Owner::Vm(_)) && i.count > 0)
+            }
             None => true,
         }
     }
@@ -192,6 +197,15 @@ impl AbsMem {
             }
         }
         self.host_mapped.remove(&pfn);
+        self.pages.insert(pfn, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
+    }
+
+    /// A lent page goes back: no longer mapped in the VM, plainly the host's.
+    fn give_back(&mut self, vmid: u16, pfn: Pfn) {
+        let i = self.pages[&pfn];
+        if self.vm_maps.get(&(vmid, i.gfn)).is_some_and(|l| l.pfn == pfn) {
+            self.vm_maps.remove(&(vmid, i.gfn));
+        }
         self.pages.insert(pfn, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
     }
 
@@ -310,7 +324,37 @@ impl AbsMem {
                 for &p in &mine {
                     self.scrub(vmid, p);
                 }
+                // Pages the host lent it go back unmapped, unscrubbed (the host's memory).
+                let lent: Vec<Pfn> = (pfn..pfn + n)
+                    .filter(|p| self.pages.get(p).is_some_and(|i| i.owner == Owner::Lent(vmid)))
+                    .collect();
+                for &p in &lent {
+                    self.give_back(vmid, p);
+                }
                 Ok(mine.len() as u64)
+            }
+            Op::Lend { vmid, gfn, pfn } => {
+                // Only a plain host page, never one in use by DMA or lent already; then the
+                // same checks as any 4 KiB VM mapping.
+                let i = self.page(pfn)?;
+                if i.owner != Owner::Host || i.count != 0 {
+                    return Err(Error::Denied);
+                }
+                self.check_map_vm(vmid, gfn, pfn, 3)?;
+                self.pages.insert(pfn, PageInfo { owner: Owner::Lent(vmid), count: 0, gfn });
+                self.map(vmid, gfn, pfn, 3, false);
+                Ok(0)
+            }
+            Op::Reclaim { vmid, gfn } => {
+                self.vm(vmid)?;
+                self.check_gfn(gfn, 1)?;
+                let leaf = *self.vm_maps.get(&(vmid, gfn)).ok_or(Error::NotFound)?;
+                match self.pages.get(&leaf.pfn) {
+                    Some(i) if i.owner == Owner::Lent(vmid) && i.gfn == gfn => {}
+                    _ => return Err(Error::Denied),
+                }
+                self.give_back(vmid, leaf.pfn);
+                Ok(leaf.pfn)
             }
             Op::ShareRange { vmid, gpa, size, up } => {
                 if vmid == 0
@@ -354,6 +398,8 @@ pub fn run<M: Machine>(k: &KCore<M>, op: Op) -> Result<u64> {
         Op::MapIo { vmid, gpa, pa } => mem.map_vm_io(vmid, gpa, pa).map(|_| 0),
         Op::ClearRange { vmid, pfn, n } => mem.clear_vm_range(vmid, pfn, n),
         Op::ShareRange { vmid, gpa, size, up } => mem.share_gpa_range(vmid, gpa, size, up),
+        Op::Lend { vmid, gfn, pfn } => mem.lend_pfn_to_vm(vmid, gfn, pfn).map(|_| 0),
+        Op::Reclaim { vmid, gfn } => mem.reclaim_lent_page(vmid, gfn),
     }
 }
 

@@ -161,7 +161,9 @@ impl VmInfo {
     pub fn kind(&self) -> VmKind {
         if self.kind.load(Relaxed) == VmKind::NonProtected as u8 { VmKind::NonProtected } else { VmKind::Protected }
     }
-    pub(crate) fn set_kind(&self, k: VmKind) {
+    /// Set the VM's kind (layer 21 does at registration; checks of the layers below set it
+    /// directly).
+    pub fn set_kind(&self, k: VmKind) {
         self.kind.store(k as u8, Relaxed);
     }
     /// The RAM regions the host declared, `(base IPA, bytes)`.
