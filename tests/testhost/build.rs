@@ -25,7 +25,7 @@ fn main() {
     std::fs::write(out.join("guest.sig"), *kp.sk.sign(msg, None)).unwrap();
 
     // The runnable guests: assembled for their load address, then signed the same way.
-    for name in ["guest", "bench-guest", "spin-guest", "np-guest"] {
+    for name in ["guest", "bench-guest", "spin-guest", "np-guest", "irq-guest", "probe-guest", "sweep-guest"] {
         println!("cargo:rerun-if-changed={name}.S");
         let elf = out.join(format!("{name}.elf"));
         let bin = out.join(format!("{name}-prog.img"));

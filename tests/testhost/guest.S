@@ -155,6 +155,15 @@ _start:
 6:  msr     daifset, #2
     adr     x3, irq
     bl      puts
+    // 16: a wait with the timer armed far ahead: the WFI exit tells the host the deadline.
+    mov     x28, #16
+    ldr     x1, =0x7fff000000000000
+    msr     cntv_cval_el0, x1
+    mov     x1, #1
+    msr     cntv_ctl_el0, x1        // ENABLE, unmasked
+    isb
+    wfi
+    msr     cntv_ctl_el0, xzr
     // 15: the virtual timer: armed ~1000 ticks ahead, its interrupt (27) arrives.
     mov     x28, #15
     mov     x26, #0

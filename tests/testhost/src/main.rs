@@ -13,6 +13,7 @@ fn main() {
 }
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[path = "."] // its file modules (probe.rs) sit next to this file
 mod el1 {
     use core::arch::asm;
     use core::sync::atomic::{AtomicU64, Ordering};
@@ -20,10 +21,20 @@ mod el1 {
 
     core::arch::global_asm!(include_str!("entry.S"));
 
+    /// A Linux kernel as a guest (`linuxguest.rs`, beside this file).
+    mod linuxguest {
+        include!("linuxguest.rs");
+    }
+    /// Interrupts between vCPUs and list-register refills (`irqs.rs`, beside this file).
+    mod irqs {
+        include!("irqs.rs");
+    }
     /// Non-protected VMs (`nonprotected.rs`, beside this file).
     mod nonprotected {
         include!("nonprotected.rs");
     }
+    /// The CPU a guest sees, and the register sweep (`probe.rs`, beside this file).
+    mod probe;
 
     /// Written by the EL1 vector: [synchronous exceptions taken, last ESR_EL1, last FAR_EL1].
     #[unsafe(no_mangle)]
@@ -332,6 +343,9 @@ mod el1 {
         if dtb_has(dtb, b"testhost.bench") {
             bench();
         }
+        if dtb_has(dtb, b"testhost.linux") {
+            linuxguest::run();
+        }
         print("TESTHOST: start\n");
 
         // 1x: discovery.
@@ -403,7 +417,9 @@ mod el1 {
 
         run_guest();
         nonprotected::run();
+        irqs::run();
         spin_guest();
+        probe::run_all();
 
         print("TESTHOST: all passed\n");
         exit(0)
@@ -442,7 +458,7 @@ mod el1 {
         check(status(hvc(abi::VCPU_RUN, [vm, 1, 0, 0])) == abi::BAD_STATE, 84);
         let mut console = [0u8; 128];
         let mut len = 0;
-        let (mut faults_seen, mut wfis) = (0, 0);
+        let (mut faults_seen, mut wfis, mut timer_waits) = (0, 0, 0);
         let (mut started, mut stopped) = (0, 0);
         // A tiny scheduler: runnable vCPUs, round robin on WFI; MMIO read values per vCPU.
         let mut runnable = 1u64;
@@ -482,6 +498,16 @@ mod el1 {
                 }
                 3 => {
                     wfis += 1;
+                    // A wait for the guest's own timer: sleep until its deadline (KCore says
+                    // when), then run it again and KCore delivers the interrupt.
+                    check(r[3] == 0, 78); // WFI, not WFE
+                    if r[2] == 0x7fff_0000_0000_0000 {
+                        timer_waits += 1; // the guest's far deadline, exactly
+                    } else if r[2] != u64::MAX {
+                        while counter() < r[2] {
+                            core::hint::spin_loop();
+                        }
+                    }
                     // Let another runnable vCPU have a go.
                     let other = (vcpu + 1) % 2;
                     if runnable & (1 << other) != 0 {
@@ -525,6 +551,7 @@ mod el1 {
         print(text);
         check(text == "GUEST-OK: running under KCore\n.GUEST-CPU1-UP\nGUEST-IRQ-42\nGUEST-TIMER-27\nGUEST-DONE\n", 89);
         check(faults_seen == 2 && wfis >= 4 && started == 1 && stopped == 1, 90);
+        check(timer_waits == 1, 78);
         check(hvc(abi::VM_STATE, [vm, 0, 0, 0])[1] == 3, 91); // powered off
         // The page it wrote its secret into is not the host's any more.
         let before = faults();
@@ -539,13 +566,20 @@ mod el1 {
     /// A verified VM with one vCPU running the signed program `img` (signature `sig`), its
     /// root at `page(base)`, its table pool and image in the pages after it.
     fn load_prog(base: u64, img: &[u8], sig: &[u8; 64], code: u64) -> u64 {
+        load_prog_vcpus(base, img, sig, code, 1)
+    }
+
+    /// [`load_prog`] with `vcpus` vCPUs.
+    fn load_prog_vcpus(base: u64, img: &[u8], sig: &[u8; 64], code: u64, vcpus: u64) -> u64 {
         let r = hvc(abi::REGISTER_VM, [pfn(page(base)), 0, 0, 0]);
         check(status(r) == 0, code);
         let vm = r[1];
         for i in 0..8 {
             check(status(hvc(abi::DONATE_PAGE, [vm, pfn(page(base + 1)) + i, 0, 0])) == 0, code);
         }
-        check(status(hvc(abi::REGISTER_VCPU, [vm, 0, 0, 0])) == 0, code);
+        for v in 0..vcpus {
+            check(status(hvc(abi::REGISTER_VCPU, [vm, v, 0, 0])) == 0, code);
+        }
         fill(page(base + 9), sig);
         fill(page(base + 10), img);
         check(status(hvc(abi::SET_BOOT_INFO, [vm, LOAD_IPA, img.len() as u64, pfn(page(base + 9))])) == 0, code);
