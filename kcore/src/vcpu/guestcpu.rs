@@ -65,15 +65,19 @@ const fn fields(shifts: &[u32]) -> u64 {
 }
 
 /// ID_AA64PFR0_EL1 fields a guest sees as they are: FP, AdvSIMD, GIC (the system-register
-/// CPU interface, virtualised), DIT, CSV2, CSV3. EL0 and EL1 are reported AArch64-only (a
-/// guest's EL1 is AArch64: HCR_EL2.RW), EL2/EL3/SEL2 absent (a guest has none), and SVE, RAS,
-/// MPAM, AMU and RME hidden.
-const PFR0_KEEP: u64 = fields(&[16, 20, 24, 48, 56, 60]);
+/// CPU interface, virtualised), DIT, CSV3; CSV2 at most 1 (2 and above promise the
+/// SCXTNUM_ELx context registers, which are not switched: HCR_EL2.EnSCXT = 0 traps them).
+/// EL0 and EL1 are reported AArch64-only (a guest's EL1 is AArch64: HCR_EL2.RW),
+/// EL2/EL3/SEL2 absent (a guest has none), and SVE, RAS, MPAM, AMU and RME hidden.
+const PFR0_KEEP: u64 = fields(&[16, 20, 24, 48, 60]);
+/// ID_AA64PFR0_EL1.CSV2.
+const PFR0_CSV2_SHIFT: u32 = 56;
 /// ID_AA64PFR0_EL1.EL0 = EL1 = 0b0001: AArch64 only.
 const PFR0_EL0_AARCH64: u64 = 1 | (1 << 4);
-/// ID_AA64PFR1_EL1: BT (BTI: PSTATE and SCTLR_EL1 bits, both switched), SSBS (PSTATE),
-/// CSV2_frac. Hidden: MTE, RAS_frac, MPAM_frac, SME, NMI, GCS, THE and the rest.
-const PFR1_KEEP: u64 = fields(&[0, 4, 32]);
+/// ID_AA64PFR1_EL1: BT (BTI: PSTATE and SCTLR_EL1 bits, both switched), SSBS (PSTATE).
+/// Hidden: MTE, RAS_frac, MPAM_frac, SME, NMI, GCS, THE, CSV2_frac (its higher values also
+/// promise SCXTNUM) and the rest.
+const PFR1_KEEP: u64 = fields(&[0, 4]);
 /// ID_AA64DFR0_EL1 as a guest sees it: Armv8.0 debug (DebugVer 6) with the minimum of two
 /// breakpoints and two watchpoints (BRPs = WRPs = 1, CTX_CMPs = 0), which KCore emulates
 /// as read-as-zero / writes-ignored registers; no trace, PMU, SPE, TRBE, BRBE; no
@@ -119,7 +123,8 @@ pub const fn parange_for(ipa_bits: u32) -> u64 {
 pub fn sanitise(i: usize, raw: u64, ipa_bits: u32) -> u64 {
     let at = |reg: (u64, u64)| id_index(reg.0, reg.1) == Some(i);
     if at(PFR0) {
-        (raw & PFR0_KEEP) | PFR0_EL0_AARCH64
+        let csv2 = ((raw >> PFR0_CSV2_SHIFT) & 0xf).min(1);
+        (raw & PFR0_KEEP) | PFR0_EL0_AARCH64 | csv2 << PFR0_CSV2_SHIFT
     } else if at(PFR1) {
         raw & PFR1_KEEP
     } else if at(DFR0) {
@@ -262,6 +267,7 @@ mod tests {
         assert_eq!(field(pfr0, 0), 1, "EL0 AArch64 only");
         assert_eq!(field(pfr0, 4), 1, "EL1 AArch64 only");
         assert_eq!(field(pfr0, 24), 1, "GIC system registers kept");
+        assert_eq!(field(pfr0, 56), 1, "CSV2 capped below SCXTNUM");
         let pfr1 = id(4, 1);
         assert_eq!(field(pfr1, 24), 0, "SME");
         assert_eq!(field(pfr1, 8), 0, "MTE");

@@ -165,14 +165,15 @@ enum IdRule {
 
 fn id_rule(crm: usize, op2: usize) -> IdRule {
     match (crm, op2) {
-        // ID_AA64PFR0_EL1: EL0 (0) and EL1 (4) AArch64 only, set by KCore.
+        // ID_AA64PFR0_EL1: EL0 (0) and EL1 (4) AArch64 only, CSV2 (56) at most 1 (no
+        // SCXTNUM), set by KCore.
         (4, 0) => IdRule::Fields {
             hidden: &[(32, "SVE"), (28, "RAS"), (8, "EL2"), (12, "EL3"), (44, "AMU"), (40, "MPAM")],
             kept: &[16, 20, 24],
-            own: &[0, 4],
+            own: &[0, 4, 56],
         },
-        // ID_AA64PFR1_EL1: BT, SSBS, CSV2_frac.
-        (4, 1) => IdRule::Only { kept: &[0, 4, 32], hidden: &[(24, "SME"), (8, "MTE")] },
+        // ID_AA64PFR1_EL1: BT, SSBS.
+        (4, 1) => IdRule::Only { kept: &[0, 4], hidden: &[(24, "SME"), (8, "MTE"), (32, "CSV2_frac")] },
         (4, 4) => IdRule::Zero("ZFR0 (SVE)"),
         (4, 5) => IdRule::Zero("SMFR0 (SME)"),
         (5, 0) => IdRule::Fixed(DFR0_GUEST),
@@ -392,6 +393,10 @@ fn probe() {
     for i in 0..56 {
         check_id(i, raw[i], ids[i], &mut hidden);
     }
+    // KCore's own fields of ID_AA64PFR0_EL1: EL0 and EL1 AArch64 only; CSV2 at most 1, so the
+    // SCXTNUM_ELx registers (trapped, not switched) are not promised.
+    let pfr0 = ids[3 * 8];
+    ensure(pfr0 & 0xff == 0x11 && (pfr0 >> 56) & 0xf <= 1, 127, "ID_AA64PFR0_EL1 EL0/EL1/CSV2", pfr0, 0);
     print("TESTHOST: the CPU has, the guest does not see:");
     for name in &hidden.names[..hidden.n] {
         print(" ");
