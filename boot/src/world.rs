@@ -4,6 +4,7 @@
 //! x0..x30 and `ERET` (`kcore_guest_enter` in `entry.S`), and unwinding back to the VCPU_RUN
 //! handler when the guest exits (`kcore_guest_exit`).
 
+use core::cell::UnsafeCell;
 use core::sync::atomic::AtomicU64;
 use kcore::kcore::KCore;
 use kcore::locks::locks::MAX_CPUS;
@@ -24,15 +25,28 @@ unsafe extern "C" {
     pub fn kcore_fp_restore(area: u64);
 }
 
+/// Where each CPU keeps the host's state while a guest runs on it (KCore memory, never the
+/// host's). A static instead of the VCPU_RUN handler's stack: nothing to clear per run.
+struct HostCtxts([UnsafeCell<HostCtxt>; MAX_CPUS]);
+
+// SAFETY: entry `i` is only touched by CPU `i`, inside its VCPU_RUN handler, and a CPU handles
+// one VCPU_RUN at a time (the host cannot issue another while its guest runs on that CPU).
+unsafe impl Sync for HostCtxts {}
+
+static HOST_CTXTS: HostCtxts = HostCtxts([const { UnsafeCell::new(HostCtxt::new()) }; MAX_CPUS]);
+
 /// VCPU_RUN: run the prepared vCPU until it needs the host, then report its exit in `frame`.
 pub fn run_vcpu(k: &KCore<Hardware>, frame: &mut TrapFrame, vmid: u16, vcpu: usize, page: u64) {
-    let mut host = HostCtxt::new();
-    k.begin_run(vmid, vcpu, page, &mut host);
+    let cpu = crate::cpu::current_index();
+    // SAFETY: this CPU's own entry (see `HostCtxts`); no other reference to it exists while
+    // this handler runs, and the guest's exit unwinds back here on the same CPU.
+    let host = unsafe { &mut *HOST_CTXTS.0[cpu].get() };
+    k.begin_run(vmid, vcpu, page, host);
     // SAFETY: `page` is the vCPU's KCore-owned context page holding its registers; its EL1
     // state, stage-2 and traps were loaded by `begin_run`, and kcore_guest_exit returns here
     // on this CPU's stack (KCORE_GUEST_SAVED_SP) with KCore's callee-saved registers restored.
     unsafe { kcore_guest_enter(page) };
-    k.end_run(&host, frame);
+    k.end_run(host, frame);
 }
 
 /// The running guest exits: unwind to `run_vcpu` on this CPU.

@@ -416,12 +416,17 @@ impl AbsTop {
                 Ok((vmid, vcpu)) => match (self.vcpu_state(vmid, vcpu), self.lrs.get(&(vmid, vcpu))) {
                     (VcpuState::Active, _) => x[0] = code(Error::BadState),
                     (_, None) => x[0] = code(Error::NotFound),
-                    (_, Some(lrs)) => {
-                        // State, group, priority, EOI, INTID of each: nothing else.
+                    (_, Some(_)) => {
+                        // State, group, priority, EOI, INTID of each: nothing else. Reported
+                        // once: the ones the guest is done with (state invalid) are cleared.
                         let visible = (3 << 62) | (1 << 60) | (0xff << 48) | (1 << 41) | 0xffff_ffff;
+                        let lrs = self.lrs.get_mut(&(vmid, vcpu)).expect("matched");
                         x[0] = 0;
-                        for (i, lr) in lrs.iter().enumerate() {
-                            x[1 + i] = lr & visible;
+                        for (i, lr) in lrs.iter_mut().enumerate() {
+                            x[1 + i] = *lr & visible;
+                            if *lr >> 62 == 0 {
+                                *lr = 0;
+                            }
                         }
                     }
                 },
@@ -463,12 +468,6 @@ impl AbsTop {
             self.pstate.insert((vmid, vcpu), RESET_PSTATE);
         }
         self.boot.vms.get_mut(&vmid).expect("verified").vcpus[vcpu] = VcpuState::Active;
-        // List registers the guest is done with (state invalid) are free and cleared.
-        if let Some(lrs) = self.lrs.get_mut(&(vmid, vcpu)) {
-            for lr in lrs.iter_mut().filter(|lr| **lr >> 62 == 0) {
-                *lr = 0;
-            }
-        }
         self.running = Some((vmid, vcpu));
         Ok((vmid, vcpu))
     }

@@ -13,7 +13,7 @@ use crate::kcore::KCore;
 use crate::locks::locks::MAX_CPUS;
 use crate::machine::Machine;
 use crate::vcpu::ctxtswitch::HostCtxt;
-use crate::vcpu::vcpuops::{ExitAction, Trap};
+use crate::vcpu::vcpuops::{Exit, ExitAction, Trap};
 use crate::vcpu::vcpuopsaux::VcpuPage;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -126,12 +126,6 @@ impl<M: Machine> KCore<M> {
         }
         let (trap, s) = if v == Vector::LowerSync {
             let s = self.syndrome();
-            // A guest waiting for its own timer, which has fired already: KCore delivers the
-            // interrupt and the wait ends at once, without the host.
-            if arch::esr_ec(s.esr) == ec::WFX && self.guest_timer_interrupt() {
-                frame.elr = frame.elr.wrapping_add(4);
-                return Outcome::Return;
-            }
             (Trap::Sync { esr: s.esr, far: s.far, hpfar: s.hpfar }, s)
         } else {
             (Trap::Interrupt, super::traphandlerraw::Syndrome { esr: 0, far: 0, hpfar: 0 })
@@ -142,6 +136,10 @@ impl<M: Machine> KCore<M> {
             ExitAction::InjectAbort => {
                 self.inject_sync(frame, arch::external_abort_esr(s.esr, frame.spsr), Some(s.far))
             }
+            // A guest waiting for its own timer, which has fired already: KCore delivers the
+            // interrupt and the wait ends at once (the PC is already past the WFx), without
+            // the host.
+            ExitAction::ToHost(Exit::Wfi { .. }) if self.guest_timer_interrupt() => {}
             ExitAction::ToHost(exit) => {
                 let r = &self.runs[self.m.cpu_index()];
                 for (w, v) in r.exit.iter().zip(exit.encode()) {

@@ -112,9 +112,7 @@ impl<M: Machine> KCore<M> {
     }
 
     /// [`KCore::prepare_run`] with VCPU_RUN's options `opts` (bit 0: ask for an exit when the
-    /// vCPU's list registers run empty, so the host can refill them). List registers the
-    /// guest has finished with (state invalid) are cleared: the host reads them with
-    /// VCPU_IRQ_STATE before this run, or not at all.
+    /// vCPU's list registers run empty, so the host can refill them).
     pub fn prepare_run_with(&self, vmid: u64, vcpu: u64, mmio_value: u64, opts: u64) -> Result<(u16, usize, VcpuPage)> {
         let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
         if opts & !1 != 0 {
@@ -145,11 +143,6 @@ impl<M: Machine> KCore<M> {
             let size = (f >> flags::MMIO_SIZE_SHIFT) & 3;
             page.set_x(&self.m, rt, mmio_read_value(mmio_value, size, f & flags::MMIO_SIGN != 0));
             page.skip_instruction(&self.m);
-        }
-        for i in 0..super::MAX_LRS {
-            if page.get(&self.m, slot::LRS + i) >> 62 == 0 {
-                page.set(&self.m, slot::LRS + i, 0);
-            }
         }
         page.set(&self.m, slot::FLAGS, if opts & 1 != 0 { flags::UNDERFLOW_NOTIFY } else { 0 });
         info.set_vcpu(vcpu, VcpuState::Active);
@@ -506,7 +499,9 @@ impl<M: Machine> KCore<M> {
 
     /// VCPU_IRQ_STATE: the list registers of vCPU `vcpu` (not running) as the host may see
     /// them ([`super::LR_HOST_VISIBLE`]): which interrupts are still pending or active, and
-    /// which level-triggered ones the guest deactivated (state invalid, EOI set).
+    /// which level-triggered ones the guest deactivated (state invalid, EOI set). Reported
+    /// once: the ones the guest is done with are cleared, so a deactivation's maintenance
+    /// interrupt does not fire again on the next run.
     pub fn vcpu_irq_state(&self, vmid: u64, vcpu: u64) -> Result<[u64; super::MAX_LRS as usize]> {
         let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
         let _vm = self.lock_vm(vmid);
@@ -517,7 +512,13 @@ impl<M: Machine> KCore<M> {
             VcpuState::Ready => {}
         }
         let page = self.vcpu_page(vmid, vcpu);
-        Ok(core::array::from_fn(|i| page.get(&self.m, slot::LRS + i as u64) & super::LR_HOST_VISIBLE))
+        Ok(core::array::from_fn(|i| {
+            let lr = page.get(&self.m, slot::LRS + i as u64);
+            if lr >> 62 == 0 {
+                page.set(&self.m, slot::LRS + i as u64, 0);
+            }
+            lr & super::LR_HOST_VISIBLE
+        }))
     }
 
     /// MAP_VM_PAGE: back the page the vCPU's last exit faulted on (KCore's own record of the
