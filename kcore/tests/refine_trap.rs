@@ -89,7 +89,7 @@ fn guest_syndrome(t: Option<GuestTrap>) -> (u64, u64, u64, u64) {
         GuestTrap::MmioRead { ipa, rt, size_log2, sign } => (esr_dabt(false, rt, size_log2, sign, true), ipa),
         GuestTrap::RamFault { ipa } => (esr_dabt(true, 3, 3, false, false), ipa),
         GuestTrap::Wfi => ((0x01 << 26) | (1 << 25), 0),
-        GuestTrap::Sysreg => ((0x18 << 26) | (1 << 25), 0),
+        GuestTrap::Sysreg { reg, rt, read } => (esr_sysreg(reg, rt, read), 0),
     };
     (8, esr, far, (far >> 12) << 4)
 }
@@ -149,6 +149,8 @@ fn refine(events: &[Event], host_pc: u64, host_pstate: u64) -> Result<(), TestCa
         pstate: BTreeMap::new(),
         lrs: BTreeMap::new(),
         running: None,
+        ids: configure_guest_cpu(&k),
+        mdscr: BTreeMap::new(),
     };
     let mut host = TrapFrame { elr: host_pc, spsr: host_pstate, ..TrapFrame::default() };
     for (i, x) in host.x.iter_mut().enumerate() {
@@ -384,7 +386,7 @@ fn a_vm_runs_through_the_top_level_step() {
         run(0, 0),
         Event::Guest(Some(GuestTrap::MmioRead { ipa: 0x0900_0018, rt: 5, size_log2: 2, sign: true })),
         run(0, 0x8000_0000),
-        Event::Guest(Some(GuestTrap::Sysreg)),
+        Event::Guest(Some(GuestTrap::Sysreg { reg: (3, 0, 0, 4, 0), rt: 3, read: true })),
         Event::Guest(Some(GuestTrap::RamFault { ipa: LOAD + 0x10_0000 })),
         Event::Hvc([abi::MAP_VM_PAGE as u64, 1, 0, P0 + 500, 0]),
         Event::Host(HostEvent::Abort { ipa: IMG << PAGE_SHIFT, data: true, translation: true, write: false }),

@@ -74,6 +74,8 @@ fn refine(steps: &[Step]) -> Result<(), TestCaseError> {
         entry: LOAD,
         images: vec![(LOAD, LOAD + LEN)],
         off: false,
+        ids: configure_guest_cpu(&k),
+        mdscr: 0,
     };
     let mut active: Option<usize> = None;
     let mut mapped = BTreeSet::new();
@@ -119,11 +121,20 @@ fn refine(steps: &[Step]) -> Result<(), TestCaseError> {
                         Trap::Sync { esr: esr_dabt(true, 3, 3, false, false), far: ipa, hpfar: (ipa >> 12) << 4 }
                     }
                     GuestTrap::Wfi => Trap::Sync { esr: 0x01 << 26 | 1 << 25, far: 0, hpfar: 0 },
-                    GuestTrap::Sysreg => Trap::Sync { esr: 0x18 << 26 | 1 << 25, far: 0, hpfar: 0 },
+                    GuestTrap::Sysreg { reg, rt, read } => {
+                        Trap::Sync { esr: esr_sysreg(reg, rt, read), far: 0, hpfar: 0 }
+                    }
                 };
                 let (want, mut next) = spec.trap(v, t);
                 let got = k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap);
                 prop_assert_eq!(got, want, "step {}: {:?}", i, s);
+                // The guest's debug control on the CPU (the vCPUs share this one CPU here).
+                prop_assert_eq!(
+                    k.m.sysreg(0, kcore::machine::SysReg::MdscrEl1),
+                    next.mdscr,
+                    "MDSCR_EL1 after step {}",
+                    i
+                );
                 // The run ends here (at once for a host exit; "later" otherwise).
                 k.finish_run(vmid, v);
                 next.finish(v);
@@ -198,6 +209,38 @@ fn boot_a_second_vcpu_and_serve_io() {
         Step::Run { vcpu: 0, value: 0 },
         Step::Trap(GuestTrap::Hvc([psci::SYSTEM_OFF as u64, 0, 0, 0])),
         Step::Run { vcpu: 0, value: 0 },
+    ];
+    refine(&steps).unwrap();
+}
+
+/// Trapped system registers, each kind once: an ID register read, the debug control written
+/// with every bit (breakpoint and kernel-debug enables must not stick) and read back, the OS
+/// lock status, a breakpoint register, an SGI write and an EL1 physical timer read answered
+/// by the host, a write to a read-only ID register, and a PMU register (hidden).
+#[test]
+fn trapped_system_registers() {
+    let sysreg = |reg, rt, read| Step::Trap(GuestTrap::Sysreg { reg, rt, read });
+    let steps = [
+        Step::Run { vcpu: 0, value: 0 },
+        Step::Trap(GuestTrap::Hvc([0xC600_1234, 0x1122_3344_5566_7788, 0, u64::MAX])),
+        Step::Run { vcpu: 0, value: 0 },
+        sysreg((3, 0, 0, 4, 0), 5, true),
+        Step::Run { vcpu: 0, value: 0 },
+        sysreg((2, 0, 0, 2, 2), 3, false),
+        Step::Run { vcpu: 0, value: 0 },
+        sysreg((2, 0, 0, 2, 2), 6, true),
+        Step::Run { vcpu: 0, value: 0 },
+        sysreg((2, 0, 1, 1, 4), 7, true),
+        Step::Run { vcpu: 0, value: 0 },
+        sysreg((2, 0, 0, 0, 5), 3, false),
+        Step::Run { vcpu: 0, value: 0 },
+        sysreg((3, 0, 12, 11, 5), 1, false),
+        Step::Run { vcpu: 0, value: 0 },
+        sysreg((3, 3, 14, 2, 1), 8, true),
+        Step::Run { vcpu: 0, value: 0xabcd },
+        sysreg((3, 0, 0, 4, 1), 1, false),
+        Step::Run { vcpu: 0, value: 0 },
+        sysreg((3, 3, 9, 12, 0), 1, true),
     ];
     refine(&steps).unwrap();
 }

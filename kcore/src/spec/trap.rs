@@ -218,6 +218,10 @@ pub struct AbsTop {
     pub lrs: BTreeMap<(u16, usize), [u64; 4]>,
     /// The guest running on this CPU.
     pub running: Option<(u16, usize)>,
+    /// What guests read from the ID registers (layer 27's sanitised table).
+    pub ids: [u64; 56],
+    /// Each vCPU's MDSCR_EL1 while it is not running (zero at reset).
+    pub mdscr: BTreeMap<(u16, usize), u64>,
 }
 
 /// PSTATE a vCPU starts in: EL1h with D, A, I, F masked.
@@ -447,7 +451,8 @@ impl AbsTop {
             .collect();
         let images = vm.images.iter().map(|i| (i.load_ipa, i.load_ipa + i.bytes)).collect();
         let entry = vm.images.first().map_or(0, |i| i.load_ipa);
-        self.vcpus.insert(vmid, AbsVcpus { vcpus, entry, images, off: false });
+        self.vcpus.insert(vmid, AbsVcpus { vcpus, entry, images, off: false, ids: self.ids, mdscr: 0 });
+        self.mdscr.retain(|k, _| k.0 != vmid);
     }
 
     fn run(&mut self, vmid: u64, vcpu: u64, value: u64, opts: u64) -> Result<(u16, usize)> {
@@ -468,6 +473,9 @@ impl AbsTop {
             self.pstate.insert((vmid, vcpu), RESET_PSTATE);
         }
         self.boot.vms.get_mut(&vmid).expect("verified").vcpus[vcpu] = VcpuState::Active;
+        // Its debug control comes back onto the CPU (zero after a reset).
+        let saved = if first { 0 } else { self.mdscr.get(&(vmid, vcpu)).copied().unwrap_or(0) };
+        self.vcpus.get_mut(&vmid).expect("verified").mdscr = saved;
         self.running = Some((vmid, vcpu));
         Ok((vmid, vcpu))
     }
@@ -556,6 +564,11 @@ impl AbsTop {
         s.pstate.insert((vmid, vcpu), r.pstate);
         if let Some(t) = started {
             s.pstate.insert((vmid, t as usize), RESET_PSTATE);
+            s.mdscr.insert((vmid, t as usize), 0);
+        }
+        if route == Route::ExitGuest {
+            let m = s.vcpus[&vmid].mdscr;
+            s.mdscr.insert((vmid, vcpu), m);
         }
         if shutdown {
             s.boot.vms.get_mut(&vmid).expect("running VM").state = VmState::PowerOff;

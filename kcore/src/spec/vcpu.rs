@@ -69,8 +69,9 @@ pub enum GuestTrap {
     RamFault { ipa: u64 },
     /// WFI.
     Wfi,
-    /// A trapped system-register access.
-    Sysreg,
+    /// A trapped MSR/MRS or system instruction: (op0, op1, CRn, CRm, op2), its register
+    /// `rt`, and whether it reads.
+    Sysreg { reg: (u64, u64, u64, u64, u64), rt: u64, read: bool },
 }
 
 /// The VM's vCPUs and what the specification needs of the VM.
@@ -84,6 +85,11 @@ pub struct AbsVcpus {
     pub images: Vec<(u64, u64)>,
     /// The VM powered off.
     pub off: bool,
+    /// What the guest reads from the ID registers (op0 3, op1 0, CRn 0, CRm 1..=7, op2,
+    /// at `(CRm - 1) * 8 + op2`): layer 27's sanitised table for this CPU.
+    pub ids: [u64; 56],
+    /// MDSCR_EL1 as the CPU holds it while the running guest has it.
+    pub mdscr: u64,
 }
 
 impl AbsVcpus {
@@ -139,7 +145,7 @@ impl AbsVcpus {
                 // The models run the guest with its timer off (CNTV_CTL_EL0 = 0): no deadline.
                 ExitAction::ToHost(Exit::Wfi { wfe: false, deadline: u64::MAX })
             }
-            GuestTrap::Sysreg => ExitAction::InjectUndef,
+            GuestTrap::Sysreg { reg, rt, read } => self.sysreg(vcpu, reg, rt, read),
             GuestTrap::RamFault { ipa } if ipa >= GUEST_MMIO_LIMIT => {
                 self.vcpus[vcpu].pending = Pending::Fault { ipa: ipa & !0xfff };
                 ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff })
@@ -159,6 +165,61 @@ impl AbsVcpus {
                 self.vcpus[vcpu].pending = Pending::Fault { ipa: ipa & !0xfff };
                 ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff })
             }
+        }
+    }
+
+    /// A trapped system-register access, as `docs/ABI.md`'s feature table says: ID registers
+    /// answered from the sanitised table (read-only), debug registers emulated (read as zero,
+    /// writes ignored; OSLSR_EL1 reads 0b1000; MDSCR_EL1 is the CPU's, never with MDE (bit
+    /// 15) or KDE (bit 13)), SGI register writes and EL1 physical timer accesses to the host,
+    /// set/way cache maintenance ignored, everything else an Undefined Instruction.
+    fn sysreg(&mut self, vcpu: usize, reg: (u64, u64, u64, u64, u64), rt: u64, read: bool) -> ExitAction {
+        let (op0, op1, crn, crm, op2) = reg;
+        let v = &mut self.vcpus[vcpu];
+        let value = if rt < 31 { v.x[rt as usize] } else { 0 };
+        let mut give = |v: &mut AbsVcpu, x: u64| {
+            if rt < 31 {
+                v.x[rt as usize] = x;
+            }
+            v.pc += 4;
+            ExitAction::Resume
+        };
+        match (op0, op1, crn, crm, op2, read) {
+            (3, 0, 0, 1..=7, _, true) => give(v, self.ids[((crm - 1) * 8 + op2) as usize]),
+            (3, 0, 0, 1..=7, _, false) => ExitAction::InjectUndef,
+            (2, 0, 0, 2, 2, true) => give(v, self.mdscr),
+            (2, 0, 0, 2, 2, false) => {
+                self.mdscr = value & !((1 << 15) | (1 << 13));
+                v.pc += 4;
+                ExitAction::Resume
+            }
+            (2, 0, 1, 1, 4, true) => give(v, 0b1000),
+            (2, 0, 1, 1, 4, false) => ExitAction::InjectUndef,
+            (2, 0 | 3, ..) if read => give(v, 0),
+            (2, 0 | 3, ..) => {
+                v.pc += 4;
+                ExitAction::Resume
+            }
+            (3, 0, 12, 11, 5..=7, false) => {
+                v.pc += 4;
+                let which = [1, 2, 0][(op2 - 5) as usize];
+                ExitAction::ToHost(Exit::Sgi { reg: which, value })
+            }
+            (1, 0, 7, 6 | 10 | 14, 2, false) => {
+                v.pc += 4;
+                ExitAction::Resume
+            }
+            (3, 3, 14, 2, 0..=2, _) => {
+                let iss = (op0 << 20) | (op2 << 17) | (op1 << 14) | (crn << 10) | (crm << 1);
+                if read {
+                    v.pending = Pending::Read { rt, size_log2: 3, sign: false };
+                    ExitAction::ToHost(Exit::SysReg { iss, write: false, value: 0 })
+                } else {
+                    v.pc += 4;
+                    ExitAction::ToHost(Exit::SysReg { iss, write: true, value })
+                }
+            }
+            _ => ExitAction::InjectUndef,
         }
     }
 

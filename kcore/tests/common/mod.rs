@@ -198,6 +198,75 @@ pub fn guest_trap(load: u64, len: u64) -> impl Strategy<Value = GuestTrap> {
         2 => prop_oneof![Just(load + 0x10_0000), Just(load + 0x10_0000 + 0x123), Just(load + 0x20_0000), Just(0x0800_0000u64)]
             .prop_map(|ipa| GuestTrap::RamFault { ipa }),
         1 => Just(GuestTrap::Wfi),
-        1 => Just(GuestTrap::Sysreg),
+        // Mostly through x0..x3, which hypercalls fill with varied values.
+        3 => (sysreg(), prop_oneof![3 => 0u64..4, 1 => 0u64..32], any::<bool>())
+            .prop_map(|(reg, rt, read)| GuestTrap::Sysreg { reg, rt, read }),
     ]
+}
+
+/// System registers a guest's trapped accesses name: the whole ID block, the debug registers
+/// KCore emulates, trace, the SGI registers, set/way maintenance (and a neighbour that is
+/// not), the EL1 physical timer, PMU, pointer-authentication keys, MIDR, and anything.
+fn sysreg() -> impl Strategy<Value = (u64, u64, u64, u64, u64)> {
+    prop_oneof![
+        3 => (1u64..8, 0u64..8).prop_map(|(crm, op2)| (3, 0, 0, crm, op2)),
+        4 => prop_oneof![
+            Just((2u64, 0u64, 0u64, 2u64, 2u64)),
+            Just((2, 0, 1, 1, 4)),
+            Just((2, 0, 0, 0, 4)),
+            Just((2, 0, 1, 0, 4)),
+            Just((2, 3, 0, 4, 0)),
+            Just((2, 1, 0, 1, 0)),
+            Just((3, 0, 12, 11, 5)),
+            Just((3, 0, 12, 11, 6)),
+            Just((3, 0, 12, 11, 7)),
+            Just((1, 0, 7, 14, 2)),
+            Just((1, 0, 7, 6, 1)),
+            Just((3, 3, 14, 2, 1)),
+            Just((3, 3, 14, 2, 2)),
+            Just((3, 3, 9, 12, 0)),
+            Just((3, 0, 2, 1, 0)),
+            Just((3, 0, 0, 0, 0)),
+        ],
+        1 => (0u64..4, 0u64..8, 0u64..16, 0u64..16, 0u64..8),
+    ]
+}
+
+/// ESR_EL2 of a trapped MSR/MRS (EC 0x18) of `reg` through `rt`.
+pub fn esr_sysreg(reg: (u64, u64, u64, u64, u64), rt: u64, read: bool) -> u64 {
+    let (op0, op1, crn, crm, op2) = reg;
+    (0x18 << 26)
+        | (1 << 25)
+        | (op0 << 20)
+        | (op2 << 17)
+        | (op1 << 14)
+        | (crn << 10)
+        | (rt << 5)
+        | (crm << 1)
+        | read as u64
+}
+
+/// Give `k` the ID registers QEMU 10's `-cpu max` has (measured) and return the table guests
+/// read (layer 27's sanitised values).
+pub fn configure_guest_cpu(k: &KCore<SimMachine>) -> [u64; 56] {
+    let mut raw = [0u64; 56];
+    for (crm, op2, v) in [
+        (4u64, 0u64, 0x1301_0011_2111_0222u64),
+        (4, 1, 0x10_0100_0121),
+        (4, 4, 0x0110_1101_0021_0021),
+        (4, 5, 0x80f1_00fd_0000_0000),
+        (5, 0, 0x1000_0000_1030_560a),
+        (6, 0, 0x1221_1111_1021_2120),
+        (6, 1, 0x0111_2111_1021_1502),
+        (6, 2, 0x11_0012),
+        (7, 0, 0x2100_0323_1020_1126),
+        (7, 1, 0x0110_1120_1031_2122),
+        (7, 2, 0x1221_0111_1201_1011),
+        (7, 3, 0x1000_0000_0000_0000),
+        (1, 0, 0x131),
+    ] {
+        raw[((crm - 1) * 8 + op2) as usize] = v;
+    }
+    k.guest_cpu.configure(&raw, 40);
+    std::array::from_fn(|i| k.guest_cpu.id_reg(i))
 }
