@@ -177,7 +177,7 @@ impl AbsVcpus {
         let (op0, op1, crn, crm, op2) = reg;
         let v = &mut self.vcpus[vcpu];
         let value = if rt < 31 { v.x[rt as usize] } else { 0 };
-        let mut give = |v: &mut AbsVcpu, x: u64| {
+        let give = |v: &mut AbsVcpu, x: u64| {
             if rt < 31 {
                 v.x[rt as usize] = x;
             }
