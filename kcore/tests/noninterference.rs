@@ -176,18 +176,7 @@ impl Run {
                         Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 }
                     }
                     GuestTrap::Wfi => Trap::Sync { esr: 0x01 << 26 | 1 << 25, far: 0, hpfar: 0 },
-                    GuestTrap::SysReg((op0, op1, crn, crm, op2), rt, read) => {
-                        let esr = (0x18 << 26)
-                            | (1 << 25)
-                            | (op0 << 20)
-                            | (op2 << 17)
-                            | (op1 << 14)
-                            | (crn << 10)
-                            | (rt << 5)
-                            | (crm << 1)
-                            | read as u64;
-                        Trap::Sync { esr, far: 0, hpfar: 0 }
-                    }
+                    GuestTrap::SysReg(reg, rt, read) => Trap::Sync { esr: esr_sysreg(reg, rt, read), far: 0, hpfar: 0 },
                 };
                 let mut regs = kcore::vcpu::vcpuopsaux::PageRegs { page, m: &k.m };
                 let action = k.handle_vm_trap(vmid, &mut regs, &page, trap);

@@ -182,6 +182,35 @@ pub const fn guest_hcrx(host_hcrx: u64) -> u64 {
 /// overlays), GCS, ACCDATA_EL1, RCWMASK (Arm ARM D23.2, HFGRTR_EL2).
 pub const GUEST_HFGXTR: u64 = 0;
 
+/// ID registers measured on QEMU 10.0's `-cpu max` as (CRm, op2, value), the CPU with the most
+/// features to hide; the tests build their CPUs from it.
+pub const QEMU_MAX_ID_REGS: [(u64, u64, u64); 13] = [
+    (1, 0, 0x131),
+    (4, 0, 0x1301_0011_2111_0222),
+    (4, 1, 0x10_0100_0121),
+    (4, 4, 0x0110_1101_0021_0021),
+    (4, 5, 0x80f1_00fd_0000_0000),
+    (5, 0, 0x1000_0000_1030_560a),
+    (6, 0, 0x1221_1111_1021_2120),
+    (6, 1, 0x0111_2111_1021_1502),
+    (6, 2, 0x11_0012),
+    (7, 0, 0x2100_0323_1020_1126),
+    (7, 1, 0x0110_1120_1031_2122),
+    (7, 2, 0x1221_0111_1201_1011),
+    (7, 3, 0x1000_0000_0000_0000),
+];
+
+/// [`QEMU_MAX_ID_REGS`] as a raw ID table.
+pub fn qemu_max_id_regs() -> [u64; ID_REGS] {
+    let mut raw = [0u64; ID_REGS];
+    for (crm, op2, v) in QEMU_MAX_ID_REGS {
+        if let Some(i) = id_index(crm, op2) {
+            raw[i] = v;
+        }
+    }
+    raw
+}
+
 /// What KCore knows of the CPU guests run on, set once at boot ([`GuestCpu::configure`])
 /// from the boot CPU's ID registers; CPUs are assumed alike.
 #[derive(Debug)]
@@ -224,28 +253,8 @@ impl GuestCpu {
 mod tests {
     use super::*;
 
-    /// ID registers measured on QEMU 10.0 `-cpu max` (CRm, op2, value).
-    const QEMU_MAX: [(u64, u64, u64); 9] = [
-        (4, 0, 0x1301_0011_2111_0222),
-        (4, 1, 0x10_0100_0121),
-        (5, 0, 0x1000_0000_1030_560a),
-        (6, 0, 0x1221_1111_1021_2120),
-        (6, 1, 0x0111_2111_1021_1502),
-        (6, 2, 0x11_0012),
-        (7, 0, 0x2100_0323_1020_1126),
-        (7, 1, 0x0110_1120_1031_2122),
-        (7, 2, 0x1221_0111_1201_1011),
-    ];
-
     fn max_cpu() -> [u64; ID_REGS] {
-        let mut raw = [0u64; ID_REGS];
-        for (crm, op2, v) in QEMU_MAX {
-            raw[id_index(crm, op2).unwrap()] = v;
-        }
-        raw[id_index(4, 4).unwrap()] = 0x0110_1101_0021_0021; // ZFR0
-        raw[id_index(4, 5).unwrap()] = 0x80f1_00fd_0000_0000; // SMFR0
-        raw[id_index(1, 0).unwrap()] = 0x131; // ID_PFR0 (AArch32)
-        raw
+        qemu_max_id_regs()
     }
 
     fn field(v: u64, shift: u32) -> u64 {

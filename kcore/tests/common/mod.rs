@@ -249,24 +249,6 @@ pub fn esr_sysreg(reg: (u64, u64, u64, u64, u64), rt: u64, read: bool) -> u64 {
 /// Give `k` the ID registers QEMU 10's `-cpu max` has (measured) and return the table guests
 /// read (layer 27's sanitised values).
 pub fn configure_guest_cpu(k: &KCore<SimMachine>) -> [u64; 56] {
-    let mut raw = [0u64; 56];
-    for (crm, op2, v) in [
-        (4u64, 0u64, 0x1301_0011_2111_0222u64),
-        (4, 1, 0x10_0100_0121),
-        (4, 4, 0x0110_1101_0021_0021),
-        (4, 5, 0x80f1_00fd_0000_0000),
-        (5, 0, 0x1000_0000_1030_560a),
-        (6, 0, 0x1221_1111_1021_2120),
-        (6, 1, 0x0111_2111_1021_1502),
-        (6, 2, 0x11_0012),
-        (7, 0, 0x2100_0323_1020_1126),
-        (7, 1, 0x0110_1120_1031_2122),
-        (7, 2, 0x1221_0111_1201_1011),
-        (7, 3, 0x1000_0000_0000_0000),
-        (1, 0, 0x131),
-    ] {
-        raw[((crm - 1) * 8 + op2) as usize] = v;
-    }
-    k.guest_cpu.configure(&raw, 40);
+    k.guest_cpu.configure(&kcore::vcpu::guestcpu::qemu_max_id_regs(), 40);
     std::array::from_fn(|i| k.guest_cpu.id_reg(i))
 }
