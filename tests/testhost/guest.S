@@ -86,8 +86,16 @@ _start:
     cmn     x0, #3
     b.ne    fail
     wfi
-    // 8: unshare: the host loses the page (WFI 2).
+    // 8: unshare: the host loses the page (WFI 2). With x2 set (pKVM's ABI wants zero) it
+    //    is refused first.
     mov     x28, #8
+    ldr     x0, =0xC6000004
+    mov     x1, #0x80200000
+    mov     x2, #1
+    hvc     #0
+    cmn     x0, #3
+    b.ne    fail
+    mov     x2, #0
     ldr     x0, =0xC6000004
     mov     x1, #0x80200000
     hvc     #0
