@@ -50,7 +50,8 @@ fn setup() -> (KCore<SimMachine>, ed25519_compact::PublicKey) {
 
 fn run(k: &KCore<SimMachine>, op: BootOp) -> Result<u64, kcore::Error> {
     match op {
-        BootOp::RegisterVm { root } => k.register_vm(root).map(u64::from),
+        BootOp::RegisterVm { root, kind } => k.register_vm_kind(root, kind).map(u64::from),
+        BootOp::AddRamRegion { vmid, base, size } => k.add_ram_region(vmid, base, size).map(|_| 0),
         BootOp::RegisterVcpu { vmid, vcpu } => k.register_vcpu(vmid, vcpu).map(|_| 0),
         BootOp::SetBootInfo { vmid, load_ipa, bytes, sig_pfn } => {
             k.set_boot_info(vmid, load_ipa, bytes, sig_pfn).map(|i| i as u64)
@@ -69,7 +70,11 @@ fn vmid() -> impl Strategy<Value = u64> {
 fn op() -> impl Strategy<Value = BootOp> {
     let page = prop_oneof![4 => (0u64..4).prop_map(|i| IMG + i), 2 => (0u64..40).prop_map(|i| P0 + 300 + i), 1 => Just(KMEM >> 12), 1 => Just(0u64)];
     prop_oneof![
-        2 => prop_oneof![(0u64..8).prop_map(|i| P0 + 400 + i), Just(IMG), Just(KMEM >> 12)].prop_map(|root| BootOp::RegisterVm { root }),
+        2 => (prop_oneof![(0u64..8).prop_map(|i| P0 + 400 + i), Just(IMG), Just(KMEM >> 12)], prop_oneof![4 => Just(0u64), 2 => Just(1u64), 1 => Just(2u64)])
+            .prop_map(|(root, kind)| BootOp::RegisterVm { root, kind }),
+        2 => (vmid(), prop_oneof![Just(1u64 << 30), Just(0x8000_0000u64), Just(0x8000_1000u64), Just(0x123u64), Just(u64::MAX - 4095)],
+              prop_oneof![Just(1u64 << 30), Just(4096u64), Just(0u64), Just(1u64 << 47)])
+            .prop_map(|(vmid, base, size)| BootOp::AddRamRegion { vmid, base, size }),
         2 => (vmid(), 0u64..10).prop_map(|(vmid, vcpu)| BootOp::RegisterVcpu { vmid, vcpu }),
         3 => (vmid(), prop_oneof![4 => Just(LOAD), 1 => Just(LOAD + 4096), 1 => Just(LOAD + 1), 1 => Just(1u64 << 40)],
               prop_oneof![4 => Just(LEN), 1 => Just(0u64), 1 => Just(4096u64), 1 => Just(u64::MAX)],
@@ -104,7 +109,7 @@ fn refine(ops: &[BootOp]) -> Result<(), TestCaseError> {
             prop_assert!(next.mem.host_may_map(p));
         }
         for (p, before) in &spec.mem.pages {
-            if before.owner != Owner::Host && next.mem.pages[p].owner == Owner::Host {
+            if !before.owner.is_hosts() && next.mem.pages[p].owner == Owner::Host {
                 prop_assert!(k.m.page_is_zero(p << PAGE_SHIFT), "page {:#x} returned unscrubbed", p);
             }
         }
@@ -128,7 +133,7 @@ proptest! {
     #[test]
     fn boot_layers_refine_their_specification(ops in prop::collection::vec(op(), 1..40)) {
         // Start from a registered VM with a provisioned table pool, as a host would.
-        let mut all = vec![BootOp::RegisterVm { root: P0 + 410 }];
+        let mut all = vec![BootOp::RegisterVm { root: P0 + 410, kind: 0 }];
         all.extend((0..6).map(|i| BootOp::Donate { vmid: 1, pfn: P0 + 340 + i }));
         all.extend(ops);
         refine(&all)?;
@@ -138,7 +143,7 @@ proptest! {
 /// The path a well-behaved host takes, always exercised.
 #[test]
 fn a_host_that_does_everything_right() {
-    let mut ops = vec![BootOp::RegisterVm { root: P0 + 400 }];
+    let mut ops = vec![BootOp::RegisterVm { root: P0 + 400, kind: 0 }];
     for i in 0..6 {
         ops.push(BootOp::Donate { vmid: 1, pfn: P0 + 300 + i });
     }
@@ -149,6 +154,15 @@ fn a_host_that_does_everything_right() {
     }
     ops.push(BootOp::Verify { vmid: 1 });
     ops.push(BootOp::Destroy { vmid: 1 });
-    ops.push(BootOp::RegisterVm { root: P0 + 401 });
+    // A non-protected VM: a RAM layout, no images, verified without a signature.
+    ops.push(BootOp::RegisterVm { root: P0 + 401, kind: 1 });
+    ops.push(BootOp::Donate { vmid: 1, pfn: P0 + 310 });
+    ops.push(BootOp::RegisterVcpu { vmid: 1, vcpu: 0 });
+    ops.push(BootOp::AddRamRegion { vmid: 1, base: 0x8000_0000, size: 1 << 30 });
+    ops.push(BootOp::AddRamRegion { vmid: 1, base: 0x8000_1000, size: 4096 });
+    ops.push(BootOp::SetBootInfo { vmid: 1, load_ipa: LOAD, bytes: LEN, sig_pfn: GOOD_SIG });
+    ops.push(BootOp::Verify { vmid: 1 });
+    ops.push(BootOp::AddRamRegion { vmid: 1, base: 0x4000_0000, size: 4096 });
+    ops.push(BootOp::Destroy { vmid: 1 });
     refine(&ops).unwrap();
 }

@@ -5,7 +5,7 @@ use super::mem::{AbsMem, Op as MemOp};
 use crate::error::{Error, Result};
 use crate::kcore::MAX_VMS;
 use crate::mem::pagemgmt::{Owner, PageInfo};
-use crate::vm::{MAX_IMAGE_BYTES, MAX_IMAGES, MAX_VCPUS, VcpuState, VmState};
+use crate::vm::{MAX_IMAGE_BYTES, MAX_IMAGES, MAX_RAM_REGIONS, MAX_VCPUS, VcpuState, VmKind, VmState};
 use crate::{PAGE_SHIFT, PAGE_SIZE, Pfn};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,11 +31,21 @@ pub struct AbsVm {
     pub vcpus: [VcpuState; MAX_VCPUS],
     /// Boot images.
     pub images: Vec<AbsImage>,
+    /// Protected or not, from registration on.
+    pub kind: VmKind,
+    /// The RAM regions the host declared, `(base, size)`, in order.
+    pub ram: Vec<(u64, u64)>,
 }
 
 impl Default for AbsVm {
     fn default() -> Self {
-        AbsVm { state: VmState::Unused, vcpus: [VcpuState::Unused; MAX_VCPUS], images: Vec::new() }
+        AbsVm {
+            state: VmState::Unused,
+            vcpus: [VcpuState::Unused; MAX_VCPUS],
+            images: Vec::new(),
+            kind: VmKind::Protected,
+            ram: Vec::new(),
+        }
     }
 }
 
@@ -55,7 +65,8 @@ pub struct AbsBoot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum BootOp {
-    RegisterVm { root: Pfn },
+    RegisterVm { root: Pfn, kind: u64 },
+    AddRamRegion { vmid: u64, base: u64, size: u64 },
     RegisterVcpu { vmid: u64, vcpu: u64 },
     SetBootInfo { vmid: u64, load_ipa: u64, bytes: u64, sig_pfn: Pfn },
     MapImagePage { vmid: u64, image: u64, index: u64, pfn: Pfn },
@@ -97,7 +108,13 @@ impl AbsBoot {
 
     fn apply(&mut self, op: BootOp, c: &dyn Contents) -> Result<u64> {
         match op {
-            BootOp::RegisterVm { root } => {
+            BootOp::RegisterVm { root, kind } => {
+                // 0 protected, 1 non-protected; nothing else.
+                let kind = match kind {
+                    0 => VmKind::Protected,
+                    1 => VmKind::NonProtected,
+                    _ => return Err(Error::InvalidParameter),
+                };
                 let info = self.mem.pages.get(&root).copied().ok_or(Error::InvalidParameter)?;
                 if info.owner != Owner::Host || info.count != 0 {
                     return Err(Error::Denied);
@@ -107,8 +124,30 @@ impl AbsBoot {
                 self.mem_op(MemOp::Donate { vmid, pfn: root })?;
                 self.mem_op(MemOp::CreateVm { vmid })?;
                 self.donated.entry(vmid).or_default().insert(root);
-                self.vms.insert(vmid, AbsVm { state: VmState::Ready, ..AbsVm::default() });
+                self.vms.insert(vmid, AbsVm { state: VmState::Ready, kind, ..AbsVm::default() });
                 Ok(vmid as u64)
+            }
+            BootOp::AddRamRegion { vmid, base, size } => {
+                // Page-aligned, non-empty, inside the IPA space; only while being set up; no
+                // overlap; at most MAX_RAM_REGIONS.
+                let v = vmid_ok(vmid)?;
+                let end = base.checked_add(size).ok_or(Error::InvalidParameter)?;
+                if base % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 || size == 0 || end > 1u64 << self.mem.ia_bits {
+                    return Err(Error::InvalidParameter);
+                }
+                let mut vm = self.vm(v);
+                if vm.state != VmState::Ready {
+                    return Err(Error::BadState);
+                }
+                if vm.ram.iter().any(|&(b, s)| base < b + s && b < end) {
+                    return Err(Error::Exists);
+                }
+                if vm.ram.len() == MAX_RAM_REGIONS {
+                    return Err(Error::NoMemory);
+                }
+                vm.ram.push((base, size));
+                self.vms.insert(v, vm);
+                Ok(0)
             }
             BootOp::RegisterVcpu { vmid, vcpu } => {
                 let v = vmid_ok(vmid)?;
@@ -140,7 +179,8 @@ impl AbsBoot {
                     return Err(Error::InvalidParameter);
                 }
                 let mut vm = self.vm(v);
-                if vm.state != VmState::Ready {
+                // Only a protected VM has authenticated images.
+                if vm.state != VmState::Ready || vm.kind != VmKind::Protected {
                     return Err(Error::BadState);
                 }
                 if vm.images.len() == MAX_IMAGES {
@@ -183,6 +223,12 @@ impl AbsBoot {
             BootOp::Verify { vmid } => {
                 let v = vmid_ok(vmid)?;
                 let mut vm = self.vm(v);
+                // A non-protected VM has nothing to verify: its set-up just ends.
+                if vm.state == VmState::Ready && vm.kind == VmKind::NonProtected {
+                    vm.state = VmState::Verified;
+                    self.vms.insert(v, vm);
+                    return Ok(0);
+                }
                 if vm.state != VmState::Ready || vm.images.is_empty() {
                     return Err(Error::BadState);
                 }
@@ -215,6 +261,10 @@ impl AbsBoot {
                     self.mem.pages.iter().filter(|(_, i)| i.owner == Owner::Vm(v)).map(|(p, _)| *p).collect();
                 for p in owned {
                     self.mem_op(MemOp::Scrub { vmid: v, pfn: p })?;
+                }
+                // Pages the host lent it are the host's again, as they are.
+                for i in self.mem.pages.values_mut().filter(|i| i.owner == Owner::Lent(v)) {
+                    *i = PageInfo { owner: Owner::Host, count: 0, gfn: 0 };
                 }
                 self.mem.vm_tables.remove(&v);
                 self.mem.vm_maps.retain(|(vm, _), _| *vm != v);

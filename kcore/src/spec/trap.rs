@@ -346,7 +346,7 @@ impl AbsTop {
             abi::REGISTER_VM => {
                 // Only protected VMs (x2 = 0) are modelled here; another kind is refused.
                 let r = if x[2] == 0 {
-                    self.boot_op(BootOp::RegisterVm { root: x[1] }, c)
+                    self.boot_op(BootOp::RegisterVm { root: x[1], kind: 0 }, c)
                 } else if x[2] == 1 {
                     unimplemented!("the top-level specification models protected VMs only")
                 } else {
