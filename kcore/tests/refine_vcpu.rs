@@ -2,7 +2,8 @@
 //! (VCPU_RUN preparation with host-supplied MMIO values, guest traps of every kind, PSCI
 //! CPU_ON/OFF/AFFINITY_INFO, SYSTEM_OFF, MAP_VM_PAGE) through the code and through
 //! `kcore::spec::vcpu`. After every step: equal results and exit actions, equal registers,
-//! PC, run states and pending exchanges, and the invariants.
+//! PC, run states and pending exchanges, and the invariants. The same for a non-protected VM
+//! (RAM region from the host, pages lent on faults, registers read and set by the host).
 
 mod common;
 
@@ -28,6 +29,24 @@ enum Step {
     Run { vcpu: usize, value: u64 },
     Trap(GuestTrap),
     MapVmPage { vcpu: u64 },
+    GetReg { vcpu: u64, reg: u64 },
+    SetReg { vcpu: u64, reg: u64, value: u64 },
+}
+
+/// The non-protected VM's RAM: the image's place and above (16 MiB), everything else MMIO.
+const NP_RAM: (u64, u64) = (LOAD, 16 << 20);
+
+/// A verified non-protected VM with two vCPUs and a RAM region.
+fn setup_np() -> (KCore<SimMachine>, u16) {
+    let (k, _) = bare_kcore();
+    let vmid = k.register_vm_kind(P0 + 20, 1).unwrap();
+    for i in 0..12 {
+        k.mem().donate_to_pool(vmid, P0 + 21 + i).unwrap();
+    }
+    k.register_vcpu(vmid as u64, 0).unwrap();
+    k.register_vcpu(vmid as u64, 1).unwrap();
+    k.add_ram_region(vmid as u64, NP_RAM.0, NP_RAM.1).unwrap();
+    (k, vmid)
 }
 
 fn setup() -> (KCore<SimMachine>, u16) {
@@ -62,11 +81,45 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(vcpu, value)| Step::Run { vcpu, value }),
         6 => guest_trap(LOAD, LEN).prop_map(Step::Trap),
         2 => (0u64..3).prop_map(|vcpu| Step::MapVmPage { vcpu }),
+        2 => (vcpu_arg(), reg()).prop_map(|(vcpu, reg)| Step::GetReg { vcpu, reg }),
+        2 => (vcpu_arg(), reg(), prop_oneof![2 => any::<u64>(), 1 => Just(LOAD + 0x40), 1 => pstate()])
+            .prop_map(|(vcpu, reg, value)| Step::SetReg { vcpu, reg, value }),
+    ]
+}
+
+fn vcpu_arg() -> impl Strategy<Value = u64> {
+    prop_oneof![6 => 0u64..2, 1 => Just(2u64), 1 => Just(8u64)]
+}
+
+/// Register numbers: the general registers and PC this model holds, PSTATE, SP_EL0, EL1 and
+/// FP registers, and the gaps and ends of the numbering.
+fn reg() -> impl Strategy<Value = u64> {
+    prop_oneof![4 => 0u64..4, 1 => Just(30u64), 3 => Just(32u64), 2 => Just(33u64), 1 => Just(31u64),
+        1 => Just(58u64), 1 => Just(59u64), 1 => Just(63u64), 1 => Just(64u64), 1 => Just(129u64), 1 => Just(130u64),
+        1 => Just(u64::MAX)]
+}
+
+/// PSTATE values: EL1h/EL1t/EL0t with flags, and ones naming EL2, AArch32 or reserved bits.
+fn pstate() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0x3c5u64),
+        Just(0x3c4),
+        Just(0x0),
+        Just(0x2000_03c5),
+        Just(0x3c9),
+        Just(0x3cd),
+        Just(0x10),
+        Just(0x3c5 | 1 << 20),
+        Just(1 << 40)
     ]
 }
 
 fn refine(steps: &[Step]) -> Result<(), TestCaseError> {
-    let (k, vmid) = setup();
+    refine_kind(steps, true)
+}
+
+fn refine_kind(steps: &[Step], protected: bool) -> Result<(), TestCaseError> {
+    let (k, vmid) = if protected { setup() } else { setup_np() };
     k.verify_vm(vmid as u64).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
     let fresh = AbsVcpu { run: Run::Off, x: [0; 31], pc: 0, pending: Pending::None };
     let mut spec = AbsVcpus {
@@ -76,6 +129,8 @@ fn refine(steps: &[Step]) -> Result<(), TestCaseError> {
         off: false,
         ids: configure_guest_cpu(&k),
         mdscr: 0,
+        protected,
+        ram: if protected { vec![] } else { vec![NP_RAM] },
     };
     let mut active: Option<usize> = None;
     let mut mapped = BTreeSet::new();
@@ -165,9 +220,32 @@ fn refine(steps: &[Step]) -> Result<(), TestCaseError> {
                         mapped.insert(ipa);
                     }
                     c.pending = Pending::None;
-                    prop_assert_eq!(k.mem().page(next_pfn).unwrap().owner, Owner::Vm(vmid));
+                    let owner = if protected { Owner::Vm(vmid) } else { Owner::Lent(vmid) };
+                    prop_assert_eq!(k.mem().page(next_pfn).unwrap().owner, owner);
                     next_pfn += 1;
                 }
+            }
+            Step::GetReg { vcpu, reg } => {
+                if active.is_some() {
+                    continue;
+                }
+                let (want, next) = spec.get_reg(vcpu, reg);
+                let got = k.get_vcpu_reg(vmid as u64, vcpu, reg);
+                match want {
+                    Ok(Some(v)) => prop_assert_eq!(got, Ok(v), "step {}: {:?}", i, s),
+                    Ok(None) => prop_assert!(got.is_ok(), "step {}: {:?}: {:?}", i, s, got),
+                    Err(e) => prop_assert_eq!(got, Err(e), "step {}: {:?}", i, s),
+                }
+                spec = next;
+            }
+            Step::SetReg { vcpu, reg, value } => {
+                if active.is_some() {
+                    continue;
+                }
+                let (want, next) = spec.set_reg(vcpu, reg, value);
+                let got = k.set_vcpu_reg(vmid as u64, vcpu, reg, value);
+                prop_assert_eq!(got, want, "step {}: {:?}", i, s);
+                spec = next;
             }
         }
         prop_assert_eq!(vcpus_of(&k, vmid, &spec, None), spec.clone(), "state after step {}: {:?}", i, s);
@@ -184,6 +262,11 @@ proptest! {
     #[test]
     fn vcpu_layers_refine_their_specification(steps in prop::collection::vec(step(), 1..40)) {
         refine(&steps)?;
+    }
+
+    #[test]
+    fn vcpu_layers_refine_their_specification_non_protected(steps in prop::collection::vec(step(), 1..40)) {
+        refine_kind(&steps, false)?;
     }
 }
 

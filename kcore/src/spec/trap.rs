@@ -451,7 +451,9 @@ impl AbsTop {
             .collect();
         let images = vm.images.iter().map(|i| (i.load_ipa, i.load_ipa + i.bytes)).collect();
         let entry = vm.images.first().map_or(0, |i| i.load_ipa);
-        self.vcpus.insert(vmid, AbsVcpus { vcpus, entry, images, off: false, ids: self.ids, mdscr: 0 });
+        let vcpus =
+            AbsVcpus { vcpus, entry, images, off: false, ids: self.ids, mdscr: 0, protected: true, ram: vec![] };
+        self.vcpus.insert(vmid, vcpus);
         self.mdscr.retain(|k, _| k.0 != vmid);
     }
 

@@ -90,9 +90,92 @@ pub struct AbsVcpus {
     pub ids: [u64; 56],
     /// MDSCR_EL1 as the CPU holds it while the running guest has it.
     pub mdscr: u64,
+    /// A protected VM (else non-protected: registers visible to the host, no images).
+    pub protected: bool,
+    /// The RAM regions the host declared (none: RAM from 1 GiB up).
+    pub ram: Vec<(u64, u64)>,
 }
 
 impl AbsVcpus {
+    /// Is `ipa` guest RAM (a fault there is the host's to back), or MMIO?
+    pub fn is_ram(&self, ipa: u64) -> bool {
+        if self.ram.is_empty() {
+            return ipa >= GUEST_MMIO_LIMIT;
+        }
+        self.ram.iter().any(|&(b, s)| ipa >= b && ipa - b < s)
+    }
+
+    /// The context word a GET/SET_VCPU_REG register number names (`docs/ABI.md`): x0..x30,
+    /// SP_EL0, PC, PSTATE, the 25 EL1 registers (0..=58), q0..q31, FPSR, FPCR (64..=129).
+    fn reg_known(reg: u64) -> bool {
+        reg <= 58 || (64..=129).contains(&reg)
+    }
+
+    /// GET_VCPU_REG of a register this model holds (x0..x30: 0..=30, PC: 32); `None` for
+    /// one it does not (the check compares only the result's Ok/Err then). A vCPU that never
+    /// ran is reset first.
+    pub fn get_reg(&self, vcpu: u64, reg: u64) -> (Result<Option<u64>>, AbsVcpus) {
+        let mut s = self.clone();
+        if let Err(e) = s.reg_access(vcpu, reg, None) {
+            return (Err(e), self.clone());
+        }
+        let v = &mut s.vcpus[vcpu as usize];
+        if v.run == (Run::Ready { first: true }) {
+            *v = AbsVcpu { run: Run::Ready { first: false }, x: [0; 31], pc: 0, pending: Pending::None };
+        }
+        let r = match reg {
+            0..=30 => Some(v.x[reg as usize]),
+            32 => Some(v.pc),
+            _ => None,
+        };
+        (Ok(r), s)
+    }
+
+    /// SET_VCPU_REG: the state after (a vCPU that never ran is reset first).
+    pub fn set_reg(&self, vcpu: u64, reg: u64, value: u64) -> (Result<()>, AbsVcpus) {
+        let mut s = self.clone();
+        if let Err(e) = s.reg_access(vcpu, reg, Some(value)) {
+            return (Err(e), self.clone());
+        }
+        let v = &mut s.vcpus[vcpu as usize];
+        if v.run == (Run::Ready { first: true }) {
+            *v = AbsVcpu { run: Run::Ready { first: false }, x: [0; 31], pc: 0, pending: Pending::None };
+        }
+        match reg {
+            0..=30 => v.x[reg as usize] = value,
+            32 => v.pc = value,
+            _ => {}
+        }
+        (Ok(()), s)
+    }
+
+    /// May the host read or (with `value`) write register `reg` of `vcpu`? Only of a
+    /// non-protected VM, a registered vCPU that is not running, a register of the ABI's
+    /// numbering; PSTATE only AArch64 EL0t/EL1t/EL1h with architected flags.
+    fn reg_access(&self, vcpu: u64, reg: u64, value: Option<u64>) -> Result<()> {
+        if self.protected {
+            return Err(Error::Denied);
+        }
+        if !Self::reg_known(reg) {
+            return Err(Error::InvalidParameter);
+        }
+        if let (33, Some(p)) = (reg, value) {
+            let flags =
+                (0xf << 28) | (1 << 24) | (1 << 23) | (1 << 22) | (1 << 21) | (1 << 12) | (0b11 << 10) | (0xf << 6);
+            if p & !(flags | 0x1f) != 0 || ![0b0000, 0b0100, 0b0101].contains(&(p & 0x1f)) {
+                return Err(Error::InvalidParameter);
+            }
+        }
+        if vcpu >= crate::vm::MAX_VCPUS as u64 {
+            return Err(Error::InvalidParameter);
+        }
+        match self.vcpus.get(vcpu as usize) {
+            None => Err(Error::NotFound),
+            Some(v) if v.run == Run::Active => Err(Error::BadState),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// VCPU_RUN's preparation: the result and the state after.
     pub fn run(&self, vcpu: usize, value: u64) -> (Result<()>, AbsVcpus) {
         let mut s = self.clone();
@@ -107,7 +190,9 @@ impl AbsVcpus {
         if self.off {
             return Err(Error::BadState);
         }
-        let entry = self.entry;
+        // A protected VM starts in its verified image; a non-protected one where the host set
+        // it (0 if it set nothing).
+        let entry = if self.protected { self.entry } else { 0 };
         let v = self.vcpus.get_mut(vcpu).ok_or(Error::NotFound)?;
         match v.run {
             Run::Off | Run::Active => return Err(Error::BadState),
@@ -146,18 +231,18 @@ impl AbsVcpus {
                 ExitAction::ToHost(Exit::Wfi { wfe: false, deadline: u64::MAX })
             }
             GuestTrap::Sysreg { reg, rt, read } => self.sysreg(vcpu, reg, rt, read),
-            GuestTrap::RamFault { ipa } if ipa >= GUEST_MMIO_LIMIT => {
+            GuestTrap::RamFault { ipa } if self.is_ram(ipa) => {
                 self.vcpus[vcpu].pending = Pending::Fault { ipa: ipa & !0xfff };
                 ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff })
             }
             GuestTrap::RamFault { .. } => ExitAction::InjectAbort,
-            GuestTrap::MmioWrite { ipa, rt, size_log2 } if ipa < GUEST_MMIO_LIMIT => {
+            GuestTrap::MmioWrite { ipa, rt, size_log2 } if !self.is_ram(ipa) => {
                 let v = &mut self.vcpus[vcpu];
                 let reg = if rt < 31 { v.x[rt as usize] } else { 0 };
                 v.pc += 4;
                 ExitAction::ToHost(Exit::Mmio { ipa, write: true, size_log2, value: loaded(reg, size_log2, false) })
             }
-            GuestTrap::MmioRead { ipa, rt, size_log2, sign } if ipa < GUEST_MMIO_LIMIT => {
+            GuestTrap::MmioRead { ipa, rt, size_log2, sign } if !self.is_ram(ipa) => {
                 self.vcpus[vcpu].pending = Pending::Read { rt, size_log2, sign };
                 ExitAction::ToHost(Exit::Mmio { ipa, write: false, size_log2, value: 0 })
             }
@@ -235,7 +320,7 @@ impl AbsVcpus {
                 let (target, entry, ctx) = (x[1] & psci::MPIDR_AFF_MASK, x[2], x[3]);
                 let code = if target as usize >= self.vcpus.len() {
                     psci::INVALID_PARAMETERS
-                } else if !self.images.iter().any(|&(s, e)| entry >= s && entry < e) {
+                } else if self.protected && !self.images.iter().any(|&(s, e)| entry >= s && entry < e) {
                     psci::INVALID_ADDRESS
                 } else if self.vcpus[target as usize].run != Run::Off {
                     psci::ALREADY_ON
@@ -276,6 +361,15 @@ impl AbsVcpus {
                 ret(self, if known.contains(&x[1]) || more.contains(&x[1]) { 0 } else { -1 })
             }
             psci::MIGRATE_INFO_TYPE => ret(self, 2),
+            // pKVM's services: its memory-protection calls for protected VMs only.
+            0x8600_0000 => {
+                let v = &mut self.vcpus[vcpu];
+                v.x[0] = if self.protected { 0b1_1101 } else { 1 };
+                v.x[1..4].fill(0);
+                ExitAction::Resume
+            }
+            0xC600_0002 if !self.protected => ret(self, abi::NOT_SUPPORTED),
+            0xC600_0002 => ret(self, if x[1..4] == [0, 0, 0] { 4096 } else { abi::INVALID_PARAMETER }),
             abi::SMCCC_ARCH_FEATURES => ret(self, if x[1] == 0x8000_0001 { 0 } else { -1 }),
             _ => ret(self, abi::NOT_SUPPORTED),
         }

@@ -178,6 +178,8 @@ pub fn guest_trap(load: u64, len: u64) -> impl Strategy<Value = GuestTrap> {
         Just(psci::SYSTEM_OFF as u64),
         Just(0x8000_0000u64),
         Just(0xC600_1234u64),
+        Just(0x8600_0000u64),
+        Just(0xC600_0002u64),
     ];
     let entry = prop_oneof![Just(load), Just(load + 0x40), Just(load + len), Just(0x1000u64)];
     // Discovery calls and what they ask about.
@@ -196,7 +198,8 @@ pub fn guest_trap(load: u64, len: u64) -> impl Strategy<Value = GuestTrap> {
         1 => (query_id, query).prop_map(|(id, q)| GuestTrap::Hvc([id, q, 0, 0])),
         3 => (0u64..32, 0u64..4).prop_map(|(rt, size_log2)| GuestTrap::MmioWrite { ipa: 0x0900_0000, rt, size_log2 }),
         2 => (0u64..32, 0u64..4, any::<bool>()).prop_map(|(rt, size_log2, sign)| GuestTrap::MmioRead { ipa: 0x0900_0018, rt, size_log2, sign }),
-        2 => prop_oneof![Just(load + 0x10_0000), Just(load + 0x10_0000 + 0x123), Just(load + 0x20_0000), Just(0x0800_0000u64)]
+        2 => prop_oneof![Just(load + 0x10_0000), Just(load + 0x10_0000 + 0x123), Just(load + 0x20_0000), Just(0x0800_0000u64),
+            Just(0x9000_0000u64), Just(load + (16 << 20))]
             .prop_map(|ipa| GuestTrap::RamFault { ipa }),
         1 => Just(GuestTrap::Wfi),
         // Mostly through x0..x3, which hypercalls fill with varied values.
