@@ -19,15 +19,52 @@ for profile in release dev; do
     cp "$elf" "$OUT/$name.elf"
 done
 
-# Host initramfs: busybox (static, arm64) plus the project's /init.
+# The host's kserv module (kserv-shim/module), one per host kernel with a module build tree
+# (scripts/setup.sh fetches them), built against that kernel's stock Debian headers. The ABI
+# header is generated from kcore/src/abi.rs, so the module never restates a function id.
+kmods="$OUT/kserv"
+mkdir -p "$kmods"
+cargo run -q -p kcore-abi-header > "$kmods/kcore_abi.h.new"
+if ! cmp -s "$kmods/kcore_abi.h.new" "$kmods/kcore_abi.h"; then
+    mv "$kmods/kcore_abi.h.new" "$kmods/kcore_abi.h"
+else
+    rm -f "$kmods/kcore_abi.h.new"
+fi
+for kdir in "$ROOT"/.cache/arm64/usr/src/linux-headers-*-cloud-arm64; do
+    [ -f "$kdir/Module.symvers" ] || continue
+    v="${kdir##*/linux-headers-}"
+    b="$kmods/build-$v"
+    ko="$kmods/$v/kserv.ko"
+    if [ -f "$ko" ] && [ -z "$(find "$ROOT/kserv-shim/module" "$kmods/kcore_abi.h" -newer "$ko" -print -quit)" ]; then
+        continue
+    fi
+    rm -rf "$b"
+    mkdir -p "$b" "$kmods/$v"
+    cp "$ROOT"/kserv-shim/module/* "$kmods/kcore_abi.h" "$b/"
+    # No BTF for the module: that needs pahole and the kernel's vmlinux, which headers lack.
+    make -s -C "$kdir" M="$b" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- CONFIG_DEBUG_INFO_BTF_MODULES= modules 2>&1 |
+        { grep -v 'Skipping BTF generation' || true; }
+    [ -f "$b/kserv.ko" ] || { echo "build: kserv.ko for $v failed" >&2; exit 1; }
+    cp "$b/kserv.ko" "$ko"
+done
+
+# Host initramfs: busybox (static, arm64), the project's /init, and the kserv module of each
+# host kernel (/lib/modules/VERSION/kserv.ko).
 stage="$OUT/initramfs"
+
 busybox="$ROOT/.cache/arm64/bin/busybox"
 [ -x "$busybox" ] || { echo "build: busybox missing; run scripts/setup.sh" >&2; exit 1; }
 if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz" ] ||
-   [ -n "$(find "$ROOT/kserv-shim/initramfs" -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
+   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
     rm -rf "$stage"
     mkdir -p "$stage/bin" "$stage/dev" "$stage/proc" "$stage/sys" "$stage/tmp"
     cp "$busybox" "$stage/bin/busybox"
     cp "$ROOT/kserv-shim/initramfs/init" "$stage/init"
+    for ko in "$kmods"/*/kserv.ko; do
+        [ -f "$ko" ] || continue
+        v="$(basename "$(dirname "$ko")")"
+        mkdir -p "$stage/lib/modules/$v"
+        cp "$ko" "$stage/lib/modules/$v/kserv.ko"
+    done
     (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$OUT/initramfs.cpio.gz"
 fi

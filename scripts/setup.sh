@@ -4,12 +4,14 @@
 # Installs (as root, through apt and rustup):
 #   - qemu-system-arm 10.x from Debian bookworm-backports (bookworm's 7.2 lacks SMMUv3 stage-2),
 #     the backports suite being added by reusing the URIs of the machine's Debian source entry;
-#   - the aarch64 cross binutils/gcc (objcopy for the KCore Image, module builds later), dtc, cpio;
+#   - the aarch64 cross binutils/gcc (objcopy for the KCore Image, the kserv module), dtc, cpio, make;
 #   - the Rust targets named in rust-toolchain.toml;
 # and downloads (not installs) arm64 packages into .cache/debs, extracted under .cache/arm64:
 #   - the current Debian 6.1 cloud arm64 kernel (resolved through the metapackage, never pinned);
 #   - the current bookworm-backports cloud arm64 kernel (6.12 or later), a second host kernel;
-#   - busybox-static for the host initramfs.
+#   - busybox-static for the host initramfs;
+#   - for each of those kernels its headers and this machine's linux-kbuild tools, to build
+#     the kserv module against them (scripts/build.sh).
 # A second run finds everything in place and touches no network.
 set -euo pipefail
 
@@ -79,7 +81,7 @@ qemu_ok() {
 need=()
 qemu_ok || need+=(qemu-system-arm)
 for pkg_bin in gcc-aarch64-linux-gnu:aarch64-linux-gnu-gcc binutils-aarch64-linux-gnu:aarch64-linux-gnu-objcopy \
-               device-tree-compiler:dtc cpio:cpio bc:bc; do
+               device-tree-compiler:dtc cpio:cpio bc:bc make:make; do
     command -v "${pkg_bin#*:}" >/dev/null || need+=("${pkg_bin%%:*}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -134,6 +136,31 @@ if ! have_kernel || ! have_bpo_kernel || ! have_busybox; then
         dpkg-deb -x "$d" "$SYSROOT"
     done
 fi
+# Module build trees, one per host kernel: its arm64 headers, their common part, and the
+# build tools (modpost, fixdep) of the matching linux-kbuild package for this machine's own
+# architecture (the arm64 package's are aarch64 binaries). Extracted, not installed.
+have_headers() { [ -f "$SYSROOT/usr/src/linux-headers-$1/Module.symvers" ] && [ -x "$SYSROOT/usr/src/linux-headers-$1/scripts/mod/modpost" ]; }
+for k in "$SYSROOT"/boot/vmlinuz-*-cloud-arm64; do
+    [ -e "$k" ] || continue
+    v="${k##*/vmlinuz-}"
+    have_headers "$v" && continue
+    apt_update
+    deps="$(apt-cache depends "linux-headers-$v:arm64")"
+    common="$(awk '$1 == "Depends:" { gsub(/[<>]/, "", $2); sub(/:arm64$/, "", $2); if ($2 ~ /^linux-headers-.*-common$/) { print $2; exit } }' <<<"$deps")"
+    kbuild="$(awk '$1 == "Depends:" { sub(/:arm64$/, "", $2); if ($2 ~ /^linux-kbuild-/) { print $2; exit } }' <<<"$deps")"
+    [ -n "$common" ] && [ -n "$kbuild" ] || { echo "setup: cannot resolve the headers of $v" >&2; exit 1; }
+    hdebs="$CACHE/debs-headers-$v"
+    mkdir -p "$hdebs"
+    say "apt-get download linux-headers-$v:arm64 $common $kbuild"
+    (cd "$hdebs" && apt-get download -qq "linux-headers-$v:arm64" "$common" "$kbuild" 2>&1 | grep -v 'unsandboxed' || true)
+    for d in "$hdebs"/*.deb; do
+        dpkg-deb -x "$d" "$SYSROOT"
+    done
+    # The arch headers' Makefile includes the common part by absolute path.
+    sed -i "s#^include /usr/src/#include $SYSROOT/usr/src/#" "$SYSROOT/usr/src/linux-headers-$v/Makefile"
+    have_headers "$v" || { echo "setup: module build tree for $v incomplete" >&2; exit 1; }
+done
+
 have_kernel || { echo "setup: kernel missing after download" >&2; exit 1; }
 have_bpo_kernel || { echo "setup: backports kernel missing after download" >&2; exit 1; }
 have_busybox || { echo "setup: busybox missing after download" >&2; exit 1; }

@@ -34,6 +34,9 @@ check "1 CPU: one CPU online" test "$(line one 1)" = 1
 check "1 CPU: dmesg says all CPUs started at EL1" test "$(line one 2)" = 1
 check "1 CPU: KCore's RAM is not in the host's memory map" test "$(line one 3)" = "40400000-7f9fffff:SystemRAM"
 check "1 CPU: KCore announced itself at EL2" console_has one "starting at EL2"
+# The kserv module (built against this kernel's stock Debian headers) finds KCore over SMC
+# and checks its ABI over HVC.
+check "1 CPU: the kserv module loads and finds KCore's ABI 0.4" console_has one "KSERV: kserv loaded (kserv: KCore ABI 0.4, features 0x1f)"
 
 # 2 CPUs, -cpu max: isolation. A read of KCore's image through /dev/mem dies with SIGBUS
 # (status 135); the host keeps running: device reads still work and its RAM reads back right.
@@ -66,6 +69,7 @@ check "cortex-a57: cpu1 offline" test "$(line a57 2)" = "0,2-3"
 check "cortex-a57: cpu3 offline too" test "$(line a57 3)" = "0,2"
 check "cortex-a57: both back online" test "$(line a57 4)" = "0-3"
 check "cortex-a57: started at EL1" test "$(line a57 5)" = 1
+check "cortex-a57: the kserv module loads" console_has a57 "KSERV: kserv loaded (kserv: KCore ABI 0.4"
 
 # A newer Debian kernel (bookworm-backports, 6.12+) through --host-kernel. Kernels >= 6.5 use
 # FEAT_MOPS memcpy in user space (glibc-static busybox here), which needs HCRX_EL2.MSCEn.
@@ -80,6 +84,7 @@ check "newer kernel: it is the 6.12+ kernel" grep -qE "^6[.]1[2-9]" "$OUT/newer.
 check "newer kernel: both CPUs online" test "$(line newer 2)" = 2
 check "newer kernel: user-space memcpy works" grep -qx copy-ok "$OUT/newer.out"
 check "newer kernel: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/newer.out"
+check "newer kernel: its own kserv module loads" console_has newer "KSERV: kserv loaded (kserv: KCore ABI 0.4"
 
 # The debug build of KCore checks every security invariant (kcore::invariants) after each
 # host trap and halts on a violation; boot a host on it and touch KCore memory once.
@@ -89,6 +94,12 @@ devmem 0x40200000 32; echo "kcore-read-status $?"'
 check "debug KCore (invariants after every trap): host boots, 2 CPUs" test "$(status debug):$(line debug 1)" = "0:2"
 check "debug KCore: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/debug.out"
 check "debug KCore: no invariant violation" bash -c "! grep -q 'invariant broken' '$OUT/debug.log'"
+
+# Without KCore (the same kernel booted directly at EL2, VHE on max) the module finds no
+# KCore over SMC, issues no HVC, and declines to load; the host carries on.
+host direct --direct --cpus 1 --exec 'echo alive'
+check "direct boot: kserv declines without KCore, host fine" test "$(status direct):$(line direct 1)" = "0:alive"
+check "direct boot: it said why" console_has direct "KSERV: kserv not loaded (kserv: no KCore underneath this kernel"
 
 # The command's exit status is run.sh's.
 host status --cpus 2 --exec 'exit 7'

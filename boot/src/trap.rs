@@ -46,6 +46,10 @@ fn host_smc(frame: &mut TrapFrame) {
             frame.x[0] = v as u64;
             return;
         }
+        HostSmc::ReplyWords(w) => {
+            frame.x[..4].copy_from_slice(&w);
+            return;
+        }
         HostSmc::Forward => {
             let mut a = [0u64; 8];
             a.copy_from_slice(&frame.x[..8]);

@@ -127,6 +127,8 @@ pub enum HostSmc {
     Rewrite([u64; 4]),
     /// Answer the host with this x0 without calling firmware.
     Reply(i64),
+    /// Answer the host with these x0..x3 without calling firmware.
+    ReplyWords([u64; 4]),
 }
 
 /// Decide how to handle the host SMC with registers `x` issued on CPU `this_cpu`.
@@ -150,6 +152,10 @@ pub fn host_smc(cpus: &CpuTable, entries: &HostEntries, kcore_entry: u64, this_c
             entries.set(this_cpu, entry, context);
             HostSmc::Rewrite([x[0], kcore_entry, this_cpu as u64, 0])
         }
+        // The vendor-specific hypervisor service's UID is the hypervisor's to answer, on
+        // either conduit. Over SMC it lets host software find KCore safely: where no
+        // hypervisor is, firmware answers NOT_SUPPORTED, while an HVC would be undefined.
+        crate::abi::VENDOR_HYP_CALL_UID => HostSmc::ReplyWords(crate::abi::KCORE_UID.map(u64::from)),
         _ => HostSmc::Forward,
     }
 }
@@ -171,6 +177,16 @@ mod tests {
         let r = host_smc(&cpus, &e, 0x4020_0040, 0, [CPU_ON_64 as u64, 1, 0x4123_0000, 0x77]);
         assert_eq!(r, HostSmc::Rewrite([CPU_ON_64 as u64, 1, 0x4020_0040, 1]));
         assert_eq!(e.get(1), (0x4123_0000, 0x77));
+    }
+
+    #[test]
+    fn the_vendor_hypervisor_uid_is_kcores_over_smc_too() {
+        let cpus = CpuTable::new([0, 1]);
+        let e = HostEntries::new();
+        let r = host_smc(&cpus, &e, 0, 0, [crate::abi::VENDOR_HYP_CALL_UID as u64, 0, 0, 0]);
+        assert_eq!(r, HostSmc::ReplyWords(crate::abi::KCORE_UID.map(u64::from)));
+        // Other vendor-hypervisor calls still go to firmware (nothing of KCore's over SMC).
+        assert_eq!(host_smc(&cpus, &e, 0, 0, [0xC600_0000, 0, 0, 0]), HostSmc::Forward);
     }
 
     #[test]

@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * kserv: the KServ shim, loaded into a stock Debian kernel that KCore runs at EL1.
+ *
+ * This first part finds KCore and checks its ABI; /dev/kvm comes next. KCore is found through
+ * the SMCCC vendor-specific hypervisor service's Call UID over SMC: KCore traps the host's
+ * SMCs and answers that query itself, while on a machine without it firmware answers
+ * NOT_SUPPORTED. An HVC is issued only once KCore has answered, since at EL1 with no
+ * hypervisor underneath it would be an undefined instruction.
+ *
+ * Every function id and value comes from kcore_abi.h, generated from KCore's own ABI
+ * definition (kcore/src/abi.rs) by scripts/build.sh.
+ */
+#include <linux/arm-smccc.h>
+#include <linux/init.h>
+#include <linux/kernel.h>
+#include <linux/module.h>
+
+#include "kcore_abi.h"
+
+static bool kcore_present(void)
+{
+	struct arm_smccc_res res;
+
+	arm_smccc_smc(KCORE_VENDOR_HYP_CALL_UID, 0, 0, 0, 0, 0, 0, 0, &res);
+	return (u32)res.a0 == KCORE_UID_0 && (u32)res.a1 == KCORE_UID_1 &&
+	       (u32)res.a2 == KCORE_UID_2 && (u32)res.a3 == KCORE_UID_3;
+}
+
+static int __init kserv_init(void)
+{
+	struct arm_smccc_res res;
+	unsigned long major, minor;
+
+	if (!kcore_present()) {
+		pr_info("kserv: no KCore underneath this kernel; not loading\n");
+		return -ENODEV;
+	}
+	arm_smccc_1_1_hvc(KCORE_VERSION, &res);
+	if ((long)res.a0 != KCORE_E_SUCCESS) {
+		pr_err("kserv: KCORE_VERSION failed: %ld\n", (long)res.a0);
+		return -EIO;
+	}
+	major = res.a1 >> 16;
+	minor = res.a1 & 0xffff;
+	if (major != KCORE_ABI_MAJOR || minor < KCORE_ABI_MINOR ||
+	    (res.a2 & KCORE_FEATURES) != KCORE_FEATURES) {
+		pr_err("kserv: KCore ABI %lu.%lu features %#lx; this module needs %lu.%lu features %#lx\n",
+		       major, minor, res.a2, KCORE_ABI_MAJOR, KCORE_ABI_MINOR, KCORE_FEATURES);
+		return -ENODEV;
+	}
+	pr_info("kserv: KCore ABI %lu.%lu, features %#lx\n", major, minor, res.a2);
+	return 0;
+}
+
+static void __exit kserv_exit(void)
+{
+	pr_info("kserv: unloaded\n");
+}
+
+module_init(kserv_init);
+module_exit(kserv_exit);
+MODULE_LICENSE("Dual MIT/GPL");
+MODULE_DESCRIPTION("KServ shim: the host side of KCore (Rust SeKVM)");
