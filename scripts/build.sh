@@ -30,17 +30,42 @@ if ! cmp -s "$kmods/kcore_abi.h.new" "$kmods/kcore_abi.h"; then
 else
     rm -f "$kmods/kcore_abi.h.new"
 fi
+# kserv-core, the shim's Rust logic, for the kernel: built for the soft-float target (kernel
+# code must not touch FP/SIMD registers), its objects (with core's, compiler_builtins' and
+# kcore's) linked into one relocatable object that keeps only what the kserv_core_* entry
+# points reach, without debug information, bitcode or unwind tables.
+cargo build -q -p kserv-core --target aarch64-unknown-none-softfloat --release
+lib="$ROOT/target/aarch64-unknown-none-softfloat/release/libkserv_core.a"
+objs="$kmods/core-objs"
+rm -rf "$objs"
+mkdir -p "$objs"
+(cd "$objs" && aarch64-linux-gnu-ar x "$lib")
+entries=$(for o in "$objs"/kserv_core-*.o; do aarch64-linux-gnu-readelf -sW "$o"; done |
+    awk '$5 == "GLOBAL" && $7 != "UND" && $8 ~ /^kserv_core_/ { print "-u " $8 }')
+[ -n "$entries" ] || { echo "build: no kserv_core_ entry points in kserv-core" >&2; exit 1; }
+# shellcheck disable=SC2086 # one -u per entry point
+aarch64-linux-gnu-ld -r -S --gc-sections $entries "$objs"/*.o -o "$kmods/kserv_core.o.new"
+aarch64-linux-gnu-objcopy -R .llvmbc -R .llvmcmd -R .eh_frame -R .comment "$kmods/kserv_core.o.new"
+if ! cmp -s "$kmods/kserv_core.o.new" "$kmods/kserv_core.o"; then
+    mv "$kmods/kserv_core.o.new" "$kmods/kserv_core.o"
+else
+    rm -f "$kmods/kserv_core.o.new"
+fi
+
 for kdir in "$ROOT"/.cache/arm64/usr/src/linux-headers-*-cloud-arm64; do
     [ -f "$kdir/Module.symvers" ] || continue
     v="${kdir##*/linux-headers-}"
     b="$kmods/build-$v"
     ko="$kmods/$v/kserv.ko"
-    if [ -f "$ko" ] && [ -z "$(find "$ROOT/kserv-shim/module" "$kmods/kcore_abi.h" -newer "$ko" -print -quit)" ]; then
+    if [ -f "$ko" ] && [ -z "$(find "$ROOT/kserv-shim/module" "$kmods/kcore_abi.h" "$kmods/kserv_core.o" -newer "$ko" -print -quit)" ]; then
         continue
     fi
     rm -rf "$b"
     mkdir -p "$b" "$kmods/$v"
     cp "$ROOT"/kserv-shim/module/* "$kmods/kcore_abi.h" "$b/"
+    cp "$kmods/kserv_core.o" "$b/kserv_core.o_shipped"
+    # modpost reads each object's .cmd file; a shipped one has no build command of its own.
+    echo "savedcmd_kserv_core.o := cp kserv_core.o_shipped kserv_core.o" > "$b/.kserv_core.o.cmd"
     # No BTF for the module: that needs pahole and the kernel's vmlinux, which headers lack.
     make -s -C "$kdir" M="$b" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- CONFIG_DEBUG_INFO_BTF_MODULES= modules 2>&1 |
         { grep -v 'Skipping BTF generation' || true; }

@@ -18,6 +18,16 @@
 
 #include "kcore_abi.h"
 
+/* kserv-core (Rust, kserv-shim/core): the ABI version it was built for. */
+u32 kserv_core_abi_version(void);
+
+/* kserv-core's panic handler: a bug in the shim's logic (bad input gets errors, never this). */
+void __noreturn kserv_core_panic(void);
+void __noreturn kserv_core_panic(void)
+{
+	panic("kserv: bug in kserv-core\n");
+}
+
 static bool kcore_present(void)
 {
 	struct arm_smccc_res res;
@@ -47,6 +57,10 @@ static int __init kserv_init(void)
 	    (res.a2 & KCORE_FEATURES) != KCORE_FEATURES) {
 		pr_err("kserv: KCore ABI %lu.%lu features %#lx; this module needs %lu.%lu features %#lx\n",
 		       major, minor, res.a2, KCORE_ABI_MAJOR, KCORE_ABI_MINOR, KCORE_FEATURES);
+		return -ENODEV;
+	}
+	if (kserv_core_abi_version() != ((KCORE_ABI_MAJOR << 16) | KCORE_ABI_MINOR)) {
+		pr_err("kserv: kserv-core was built for ABI %#x\n", kserv_core_abi_version());
 		return -ENODEV;
 	}
 	pr_info("kserv: KCore ABI %lu.%lu, features %#lx\n", major, minor, res.a2);
