@@ -4,6 +4,7 @@
 //! KCore's list-register interface.
 #![cfg_attr(not(test), no_std)]
 
+pub mod regs;
 pub mod vgic;
 
 /// The KCore ABI version this shim was built for (`major << 16 | minor`, from KCore's own
