@@ -93,3 +93,38 @@ if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz
     done
     (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$OUT/initramfs.cpio.gz"
 fi
+
+# QEMU for the host (scripts/setup.sh fetched Debian's arm64 qemu-system-arm and its
+# dependencies): the binary, the shared libraries it needs (followed through DT_NEEDED from
+# the binary), the dynamic loader and QEMU's data files, as a second archive that
+# scripts/run.sh --with-qemu appends to the host's initramfs.
+hq="$ROOT/.cache/host-qemu/root"
+if [ -x "$hq/usr/bin/qemu-system-aarch64" ] &&
+   { [ ! -f "$OUT/host-qemu.cpio.gz" ] || [ "$hq/usr/bin/qemu-system-aarch64" -nt "$OUT/host-qemu.cpio.gz" ]; }; then
+    qstage="$OUT/host-qemu"
+    rm -rf "$qstage"
+    mkdir -p "$qstage/usr/bin" "$qstage/lib" "$qstage/usr/share"
+    cp "$hq/usr/bin/qemu-system-aarch64" "$qstage/usr/bin/"
+    cp -a "$hq/usr/share/qemu" "$qstage/usr/share/"
+    # The loader the binary names (PT_INTERP /lib/ld-linux-aarch64.so.1), then DT_NEEDED.
+    cp -L "$hq/lib/ld-linux-aarch64.so.1" "$qstage/lib/"
+    declare -A have=()
+    todo=("$hq/usr/bin/qemu-system-aarch64")
+    while [ "${#todo[@]}" -gt 0 ]; do
+        f="${todo[0]}"
+        todo=("${todo[@]:1}")
+        for lib in $(aarch64-linux-gnu-readelf -dW "$f" | awk '/\(NEEDED\)/ { gsub(/[][]/, "", $5); print $5 }'); do
+            [ -n "${have[$lib]:-}" ] && continue
+            found=""
+            for d in lib/aarch64-linux-gnu usr/lib/aarch64-linux-gnu; do
+                if [ -e "$hq/$d/$lib" ]; then found="$d"; break; fi
+            done
+            [ -n "$found" ] || { echo "build: host QEMU needs $lib, not in its closure" >&2; exit 1; }
+            have[$lib]=1
+            mkdir -p "$qstage/$found"
+            cp -L "$hq/$found/$lib" "$qstage/$found/$lib"
+            todo+=("$qstage/$found/$lib")
+        done
+    done
+    (cd "$qstage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -6 > "$OUT/host-qemu.cpio.gz"
+fi

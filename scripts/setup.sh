@@ -11,7 +11,9 @@
 #   - the current bookworm-backports cloud arm64 kernel (6.12 or later), a second host kernel;
 #   - busybox-static for the host initramfs;
 #   - for each of those kernels its headers and this machine's linux-kbuild tools, to build
-#     the kserv module against them (scripts/build.sh).
+#     the kserv module against them (scripts/build.sh);
+#   - the arm64 qemu-system-arm of bookworm-backports with its dependency closure, for the host
+#     (into .cache/host-qemu).
 # A second run finds everything in place and touches no network.
 set -euo pipefail
 
@@ -164,5 +166,29 @@ done
 have_kernel || { echo "setup: kernel missing after download" >&2; exit 1; }
 have_bpo_kernel || { echo "setup: backports kernel missing after download" >&2; exit 1; }
 have_busybox || { echo "setup: busybox missing after download" >&2; exit 1; }
+
+# ---------------------------------------------------------------- QEMU for the host
+# The Debian arm64 qemu-system-arm of bookworm-backports and the closure of its
+# dependencies, resolved by apt as for an empty arm64 system (a status file of its own:
+# nothing is installed on this machine), downloaded and extracted under .cache/host-qemu/root;
+# scripts/build.sh packs the binary and the libraries it needs for the host.
+HQ="$CACHE/host-qemu"
+have_host_qemu() { [ -x "$HQ/root/usr/bin/qemu-system-aarch64" ] && [ -e "$HQ/root/lib/ld-linux-aarch64.so.1" ]; }
+if ! have_host_qemu; then
+    apt_update
+    rm -rf "$HQ"
+    mkdir -p "$HQ/archives/partial" "$HQ/state" "$HQ/root"
+    : > "$HQ/state/status"
+    say "apt-get download qemu-system-arm:arm64 (bookworm-backports) and its dependencies"
+    apt-get install --download-only -y -qq --no-install-recommends -t bookworm-backports \
+        -o Dir::State::status="$HQ/state/status" -o Dir::Cache::archives="$HQ/archives" \
+        -o APT::Architecture=arm64 -o APT::Architectures::=arm64 -o Debug::NoLocking=1 \
+        qemu-system-arm:arm64 > /dev/null
+    for d in "$HQ"/archives/*.deb; do
+        dpkg-deb -x "$d" "$HQ/root"
+    done
+    rm -rf "$HQ/archives"
+    have_host_qemu || { echo "setup: QEMU for the host incomplete" >&2; exit 1; }
+fi
 
 say "ok: $(qemu-system-aarch64 --version | head -1); kernel $(basename "$(ls "$SYSROOT"/boot/vmlinuz-6.1.*-cloud-arm64 | sort -V | tail -1)")"

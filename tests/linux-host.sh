@@ -101,6 +101,15 @@ host direct --direct --cpus 1 --exec 'echo alive'
 check "direct boot: kserv declines without KCore, host fine" test "$(status direct):$(line direct 1)" = "0:alive"
 check "direct boot: it said why" console_has direct "KSERV: kserv not loaded (kserv: no KCore underneath this kernel"
 
+# Stock Debian QEMU (bookworm-backports, with its library closure) runs in the host under
+# KCore: what a user will launch VMs with once /dev/kvm exists.
+host qemu --cpus 2 --with-qemu --exec '
+qemu-system-aarch64 --version | head -1
+qemu-system-aarch64 -accel help | tail -n +2 | tr "\n" " "'
+check "host QEMU: command exits 0" test "$(status qemu)" = 0
+check "host QEMU: Debian's qemu-system-aarch64 10.0 runs in the host" grep -qE "^QEMU emulator version 10[.]0" "$OUT/qemu.out"
+check "host QEMU: its TCG accelerator is there" grep -q "tcg" "$OUT/qemu.out"
+
 # The command's exit status is run.sh's.
 host status --cpus 2 --exec 'exit 7'
 check "--exec passes the command's status through" test "$(status status)" = 7
