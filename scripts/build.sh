@@ -73,18 +73,28 @@ for kdir in "$ROOT"/.cache/arm64/usr/src/linux-headers-*-cloud-arm64; do
     cp "$b/kserv.ko" "$ko"
 done
 
-# Host initramfs: busybox (static, arm64), the project's /init, and the kserv module of each
-# host kernel (/lib/modules/VERSION/kserv.ko).
+# kvm-smoke, the host-side check of /dev/kvm (static, musl).
+cargo build -q -p kvm-smoke --target aarch64-unknown-linux-musl --release
+aarch64-linux-gnu-strip -o "$kmods/kvm-smoke.new" "$ROOT/target/aarch64-unknown-linux-musl/release/kvm-smoke"
+if ! cmp -s "$kmods/kvm-smoke.new" "$kmods/kvm-smoke"; then
+    mv "$kmods/kvm-smoke.new" "$kmods/kvm-smoke"
+else
+    rm -f "$kmods/kvm-smoke.new"
+fi
+
+# Host initramfs: busybox (static, arm64), the project's /init, the kserv module of each
+# host kernel (/lib/modules/VERSION/kserv.ko) and kvm-smoke.
 stage="$OUT/initramfs"
 
 busybox="$ROOT/.cache/arm64/bin/busybox"
 [ -x "$busybox" ] || { echo "build: busybox missing; run scripts/setup.sh" >&2; exit 1; }
 if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz" ] ||
-   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
+   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 2 \( -name '*.ko' -o -name kvm-smoke -o -name init \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
     rm -rf "$stage"
     mkdir -p "$stage/bin" "$stage/dev" "$stage/proc" "$stage/sys" "$stage/tmp"
     cp "$busybox" "$stage/bin/busybox"
     cp "$ROOT/kserv-shim/initramfs/init" "$stage/init"
+    cp "$kmods/kvm-smoke" "$stage/bin/kvm-smoke"
     for ko in "$kmods"/*/kserv.ko; do
         [ -f "$ko" ] || continue
         v="$(basename "$(dirname "$ko")")"

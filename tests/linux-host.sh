@@ -43,6 +43,7 @@ check "1 CPU: the kserv module loads and finds KCore's ABI 0.4" console_has one 
 # (iomem=relaxed lets /dev/mem reach registers a driver has claimed, here the GIC.)
 host iso --cpus 2 --append iomem=relaxed --exec '
 grep -c ^processor /proc/cpuinfo
+kvm-smoke 50
 devmem 0x40200000 32; echo "kcore-read-status $?"
 devmem 0x40200000 32; echo "kcore-read-again-status $?"
 devmem 0x0800ffe8 32
@@ -54,6 +55,9 @@ check "isolation: and again (KCore still running)" grep -qx "kcore-read-again-st
 check "isolation: KCore injected the abort" console_has iso "host access to 0x40200000 refused"
 check "isolation: device reads still work (GICD_PIDR2)" grep -qiE "^0x0000003b$|^0x0000004b$" "$OUT/iso.out"
 check "isolation: host RAM reads back correctly (busybox md5)" grep -qx "$busybox_md5" "$OUT/iso.out"
+# /dev/kvm from the kserv module: 50 VMs of 4 vCPUs registered in KCore (pages donated from
+# the host's allocator) and destroyed (pages scrubbed, handed back, freed), with the refusals.
+check "/dev/kvm: 50 VMs with 4 vCPUs created and destroyed through KCore" grep -qx "KVM-SMOKE: API 12; 50 VMs with 4 vCPUs created and destroyed" "$OUT/iso.out"
 
 # 4 CPUs, cortex-a57 (AMD Seattle's core): CPU offline and online through the PSCI proxy.
 host a57 --cpus 4 --cpu cortex-a57 --exec '
@@ -78,21 +82,25 @@ host newer --cpus 2 --host-kernel "$bpo_kernel" --exec '
 uname -r
 grep -c ^processor /proc/cpuinfo
 cp /bin/busybox /tmp/b && cmp /bin/busybox /tmp/b && echo copy-ok
-devmem 0x40200000 32; echo "kcore-read-status $?"'
+devmem 0x40200000 32; echo "kcore-read-status $?"
+kvm-smoke 10'
 check "newer kernel: command exits 0" test "$(status newer)" = 0
 check "newer kernel: it is the 6.12+ kernel" grep -qE "^6[.]1[2-9]" "$OUT/newer.out"
 check "newer kernel: both CPUs online" test "$(line newer 2)" = 2
 check "newer kernel: user-space memcpy works" grep -qx copy-ok "$OUT/newer.out"
 check "newer kernel: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/newer.out"
 check "newer kernel: its own kserv module loads" console_has newer "KSERV: kserv loaded (kserv: KCore ABI 0.4"
+check "newer kernel: /dev/kvm VMs come and go" grep -q "KVM-SMOKE: API 12; 10 VMs" "$OUT/newer.out"
 
 # The debug build of KCore checks every security invariant (kcore::invariants) after each
 # host trap and halts on a violation; boot a host on it and touch KCore memory once.
 host debug --debug --cpus 2 --exec '
 grep -c ^processor /proc/cpuinfo
-devmem 0x40200000 32; echo "kcore-read-status $?"'
+devmem 0x40200000 32; echo "kcore-read-status $?"
+kvm-smoke 5'
 check "debug KCore (invariants after every trap): host boots, 2 CPUs" test "$(status debug):$(line debug 1)" = "0:2"
 check "debug KCore: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/debug.out"
+check "debug KCore: /dev/kvm VMs come and go with every invariant checked" grep -q "KVM-SMOKE: API 12; 5 VMs" "$OUT/debug.out"
 check "debug KCore: no invariant violation" bash -c "! grep -q 'invariant broken' '$OUT/debug.log'"
 
 # Without KCore (the same kernel booted directly at EL2, VHE on max) the module finds no

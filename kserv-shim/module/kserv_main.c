@@ -2,7 +2,7 @@
 /*
  * kserv: the KServ shim, loaded into a stock Debian kernel that KCore runs at EL1.
  *
- * This first part finds KCore and checks its ABI; /dev/kvm comes next. KCore is found through
+ * It finds KCore, checks its ABI, and provides /dev/kvm (kserv_vm.c). KCore is found through
  * the SMCCC vendor-specific hypervisor service's Call UID over SMC: KCore traps the host's
  * SMCs and answers that query itself, while on a machine without it firmware answers
  * NOT_SUPPORTED. An HVC is issued only once KCore has answered, since at EL1 with no
@@ -17,9 +17,7 @@
 #include <linux/module.h>
 
 #include "kcore_abi.h"
-
-/* kserv-core (Rust, kserv-shim/core): the ABI version it was built for. */
-u32 kserv_core_abi_version(void);
+#include "kserv.h"
 
 /* kserv-core's panic handler: a bug in the shim's logic (bad input gets errors, never this). */
 void __noreturn kserv_core_panic(void);
@@ -64,11 +62,12 @@ static int __init kserv_init(void)
 		return -ENODEV;
 	}
 	pr_info("kserv: KCore ABI %lu.%lu, features %#lx\n", major, minor, res.a2);
-	return 0;
+	return kserv_dev_register();
 }
 
 static void __exit kserv_exit(void)
 {
+	kserv_dev_unregister();
 	pr_info("kserv: unloaded\n");
 }
 
