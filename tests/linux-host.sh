@@ -58,6 +58,9 @@ check "isolation: host RAM reads back correctly (busybox md5)" grep -qx "$busybo
 # /dev/kvm from the kserv module: 50 VMs of 4 vCPUs registered in KCore (pages donated from
 # the host's allocator) and destroyed (pages scrubbed, handed back, freed), with the refusals.
 check "/dev/kvm: 50 VMs with 4 vCPUs created and destroyed through KCore" grep -qx "KVM-SMOKE: API 12; 50 VMs with 4 vCPUs created and destroyed" "$OUT/iso.out"
+# A VM launched from the host's userspace: memory slot, registers, KVM_RUN with MMIO exits,
+# RAM lent on the guest's faults, power-off as a system event.
+check "/dev/kvm: a guest runs from Linux userspace (MMIO, RAM, power-off)" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/iso.out"
 
 # 4 CPUs, cortex-a57 (AMD Seattle's core): CPU offline and online through the PSCI proxy.
 host a57 --cpus 4 --cpu cortex-a57 --exec '
@@ -66,13 +69,15 @@ echo 0 > /sys/devices/system/cpu/cpu1/online; cat /sys/devices/system/cpu/online
 echo 0 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online
 echo 1 > /sys/devices/system/cpu/cpu1/online; echo 1 > /sys/devices/system/cpu/cpu3/online
 cat /sys/devices/system/cpu/online
-dmesg | grep -c "CPU: All CPU(s) started at EL1"'
+dmesg | grep -c "CPU: All CPU(s) started at EL1"
+kvm-smoke 3'
 check "cortex-a57: command exits 0" test "$(status a57)" = 0
 check "cortex-a57: four CPUs online" test "$(line a57 1)" = 4
 check "cortex-a57: cpu1 offline" test "$(line a57 2)" = "0,2-3"
 check "cortex-a57: cpu3 offline too" test "$(line a57 3)" = "0,2"
 check "cortex-a57: both back online" test "$(line a57 4)" = "0-3"
 check "cortex-a57: started at EL1" test "$(line a57 5)" = 1
+check "cortex-a57: a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/a57.out"
 check "cortex-a57: the kserv module loads" console_has a57 "KSERV: kserv loaded (kserv: KCore ABI 0.4"
 
 # A newer Debian kernel (bookworm-backports, 6.12+) through --host-kernel. Kernels >= 6.5 use
@@ -91,6 +96,7 @@ check "newer kernel: user-space memcpy works" grep -qx copy-ok "$OUT/newer.out"
 check "newer kernel: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/newer.out"
 check "newer kernel: its own kserv module loads" console_has newer "KSERV: kserv loaded (kserv: KCore ABI 0.4"
 check "newer kernel: /dev/kvm VMs come and go" grep -q "KVM-SMOKE: API 12; 10 VMs" "$OUT/newer.out"
+check "newer kernel: a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/newer.out"
 
 # The debug build of KCore checks every security invariant (kcore::invariants) after each
 # host trap and halts on a violation; boot a host on it and touch KCore memory once.
@@ -101,6 +107,7 @@ kvm-smoke 5'
 check "debug KCore (invariants after every trap): host boots, 2 CPUs" test "$(status debug):$(line debug 1)" = "0:2"
 check "debug KCore: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/debug.out"
 check "debug KCore: /dev/kvm VMs come and go with every invariant checked" grep -q "KVM-SMOKE: API 12; 5 VMs" "$OUT/debug.out"
+check "debug KCore: and a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/debug.out"
 check "debug KCore: no invariant violation" bash -c "! grep -q 'invariant broken' '$OUT/debug.log'"
 
 # Without KCore (the same kernel booted directly at EL2, VHE on max) the module finds no

@@ -8,6 +8,8 @@
 /* kserv-core (kserv-shim/core): the ABI version it was built for; KCore status -> -errno. */
 u32 kserv_core_abi_version(void);
 int kserv_core_errno(long code);
+/* A KVM register id's place: 0 none; kind in 63:56, KCore's numbers in 31:16 and 15:0. */
+u64 kserv_core_reg_place(u64 id);
 
 /* kserv_vm.c: /dev/kvm. */
 int kserv_dev_register(void);

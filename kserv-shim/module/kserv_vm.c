@@ -4,13 +4,22 @@
  *
  * KVM_CREATE_VM registers a non-protected VM with KCore (its stage-2 root and table pool are
  * host pages the module donates; KCore owns them until the VM is destroyed) and returns a VM
- * fd; KVM_CREATE_VCPU registers a vCPU and returns its fd. Closing the last fd destroys the VM:
- * KCore scrubs every page it holds and hands it back, and only then are the pages freed.
- * Running vCPUs, memory slots and the rest of the KVM API come next; until then
- * KVM_CHECK_EXTENSION reports nothing, so a VMM does not mistake this for a usable KVM.
+ * fd; KVM_CREATE_VCPU registers a vCPU and returns its fd. Memory slots declare the VM's RAM
+ * to KCore; the VMM's pages are pinned and lent to the guest as it first touches them.
+ * KVM_ARM_VCPU_INIT, KVM_GET/SET_ONE_REG (the ids kserv-core maps onto KCore's registers)
+ * and KVM_RUN (MMIO exits to the VMM, faults backed here, WFI slept until the guest timer's
+ * deadline, power-off as a system event) run a guest. Closing the last fd destroys the VM:
+ * KCore scrubs what it owns and hands every page back, and only then are pages unpinned or
+ * freed. The virtual GIC, irqfd, ioeventfd and the rest come next; until then
+ * KVM_CHECK_EXTENSION reports nothing, so a VMM does not mistake this for a complete KVM.
  */
 #include <linux/anon_inodes.h>
 #include <linux/arm-smccc.h>
+#include <linux/hrtimer.h>
+#include <linux/math64.h>
+#include <linux/sched/signal.h>
+#include <linux/uaccess.h>
+#include <linux/vmalloc.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/kvm.h>
@@ -26,29 +35,60 @@
 /* Table pages given to a new VM's pool: its root's levels and vCPU context pages. */
 #define KSERV_INITIAL_POOL 8
 #define KSERV_MAX_VCPUS 8
-#define KSERV_MAX_PAGES 64
+#define KSERV_MAX_PAGES 256
+#define KSERV_MAX_SLOTS 8
+
+struct kserv_slot {
+	u64 gpa, size, uaddr;
+	struct page **pages;		/* pinned VMM pages, by page index; NULL until touched */
+};
 
 struct kserv_vm {
 	struct mutex lock;
 	unsigned long vmid;
 	unsigned int vcpus;		/* bitmap of registered vCPUs */
+	bool verified;			/* set up ended (first KVM_RUN): the layout is fixed */
 	unsigned int npages;
 	struct page *pages[KSERV_MAX_PAGES];	/* donated to KCore: freed after DESTROY_VM */
+	struct kserv_slot slots[KSERV_MAX_SLOTS];
 };
 
 struct kserv_vcpu {
 	struct kserv_vm *vm;
 	struct file *vm_file;		/* keeps the VM alive while its vCPU fd is open */
 	unsigned int id;
+	struct page *run_page;		/* struct kvm_run, mapped by the VMM */
+	struct kvm_run *run;
+	bool mmio_read;			/* the last exit was an MMIO read the VMM answers */
 };
 
-static long kcore_call(u32 fn, unsigned long a1, unsigned long a2, unsigned long *r1)
+static long kcore_call4(u32 fn, unsigned long a1, unsigned long a2, unsigned long a3,
+			unsigned long a4, unsigned long *r1)
 {
 	struct arm_smccc_res res;
 
-	arm_smccc_1_1_hvc(fn, a1, a2, &res);
+	arm_smccc_1_1_hvc(fn, a1, a2, a3, a4, &res);
 	if (r1)
 		*r1 = res.a1;
+	return (long)res.a0;
+}
+
+static long kcore_call(u32 fn, unsigned long a1, unsigned long a2, unsigned long a3, unsigned long *r1)
+{
+	return kcore_call4(fn, a1, a2, a3, 0, r1);
+}
+
+/* VCPU_RUN: x1..x4 of the exit into x[0..3]. */
+static long kcore_run(unsigned long vmid, unsigned long vcpu, u64 value, unsigned long x[4])
+{
+	struct arm_smccc_1_2_regs args = { .a0 = KCORE_VCPU_RUN, .a1 = vmid, .a2 = vcpu, .a3 = value };
+	struct arm_smccc_1_2_regs res;
+
+	arm_smccc_1_2_hvc(&args, &res);
+	x[0] = res.a1;
+	x[1] = res.a2;
+	x[2] = res.a3;
+	x[3] = res.a4;
 	return (long)res.a0;
 }
 
@@ -63,7 +103,7 @@ static int kserv_donate(struct kserv_vm *vm)
 	p = alloc_page(GFP_KERNEL | __GFP_ZERO);
 	if (!p)
 		return -ENOMEM;
-	r = kcore_call(KCORE_DONATE_PAGE, vm->vmid, page_to_pfn(p), NULL);
+	r = kcore_call(KCORE_DONATE_PAGE, vm->vmid, page_to_pfn(p), 0, NULL);
 	if (r != KCORE_E_SUCCESS) {
 		__free_page(p);
 		return kserv_core_errno(r);
@@ -72,9 +112,11 @@ static int kserv_donate(struct kserv_vm *vm)
 	return 0;
 }
 
+static void kserv_slot_release(struct kserv_slot *s);
+
 static void kserv_vm_destroy(struct kserv_vm *vm)
 {
-	long r = kcore_call(KCORE_DESTROY_VM, vm->vmid, 0, NULL);
+	long r = kcore_call(KCORE_DESTROY_VM, vm->vmid, 0, 0, NULL);
 	unsigned int i;
 
 	if (r != KCORE_E_SUCCESS) {
@@ -86,6 +128,9 @@ static void kserv_vm_destroy(struct kserv_vm *vm)
 	}
 	for (i = 0; i < vm->npages; i++)
 		__free_page(vm->pages[i]);
+	/* Lent pages came back with the VM's end: the VMM's again. */
+	for (i = 0; i < KSERV_MAX_SLOTS; i++)
+		kserv_slot_release(&vm->slots[i]);
 	kfree(vm);
 }
 
@@ -95,24 +140,341 @@ static int kserv_vm_release(struct inode *inode, struct file *f)
 	return 0;
 }
 
+
+/* ------------------------------------------------------------------ memory slots */
+
+/* The slot holding guest address `gpa`, if any. Caller holds vm->lock. */
+static struct kserv_slot *kserv_slot_of(struct kserv_vm *vm, u64 gpa)
+{
+	unsigned int i;
+
+	for (i = 0; i < KSERV_MAX_SLOTS; i++) {
+		struct kserv_slot *s = &vm->slots[i];
+
+		if (s->size && gpa >= s->gpa && gpa - s->gpa < s->size)
+			return s;
+	}
+	return NULL;
+}
+
+static void kserv_slot_release(struct kserv_slot *s)
+{
+	unsigned long i;
+
+	if (!s->pages)
+		return;
+	for (i = 0; i < s->size >> PAGE_SHIFT; i++)
+		if (s->pages[i])
+			unpin_user_page(s->pages[i]);
+	kvfree(s->pages);
+	memset(s, 0, sizeof(*s));
+}
+
+/*
+ * KVM_SET_USER_MEMORY_REGION: guest RAM at [gpa, gpa + size) backed by the VMM's memory at
+ * userspace_addr. KCore learns the range is RAM (its layout is fixed when the VM first runs);
+ * pages are pinned and lent to the VM as the guest first touches them.
+ */
+static long kserv_set_memory(struct kserv_vm *vm, void __user *argp)
+{
+	struct kvm_userspace_memory_region m;
+	struct kserv_slot *s;
+	unsigned int i;
+	long r;
+
+	if (copy_from_user(&m, argp, sizeof(m)))
+		return -EFAULT;
+	if (m.slot >= KSERV_MAX_SLOTS || m.flags || !PAGE_ALIGNED(m.guest_phys_addr) ||
+	    !PAGE_ALIGNED(m.memory_size) || !PAGE_ALIGNED(m.userspace_addr) ||
+	    m.guest_phys_addr + m.memory_size < m.guest_phys_addr ||
+	    !access_ok((void __user *)(unsigned long)m.userspace_addr, m.memory_size))
+		return -EINVAL;
+	mutex_lock(&vm->lock);
+	s = &vm->slots[m.slot];
+	if (!m.memory_size || s->size) {
+		/* Deleting or moving a slot: not before KCore can take pages back from a layout. */
+		mutex_unlock(&vm->lock);
+		return m.memory_size || !s->size ? -EINVAL : -EBUSY;
+	}
+	for (i = 0; i < KSERV_MAX_SLOTS; i++) {
+		struct kserv_slot *o = &vm->slots[i];
+
+		if (o->size && m.guest_phys_addr < o->gpa + o->size && o->gpa < m.guest_phys_addr + m.memory_size) {
+			mutex_unlock(&vm->lock);
+			return -EEXIST;
+		}
+	}
+	if (vm->verified) {
+		mutex_unlock(&vm->lock);
+		return -EBUSY;
+	}
+	s->pages = kvcalloc(m.memory_size >> PAGE_SHIFT, sizeof(struct page *), GFP_KERNEL);
+	if (!s->pages) {
+		mutex_unlock(&vm->lock);
+		return -ENOMEM;
+	}
+	r = kcore_call(KCORE_ADD_RAM_REGION, vm->vmid, m.guest_phys_addr, m.memory_size, NULL);
+	if (r != KCORE_E_SUCCESS) {
+		kvfree(s->pages);
+		s->pages = NULL;
+		mutex_unlock(&vm->lock);
+		return kserv_core_errno(r);
+	}
+	s->gpa = m.guest_phys_addr;
+	s->size = m.memory_size;
+	s->uaddr = m.userspace_addr;
+	mutex_unlock(&vm->lock);
+	return 0;
+}
+
+/* The guest touched `ipa` (a page fault exit): pin the VMM's page and lend it. */
+static long kserv_back_page(struct kserv_vcpu *vcpu, u64 ipa)
+{
+	struct kserv_vm *vm = vcpu->vm;
+	struct kserv_slot *s;
+	struct page *page;
+	unsigned long idx;
+	long r;
+
+	mutex_lock(&vm->lock);
+	s = kserv_slot_of(vm, ipa);
+	if (!s) {
+		mutex_unlock(&vm->lock);
+		return -EFAULT;
+	}
+	idx = (ipa - s->gpa) >> PAGE_SHIFT;
+	page = s->pages[idx];
+	if (!page) {
+		if (pin_user_pages_fast(s->uaddr + (idx << PAGE_SHIFT), 1, FOLL_WRITE | FOLL_LONGTERM, &page) != 1) {
+			mutex_unlock(&vm->lock);
+			return -EFAULT;
+		}
+		s->pages[idx] = page;
+	}
+	r = kcore_call(KCORE_MAP_VM_PAGE, vm->vmid, vcpu->id, page_to_pfn(page), NULL);
+	while (r == KCORE_E_NO_MEMORY && !kserv_donate(vm))
+		r = kcore_call(KCORE_MAP_VM_PAGE, vm->vmid, vcpu->id, page_to_pfn(page), NULL);
+	mutex_unlock(&vm->lock);
+	return kserv_core_errno(r);
+}
+
+/* ------------------------------------------------------------------ vCPU registers */
+
+#define PLACE_KCORE 1
+#define PLACE_KCORE128 2
+#define PLACE_MPIDR 3
+#define PLACE_ZERO_SPSR 4
+
+static long kserv_one_reg(struct kserv_vcpu *vcpu, void __user *argp, bool set)
+{
+	struct kvm_one_reg reg;
+	u64 place, lo, hi;
+	unsigned long v[2] = { 0, 0 };
+	unsigned long size;
+	long r = KCORE_E_SUCCESS;
+
+	if (copy_from_user(&reg, argp, sizeof(reg)))
+		return -EFAULT;
+	place = kserv_core_reg_place(reg.id);
+	if (!place)
+		return -ENOENT;
+	size = 1UL << ((reg.id >> 52) & 0xf);
+	lo = place & 0xffff;
+	hi = (place >> 16) & 0xffff;
+	if (set && copy_from_user(v, (void __user *)(unsigned long)reg.addr, size))
+		return -EFAULT;
+	switch (place >> 56) {
+	case PLACE_KCORE:
+		if (set)
+			r = kcore_call4(KCORE_SET_VCPU_REG, vcpu->vm->vmid, vcpu->id, lo, v[0], NULL);
+		else
+			r = kcore_call4(KCORE_GET_VCPU_REG, vcpu->vm->vmid, vcpu->id, lo, 0, &v[0]);
+		break;
+	case PLACE_KCORE128:
+		if (set) {
+			r = kcore_call4(KCORE_SET_VCPU_REG, vcpu->vm->vmid, vcpu->id, lo, v[0], NULL);
+			if (r == KCORE_E_SUCCESS)
+				r = kcore_call4(KCORE_SET_VCPU_REG, vcpu->vm->vmid, vcpu->id, hi, v[1], NULL);
+		} else {
+			r = kcore_call4(KCORE_GET_VCPU_REG, vcpu->vm->vmid, vcpu->id, lo, 0, &v[0]);
+			if (r == KCORE_E_SUCCESS)
+				r = kcore_call4(KCORE_GET_VCPU_REG, vcpu->vm->vmid, vcpu->id, hi, 0, &v[1]);
+		}
+		break;
+	case PLACE_MPIDR:
+		/* KCore gives vCPU n MPIDR_EL1 = RES1 bit 31 | Aff0 n. */
+		if (set && v[0] != ((1UL << 31) | vcpu->id))
+			return -EINVAL;
+		v[0] = (1UL << 31) | vcpu->id;
+		break;
+	case PLACE_ZERO_SPSR:
+		if (set && v[0])
+			return -EINVAL;
+		v[0] = 0;
+		break;
+	}
+	if (r != KCORE_E_SUCCESS)
+		return kserv_core_errno(r);
+	if (!set && copy_to_user((void __user *)(unsigned long)reg.addr, v, size))
+		return -EFAULT;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ running */
+
+/* Sleep until the guest's timer deadline (a counter value), or a signal. */
+static void kserv_wait_deadline(u64 deadline)
+{
+	u64 now = read_sysreg(cntvct_el0), freq = read_sysreg(cntfrq_el0);
+	ktime_t t;
+
+	if (deadline == ~0ULL) {
+		/* Nothing will wake it but an interrupt, which needs the virtual GIC: poll. */
+		schedule_timeout_interruptible(msecs_to_jiffies(10));
+		return;
+	}
+	if (deadline <= now)
+		return;
+	t = ns_to_ktime(mul_u64_u64_div_u64(deadline - now, NSEC_PER_SEC, freq));
+	set_current_state(TASK_INTERRUPTIBLE);
+	schedule_hrtimeout(&t, HRTIMER_MODE_REL);
+}
+
+static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
+{
+	struct kserv_vm *vm = vcpu->vm;
+	struct kvm_run *run = vcpu->run;
+	unsigned long x[4];
+	u64 value = 0;
+	long r;
+
+	mutex_lock(&vm->lock);
+	if (!vm->verified) {
+		/* The first run ends the VM's set-up: KCore fixes its layout. */
+		r = kcore_call(KCORE_VERIFY_VM, vm->vmid, 0, 0, NULL);
+		if (r != KCORE_E_SUCCESS) {
+			mutex_unlock(&vm->lock);
+			return kserv_core_errno(r);
+		}
+		vm->verified = true;
+	}
+	mutex_unlock(&vm->lock);
+	if (vcpu->mmio_read) {
+		/* The VMM answered the MMIO read in run->mmio.data (little-endian). */
+		memcpy(&value, run->mmio.data, sizeof(value));
+		vcpu->mmio_read = false;
+	}
+	for (;;) {
+		/* kvm_run.immediate_exit is byte 1 of the UAPI layout (newer kernels rename the
+		 * field for their own code, so it is read by offset). */
+		if (READ_ONCE(((u8 *)run)[1]) || signal_pending(current)) {
+			run->exit_reason = KVM_EXIT_INTR;
+			return -EINTR;
+		}
+		r = kcore_run(vm->vmid, vcpu->id, value, x);
+		value = 0;
+		if (r == KCORE_E_BAD_STATE) {
+			/* Off (waits for the guest's CPU_ON) or running elsewhere: wait. */
+			schedule_timeout_interruptible(msecs_to_jiffies(10));
+			continue;
+		}
+		if (r != KCORE_E_SUCCESS)
+			return kserv_core_errno(r);
+		switch (x[0]) {
+		case 1: /* MMIO: x1 IPA, x2 size_log2 << 1 | write, x3 the value written */
+			run->exit_reason = KVM_EXIT_MMIO;
+			run->mmio.phys_addr = x[1];
+			run->mmio.len = 1U << (x[2] >> 1);
+			run->mmio.is_write = x[2] & 1;
+			memset(run->mmio.data, 0, sizeof(run->mmio.data));
+			if (run->mmio.is_write)
+				memcpy(run->mmio.data, &x[3], run->mmio.len);
+			else
+				vcpu->mmio_read = true;
+			return 0;
+		case 2: /* a page fault on RAM: back it and go on */
+			r = kserv_back_page(vcpu, x[1]);
+			if (r)
+				return r;
+			break;
+		case 3: /* WFI/WFE: x1 the guest timer's deadline */
+			kserv_wait_deadline(x[1]);
+			break;
+		case 5: /* the guest powered off */
+			run->exit_reason = KVM_EXIT_SYSTEM_EVENT;
+			run->system_event.type = KVM_SYSTEM_EVENT_SHUTDOWN;
+			run->system_event.ndata = 0;
+			return 0;
+		case 9: /* a system register the host emulates: none yet, reads as zero */
+			break;
+		default: /* a host interrupt, SGIs (no virtual GIC yet), vCPUs starting/stopping */
+			cond_resched();
+			break;
+		}
+	}
+}
+
 static int kserv_vcpu_release(struct inode *inode, struct file *f)
 {
 	struct kserv_vcpu *vcpu = f->private_data;
 
 	fput(vcpu->vm_file);
+	__free_page(vcpu->run_page);
 	kfree(vcpu);
+	return 0;
+}
+
+/* KVM_ARM_VCPU_INIT: the generic target; POWER_OFF (KCore starts every vCPU but 0 off) and
+ * PSCI 0.2 (KCore's PSCI is 1.1) are what a guest gets anyway; no other feature is offered. */
+static long kserv_vcpu_init(struct kserv_vcpu *vcpu, void __user *argp)
+{
+	struct kvm_vcpu_init init;
+	unsigned int i;
+
+	if (copy_from_user(&init, argp, sizeof(init)))
+		return -EFAULT;
+	if (init.target != KVM_ARM_TARGET_GENERIC_V8)
+		return -EINVAL;
+	if (init.features[0] & ~((1U << KVM_ARM_VCPU_POWER_OFF) | (1U << KVM_ARM_VCPU_PSCI_0_2)))
+		return -EINVAL;
+	for (i = 1; i < ARRAY_SIZE(init.features); i++)
+		if (init.features[i])
+			return -EINVAL;
 	return 0;
 }
 
 static long kserv_vcpu_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 {
-	return -ENOTTY;
+	struct kserv_vcpu *vcpu = f->private_data;
+
+	switch (cmd) {
+	case KVM_RUN:
+		return arg ? -EINVAL : kserv_vcpu_run(vcpu);
+	case KVM_ARM_VCPU_INIT:
+		return kserv_vcpu_init(vcpu, (void __user *)arg);
+	case KVM_SET_ONE_REG:
+		return kserv_one_reg(vcpu, (void __user *)arg, true);
+	case KVM_GET_ONE_REG:
+		return kserv_one_reg(vcpu, (void __user *)arg, false);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static int kserv_vcpu_mmap(struct file *f, struct vm_area_struct *vma)
+{
+	struct kserv_vcpu *vcpu = f->private_data;
+
+	if (vma->vm_pgoff || vma->vm_end - vma->vm_start != PAGE_SIZE)
+		return -EINVAL;
+	return vm_insert_page(vma, vma->vm_start, vcpu->run_page);
 }
 
 static const struct file_operations kserv_vcpu_fops = {
 	.owner = THIS_MODULE,
 	.release = kserv_vcpu_release,
 	.unlocked_ioctl = kserv_vcpu_ioctl,
+	.mmap = kserv_vcpu_mmap,
 	.llseek = noop_llseek,
 };
 
@@ -128,18 +490,25 @@ static long kserv_create_vcpu(struct file *vm_file, unsigned long id)
 	vcpu = kzalloc(sizeof(*vcpu), GFP_KERNEL);
 	if (!vcpu)
 		return -ENOMEM;
+	vcpu->run_page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	if (!vcpu->run_page) {
+		kfree(vcpu);
+		return -ENOMEM;
+	}
+	vcpu->run = page_address(vcpu->run_page);
 	mutex_lock(&vm->lock);
 	/* Its context page comes from the VM's pool: top it up when KCore asks for more. */
-	r = kcore_call(KCORE_REGISTER_VCPU, vm->vmid, id, NULL);
+	r = kcore_call(KCORE_REGISTER_VCPU, vm->vmid, id, 0, NULL);
 	if (r == KCORE_E_NO_MEMORY) {
 		r = kserv_donate(vm);
 		if (!r)
-			r = kcore_call(KCORE_REGISTER_VCPU, vm->vmid, id, NULL);
+			r = kcore_call(KCORE_REGISTER_VCPU, vm->vmid, id, 0, NULL);
 		else
 			r = KCORE_E_NO_MEMORY;
 	}
 	if (r != KCORE_E_SUCCESS) {
 		mutex_unlock(&vm->lock);
+		__free_page(vcpu->run_page);
 		kfree(vcpu);
 		return kserv_core_errno(r);
 	}
@@ -152,6 +521,7 @@ static long kserv_create_vcpu(struct file *vm_file, unsigned long id)
 	if (fd < 0) {
 		/* The vCPU stays registered in KCore until the VM goes. */
 		fput(vm_file);
+		__free_page(vcpu->run_page);
 		kfree(vcpu);
 	}
 	return fd;
@@ -162,6 +532,13 @@ static long kserv_vm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 	switch (cmd) {
 	case KVM_CREATE_VCPU:
 		return kserv_create_vcpu(f, arg);
+	case KVM_SET_USER_MEMORY_REGION:
+		return kserv_set_memory(f->private_data, (void __user *)arg);
+	case KVM_ARM_PREFERRED_TARGET: {
+		struct kvm_vcpu_init init = { .target = KVM_ARM_TARGET_GENERIC_V8 };
+
+		return copy_to_user((void __user *)arg, &init, sizeof(init)) ? -EFAULT : 0;
+	}
 	case KVM_CHECK_EXTENSION:
 		return 0;
 	default:
@@ -196,7 +573,7 @@ static long kserv_create_vm(unsigned long type)
 		return -ENOMEM;
 	}
 	mutex_init(&vm->lock);
-	r = kcore_call(KCORE_REGISTER_VM, page_to_pfn(root), KCORE_VM_NON_PROTECTED, &vmid);
+	r = kcore_call(KCORE_REGISTER_VM, page_to_pfn(root), KCORE_VM_NON_PROTECTED, 0, &vmid);
 	if (r != KCORE_E_SUCCESS) {
 		__free_page(root);
 		kfree(vm);
@@ -226,6 +603,8 @@ static long kserv_dev_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		return arg ? -EINVAL : KVM_API_VERSION;
 	case KVM_CREATE_VM:
 		return kserv_create_vm(arg);
+	case KVM_GET_VCPU_MMAP_SIZE:
+		return arg ? -EINVAL : PAGE_SIZE;
 	case KVM_CHECK_EXTENSION:
 		return 0;
 	default:

@@ -248,3 +248,30 @@ mod tests {
         assert_eq!(kcore_regs, expected);
     }
 }
+
+/// [`place`] for the module's C glue, packed in one word: 0 for no such register, else the
+/// kind in bits 63:56 (1 KCore register `lo`, 2 a 128-bit register in KCore's `lo` and `hi`,
+/// 3 MPIDR_EL1, 4 an AArch32 banked SPSR) with `hi` in bits 31:16 and `lo` in bits 15:0.
+#[unsafe(no_mangle)]
+pub extern "C" fn kserv_core_reg_place(id: u64) -> u64 {
+    match place(id) {
+        None => 0,
+        Some(Place::Kcore(n)) => (1 << 56) | n,
+        Some(Place::Kcore128(lo, hi)) => (2 << 56) | (hi << 16) | lo,
+        Some(Place::Mpidr) => 3 << 56,
+        Some(Place::ZeroSpsr) => 4 << 56,
+    }
+}
+
+#[cfg(test)]
+mod packed_tests {
+    use super::*;
+
+    #[test]
+    fn packed_places() {
+        assert_eq!(kserv_core_reg_place(0x6030_0000_0010_0040), (1 << 56) | 32);
+        assert_eq!(kserv_core_reg_place(0x6040_0000_0010_0058), (2 << 56) | (67 << 16) | 66, "V1");
+        assert_eq!(kserv_core_reg_place(MPIDR_EL1), 3 << 56);
+        assert_eq!(kserv_core_reg_place(1), 0);
+    }
+}
