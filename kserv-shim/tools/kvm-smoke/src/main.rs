@@ -178,13 +178,16 @@ fn run_guest(kvm: &std::fs::File) {
     }
     let size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0).unwrap_or_else(|_| fail("KVM_GET_VCPU_MMAP_SIZE")) as usize;
     let run = map(size, Some(&vcpu));
-    // SAFETY (both): offsets inside the kvm_run page mapped above, which the kernel fills.
     let rd = |off: usize, n: usize| -> u64 {
         let mut v = [0u8; 8];
+        // SAFETY: `off + n` stays inside the kvm_run page mapped above (n <= 8).
         unsafe { std::ptr::copy_nonoverlapping(run.add(off), v.as_mut_ptr(), n) };
         u64::from_le_bytes(v)
     };
-    let wr = |off: usize, v: u64| unsafe { std::ptr::copy_nonoverlapping(v.to_le_bytes().as_ptr(), run.add(off), 8) };
+    let wr = |off: usize, v: u64| {
+        // SAFETY: as for `rd`: 8 bytes inside the kvm_run page.
+        unsafe { std::ptr::copy_nonoverlapping(v.to_le_bytes().as_ptr(), run.add(off), 8) }
+    };
     let mut console = String::new();
     let mut reads = 0;
     for _ in 0..100 {
