@@ -166,6 +166,14 @@ impl Irq {
     pub fn pending(&self) -> bool {
         self.latch || (!self.edge && self.line)
     }
+
+    /// Its input line goes to `level`: a rising edge latches an edge-triggered interrupt.
+    fn drive(&mut self, level: bool) {
+        if self.edge && level && !self.line {
+            self.latch = true;
+        }
+        self.line = level;
+    }
 }
 
 /// A list register's worth for the host to pass to INJECT_IRQ: INTID and its attributes.
@@ -428,11 +436,7 @@ impl Vgic {
             return None;
         }
         let irq = self.irq_mut(0, intid)?;
-        let rising = level && !irq.line;
-        irq.line = level;
-        if irq.edge && rising {
-            irq.latch = true;
-        }
+        irq.drive(level);
         let irq = *irq;
         self.target(&irq)
     }
@@ -442,12 +446,7 @@ impl Vgic {
         if !(16..32).contains(&intid) {
             return None;
         }
-        let irq = self.irq_mut(vcpu, intid)?;
-        let rising = level && !irq.line;
-        irq.line = level;
-        if irq.edge && rising {
-            irq.latch = true;
-        }
+        self.irq_mut(vcpu, intid)?.drive(level);
         Some(vcpu)
     }
 
