@@ -229,6 +229,28 @@ impl Vgic {
         })
     }
 
+    /// Make a zero-filled `Vgic` (every field zero is a valid, empty one: the module's glue
+    /// allocates it zeroed, as it is too big for a kernel stack) the reset GIC
+    /// [`Vgic::new`] describes. `false` if the sizes are not ones `new` accepts.
+    pub fn reset_in_place(&mut self, vcpus: usize, nr_irqs: usize) -> bool {
+        if !(1..=MAX_VCPUS).contains(&vcpus) || !(64..=MAX_INTIDS).contains(&nr_irqs) || !nr_irqs.is_multiple_of(32) {
+            return false;
+        }
+        self.vcpus = vcpus;
+        self.nr_irqs = nr_irqs;
+        self.enable_grp0 = false;
+        self.enable_grp1 = false;
+        self.spis.fill(Irq::default());
+        for p in self.private.iter_mut() {
+            p.fill(Irq::default());
+            for sgi in p.iter_mut().take(16) {
+                sgi.edge = true;
+            }
+        }
+        self.asleep = [true; MAX_VCPUS];
+        true
+    }
+
     /// Interrupt `intid` as vCPU `vcpu` sees it (private ones are its own), if implemented.
     pub fn irq(&self, vcpu: usize, intid: u32) -> Option<&Irq> {
         match intid as usize {

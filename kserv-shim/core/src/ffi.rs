@@ -1,0 +1,159 @@
+//! The C entry points the kserv module calls (`kserv-shim/module/kserv.h` declares them).
+//! Every pointer comes from the module's glue: a [`Vgic`] it allocated zero-filled with
+//! [`kserv_core_vgic_size`] bytes and keeps for the VM's life, used under the VM's lock.
+
+use crate::vgic::{AccessError, Injection, Vgic};
+
+/// Bytes (and alignment, at most 8) a [`Vgic`] needs.
+#[unsafe(no_mangle)]
+pub extern "C" fn kserv_core_vgic_size() -> usize {
+    const _: () = assert!(core::mem::align_of::<Vgic>() <= 8, "kzalloc alignment");
+    core::mem::size_of::<Vgic>()
+}
+
+/// The VM's GIC from `p` (zero-filled or initialised memory of [`kserv_core_vgic_size`]).
+///
+/// # Safety
+/// `p` points to such memory, which no one else uses while the returned reference lives.
+unsafe fn vgic<'a>(p: *mut Vgic) -> &'a mut Vgic {
+    // SAFETY: the caller's promise; an all-zero `Vgic` is valid (integers, booleans and arrays
+    // of them).
+    unsafe { &mut *p }
+}
+
+/// Reset the GIC at `p` for `vcpus` vCPUs and `nr_irqs` lines; 0, or -22 for bad sizes.
+///
+/// # Safety
+/// See [`vgic`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_init(p: *mut Vgic, vcpus: u32, nr_irqs: u32) -> i32 {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    if g.reset_in_place(vcpus as usize, nr_irqs as usize) { 0 } else { -crate::errno::EINVAL }
+}
+
+/// A guest access to the distributor (`redist` < 0) or vCPU `redist`'s redistributor at
+/// `offset` in its frame: 0 handled (a read's value in `*value`), -22 refused (the glue
+/// injects an abort as hardware would).
+///
+/// # Safety
+/// See [`vgic`]; `value` is a valid `u64` the caller owns.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_mmio(
+    p: *mut Vgic,
+    redist: i32,
+    offset: u64,
+    size: u32,
+    write: bool,
+    value: *mut u64,
+) -> i32 {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    // SAFETY: the caller's `u64`.
+    let v = unsafe { &mut *value };
+    let size = u64::from(size);
+    let r: Result<(), AccessError> = match (redist, write) {
+        (r, true) if r < 0 => g.dist_write(offset, size, *v),
+        (r, false) if r < 0 => g.dist_read(offset, size).map(|x| *v = x),
+        (r, true) => g.redist_write(r as usize, offset, size, *v),
+        (r, false) => g.redist_read(r as usize, offset, size).map(|x| *v = x),
+    };
+    if r.is_ok() { 0 } else { -crate::errno::EINVAL }
+}
+
+/// The VMM set SPI `intid`'s line to `level`: the vCPU to kick, or -1.
+///
+/// # Safety
+/// See [`vgic`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_spi(p: *mut Vgic, intid: u32, level: bool) -> i32 {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    g.set_spi_line(intid, level).map_or(-1, |v| v as i32)
+}
+
+/// vCPU `from` wrote `value` to ICC_SGI1R_EL1: the vCPUs to kick, as a bitmap.
+///
+/// # Safety
+/// See [`vgic`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_sgi(p: *mut Vgic, from: u32, value: u64) -> u64 {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    if from as usize >= g.vcpus {
+        return 0;
+    }
+    g.sgi(from as usize, value)
+}
+
+/// The next interrupt for one of vCPU `vcpu`'s free list registers, packed as INTID (31:0)
+/// and INJECT_IRQ's attributes (40:32), or `u64::MAX` if none. It counts as given.
+///
+/// # Safety
+/// See [`vgic`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_take(p: *mut Vgic, vcpu: u32) -> u64 {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    let mut out = [Injection { intid: 0, attrs: 0 }];
+    if g.take(vcpu as usize, 1, &mut out) == 1 { u64::from(out[0].intid) | (out[0].attrs << 32) } else { u64::MAX }
+}
+
+/// KCore reported (VCPU_IRQ_STATE) that vCPU `vcpu`'s guest is done with `intid`.
+///
+/// # Safety
+/// See [`vgic`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_done(p: *mut Vgic, vcpu: u32, intid: u32) {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    g.deactivated(vcpu as usize, intid);
+}
+
+/// Has vCPU `vcpu` an interrupt it could take (so a WFI does not sleep)?
+///
+/// # Safety
+/// See [`vgic`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_pending(p: *mut Vgic, vcpu: u32) -> bool {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    g.has_pending(vcpu as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zeroed_gic_initialises_and_delivers() {
+        let layout = std::alloc::Layout::from_size_align(kserv_core_vgic_size(), 8).unwrap();
+        // SAFETY: a zeroed allocation of the right size and alignment, freed below.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut Vgic;
+        // SAFETY: `p` is that allocation, used by this thread alone, for every call below.
+        unsafe {
+            assert_eq!(kserv_core_vgic_init(p, 2, 100), -22);
+            assert_eq!(kserv_core_vgic_init(p, 2, 96), 0);
+            let mut v = 0x12u64;
+            assert_eq!(kserv_core_vgic_mmio(p, -1, 0, 4, true, &mut v), 0); // GICD_CTLR
+            v = u64::MAX;
+            assert_eq!(kserv_core_vgic_mmio(p, -1, 0x84, 4, true, &mut v), 0); // IGROUPR1
+            v = 1 << 8;
+            assert_eq!(kserv_core_vgic_mmio(p, -1, 0x104, 4, true, &mut v), 0); // ISENABLER1: 40
+            assert_eq!(kserv_core_vgic_mmio(p, -1, 0x2, 4, false, &mut v), -22);
+            assert_eq!(kserv_core_vgic_spi(p, 40, true), 0);
+            assert!(kserv_core_vgic_pending(p, 0));
+            assert_eq!(kserv_core_vgic_take(p, 0), 40 | (0x100 << 32), "level, priority 0");
+            assert_eq!(kserv_core_vgic_take(p, 0), u64::MAX);
+            kserv_core_vgic_spi(p, 40, false);
+            kserv_core_vgic_done(p, 0, 40);
+            assert!(!kserv_core_vgic_pending(p, 0));
+            v = 0;
+            assert_eq!(kserv_core_vgic_mmio(p, 1, 0x8, 8, false, &mut v), 0);
+            assert_eq!(v, (1 << 32) | (1 << 8) | (1 << 4), "GICR_TYPER of the last vCPU");
+            assert_eq!(kserv_core_vgic_sgi(p, 0, (1 << 24) | 0b10), 0b10);
+            assert_eq!(kserv_core_vgic_sgi(p, 5, 1), 0, "no such sender");
+            std::alloc::dealloc(p as *mut u8, layout);
+        }
+    }
+}
