@@ -61,6 +61,10 @@ check "/dev/kvm: 50 VMs with 4 vCPUs created and destroyed through KCore" grep -
 # A VM launched from the host's userspace: memory slot, registers, KVM_RUN with MMIO exits,
 # RAM lent on the guest's faults, power-off as a system event.
 check "/dev/kvm: a guest runs from Linux userspace (MMIO, RAM, power-off)" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/iso.out"
+# The in-kernel GICv3 (KVM_CREATE_DEVICE, its attributes, KVM_IRQ_LINE): the guest programs
+# the emulated distributor and redistributor, waits in WFI, and takes SPI 40 through a list
+# register KCore loads.
+check "/dev/kvm: an SPI raised with KVM_IRQ_LINE reaches the guest through the in-kernel GICv3" grep -q "KVM-SMOKE: an interrupt reached a guest" "$OUT/iso.out"
 
 # 4 CPUs, cortex-a57 (AMD Seattle's core): CPU offline and online through the PSCI proxy.
 host a57 --cpus 4 --cpu cortex-a57 --exec '
@@ -97,6 +101,7 @@ check "newer kernel: KCore memory still gets SIGBUS" grep -qx "kcore-read-status
 check "newer kernel: its own kserv module loads" console_has newer "KSERV: kserv loaded (kserv: KCore ABI 0.4"
 check "newer kernel: /dev/kvm VMs come and go" grep -q "KVM-SMOKE: API 12; 10 VMs" "$OUT/newer.out"
 check "newer kernel: a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/newer.out"
+check "newer kernel: and takes an interrupt from the in-kernel GICv3" grep -q "KVM-SMOKE: an interrupt reached a guest" "$OUT/newer.out"
 
 # The debug build of KCore checks every security invariant (kcore::invariants) after each
 # host trap and halts on a violation; boot a host on it and touch KCore memory once.
@@ -108,6 +113,7 @@ check "debug KCore (invariants after every trap): host boots, 2 CPUs" test "$(st
 check "debug KCore: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/debug.out"
 check "debug KCore: /dev/kvm VMs come and go with every invariant checked" grep -q "KVM-SMOKE: API 12; 5 VMs" "$OUT/debug.out"
 check "debug KCore: and a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/debug.out"
+check "debug KCore: and takes an interrupt from the in-kernel GICv3" grep -q "KVM-SMOKE: an interrupt reached a guest" "$OUT/debug.out"
 check "debug KCore: no invariant violation" bash -c "! grep -q 'invariant broken' '$OUT/debug.log'"
 
 # Without KCore (the same kernel booted directly at EL2, VHE on max) the module finds no

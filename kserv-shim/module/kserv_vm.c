@@ -10,8 +10,12 @@
  * and KVM_RUN (MMIO exits to the VMM, faults backed here, WFI slept until the guest timer's
  * deadline, power-off as a system event) run a guest. Closing the last fd destroys the VM:
  * KCore scrubs what it owns and hands every page back, and only then are pages unpinned or
- * freed. The virtual GIC, irqfd, ioeventfd and the rest come next; until then
- * KVM_CHECK_EXTENSION reports nothing, so a VMM does not mistake this for a complete KVM.
+ * freed. KVM_CREATE_DEVICE makes the VM's GICv3: its distributor and redistributors are
+ * emulated here (kserv-core's model, under the VM's irq_lock), KVM_IRQ_LINE drives SPIs, and
+ * before each run the most urgent pending interrupts go into the vCPU's list registers
+ * through KCore (VCPU_IRQ_STATE, INJECT_IRQ); a vCPU in WFI sleeps until one is pending.
+ * irqfd, ioeventfd and the rest come next; until then KVM_CHECK_EXTENSION reports nothing,
+ * so a VMM does not mistake this for a complete KVM.
  */
 #include <linux/anon_inodes.h>
 #include <linux/arm-smccc.h>
@@ -20,6 +24,8 @@
 #include <linux/sched/signal.h>
 #include <linux/uaccess.h>
 #include <linux/vmalloc.h>
+#include <linux/wait.h>
+#include <linux/spinlock.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/kvm.h>
@@ -51,6 +57,13 @@ struct kserv_vm {
 	unsigned int npages;
 	struct page *pages[KSERV_MAX_PAGES];	/* donated to KCore: freed after DESTROY_VM */
 	struct kserv_slot slots[KSERV_MAX_SLOTS];
+	/* The virtual GIC (kserv-core's model; NULL until KVM_DEV_ARM_VGIC_CTRL_INIT). */
+	spinlock_t irq_lock;		/* guards vgic's state */
+	void *vgic;
+	bool gic_created;
+	u64 gicd, gicr;
+	u32 nr_irqs, gic_vcpus;
+	wait_queue_head_t wq;		/* vCPUs waiting for an interrupt */
 };
 
 struct kserv_vcpu {
@@ -79,9 +92,12 @@ static long kcore_call(u32 fn, unsigned long a1, unsigned long a2, unsigned long
 }
 
 /* VCPU_RUN: x1..x4 of the exit into x[0..3]. */
-static long kcore_run(unsigned long vmid, unsigned long vcpu, u64 value, unsigned long x[4])
+static long kcore_run(unsigned long vmid, unsigned long vcpu, u64 value, unsigned long opts,
+		      unsigned long x[4])
 {
-	struct arm_smccc_1_2_regs args = { .a0 = KCORE_VCPU_RUN, .a1 = vmid, .a2 = vcpu, .a3 = value };
+	struct arm_smccc_1_2_regs args = {
+		.a0 = KCORE_VCPU_RUN, .a1 = vmid, .a2 = vcpu, .a3 = value, .a4 = opts,
+	};
 	struct arm_smccc_1_2_regs res;
 
 	arm_smccc_1_2_hvc(&args, &res);
@@ -131,6 +147,7 @@ static void kserv_vm_destroy(struct kserv_vm *vm)
 	/* Lent pages came back with the VM's end: the VMM's again. */
 	for (i = 0; i < KSERV_MAX_SLOTS; i++)
 		kserv_slot_release(&vm->slots[i]);
+	kvfree(vm->vgic);
 	kfree(vm);
 }
 
@@ -258,6 +275,299 @@ static long kserv_back_page(struct kserv_vcpu *vcpu, u64 ipa)
 	return kserv_core_errno(r);
 }
 
+
+/* ------------------------------------------------------------------ the virtual GIC */
+
+#define KSERV_GIC_DIST_SIZE 0x10000
+#define KSERV_GIC_REDIST_SIZE 0x20000
+#define KSERV_GIC_ADDR_UNDEF (~0ULL)	/* a frame not placed yet */
+
+/* Is `ipa` the GIC's? Then its frame (-1 the distributor, else a redistributor) and offset. */
+static bool kserv_gic_frame(struct kserv_vm *vm, u64 ipa, int *frame, u64 *offset)
+{
+	if (!vm->vgic)
+		return false;
+	if (ipa >= vm->gicd && ipa - vm->gicd < KSERV_GIC_DIST_SIZE) {
+		*frame = -1;
+		*offset = ipa - vm->gicd;
+		return true;
+	}
+	if (ipa >= vm->gicr && ipa - vm->gicr < (u64)vm->gic_vcpus * KSERV_GIC_REDIST_SIZE) {
+		*frame = (ipa - vm->gicr) / KSERV_GIC_REDIST_SIZE;
+		*offset = (ipa - vm->gicr) % KSERV_GIC_REDIST_SIZE;
+		return true;
+	}
+	return false;
+}
+
+static bool kserv_irq_pending(struct kserv_vcpu *vcpu)
+{
+	struct kserv_vm *vm = vcpu->vm;
+	bool p;
+
+	spin_lock(&vm->irq_lock);
+	p = vm->vgic && kserv_core_vgic_pending(vm->vgic, vcpu->id);
+	spin_unlock(&vm->irq_lock);
+	return p;
+}
+
+/*
+ * Before a run: learn from KCore what the guest did with its list registers (the ones it is
+ * done with go back to the GIC model, which may give a level interrupt again), then fill the
+ * free ones with the most urgent pending interrupts. Returns VCPU_RUN's options: ask for an
+ * exit when the list registers drain if more is waiting.
+ */
+static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
+{
+	struct kserv_vm *vm = vcpu->vm;
+	struct arm_smccc_1_2_regs args = { .a0 = KCORE_VCPU_IRQ_STATE, .a1 = vm->vmid, .a2 = vcpu->id };
+	struct arm_smccc_1_2_regs res;
+	unsigned long lrs[4];
+	unsigned int i, free = 0;
+	unsigned long opts = 0;
+
+	if (!vm->vgic)
+		return 0;
+	arm_smccc_1_2_hvc(&args, &res);
+	if ((long)res.a0 != KCORE_E_SUCCESS)
+		return 0;
+	lrs[0] = res.a1;
+	lrs[1] = res.a2;
+	lrs[2] = res.a3;
+	lrs[3] = res.a4;
+	spin_lock(&vm->irq_lock);
+	for (i = 0; i < 4; i++) {
+		if (lrs[i] >> 62)
+			continue;	/* still pending or active in the guest */
+		if (lrs[i])
+			kserv_core_vgic_done(vm->vgic, vcpu->id, lrs[i] & 0xffffffff);
+		free++;
+	}
+	while (free--) {
+		u64 t = kserv_core_vgic_take(vm->vgic, vcpu->id);
+		long r;
+
+		if (t == ~0ULL)
+			break;
+		r = kcore_call4(KCORE_INJECT_IRQ, vm->vmid, vcpu->id, t & 0xffffffff, t >> 32, NULL);
+		if (r != KCORE_E_SUCCESS) {
+			/* Cannot happen with a free register; let the model give it again. */
+			kserv_core_vgic_done(vm->vgic, vcpu->id, t & 0xffffffff);
+			break;
+		}
+	}
+	if (kserv_core_vgic_pending(vm->vgic, vcpu->id))
+		opts = 1;
+	spin_unlock(&vm->irq_lock);
+	return opts;
+}
+
+static void kserv_kick(struct kserv_vm *vm)
+{
+	wake_up_interruptible_all(&vm->wq);
+}
+
+/* KVM_IRQ_LINE: an SPI's line from the VMM. */
+static long kserv_irq_line(struct kserv_vm *vm, void __user *argp)
+{
+	struct kvm_irq_level l;
+	u32 type, num;
+	int target;
+
+	if (copy_from_user(&l, argp, sizeof(l)))
+		return -EFAULT;
+	type = l.irq >> KVM_ARM_IRQ_TYPE_SHIFT;
+	num = l.irq & KVM_ARM_IRQ_NUM_MASK;
+	if (type != KVM_ARM_IRQ_TYPE_SPI || num < 32 || l.level > 1)
+		return -EINVAL;
+	spin_lock(&vm->irq_lock);
+	if (!vm->vgic || num >= vm->nr_irqs) {
+		spin_unlock(&vm->irq_lock);
+		return -EINVAL;
+	}
+	target = kserv_core_vgic_spi(vm->vgic, num, l.level);
+	spin_unlock(&vm->irq_lock);
+	if (target >= 0)
+		kserv_kick(vm);
+	return 0;
+}
+
+struct kserv_gic_dev {
+	struct kserv_vm *vm;
+	struct file *vm_file;
+};
+
+static long kserv_gic_attr(struct kserv_gic_dev *dev, void __user *argp, bool set, bool has)
+{
+	struct kserv_vm *vm = dev->vm;
+	struct kvm_device_attr a;
+	u64 v = 0;
+	long r = 0;
+
+	if (copy_from_user(&a, argp, sizeof(a)))
+		return -EFAULT;
+	switch (a.group) {
+	case KVM_DEV_ARM_VGIC_GRP_ADDR:
+		if (a.attr != KVM_VGIC_V3_ADDR_TYPE_DIST && a.attr != KVM_VGIC_V3_ADDR_TYPE_REDIST)
+			return -ENXIO;
+		break;
+	case KVM_DEV_ARM_VGIC_GRP_NR_IRQS:
+	case KVM_DEV_ARM_VGIC_GRP_CTRL:
+		if (a.group == KVM_DEV_ARM_VGIC_GRP_CTRL && a.attr != KVM_DEV_ARM_VGIC_CTRL_INIT)
+			return -ENXIO;
+		break;
+	default:
+		/* No state save or restore groups: a VMM then skips them (QEMU registers a
+		 * migration blocker). */
+		return -ENXIO;
+	}
+	if (has)
+		return 0;
+	mutex_lock(&vm->lock);
+	switch (a.group) {
+	case KVM_DEV_ARM_VGIC_GRP_ADDR:
+		if (set) {
+			u64 *slot = a.attr == KVM_VGIC_V3_ADDR_TYPE_DIST ? &vm->gicd : &vm->gicr;
+
+			/* As KVM: 64 KiB aligned, set once, before the GIC is initialised. */
+			if (copy_from_user(&v, (void __user *)(unsigned long)a.addr, sizeof(v)))
+				r = -EFAULT;
+			else if (v & 0xffff || v == KSERV_GIC_ADDR_UNDEF)
+				r = -EINVAL;
+			else if (vm->vgic)
+				r = -EBUSY;
+			else if (*slot != KSERV_GIC_ADDR_UNDEF)
+				r = -EEXIST;
+			else if (a.attr == KVM_VGIC_V3_ADDR_TYPE_DIST)
+				vm->gicd = v;
+			else
+				vm->gicr = v;
+		} else {
+			v = a.attr == KVM_VGIC_V3_ADDR_TYPE_DIST ? vm->gicd : vm->gicr;
+			if (copy_to_user((void __user *)(unsigned long)a.addr, &v, sizeof(v)))
+				r = -EFAULT;
+		}
+		break;
+	case KVM_DEV_ARM_VGIC_GRP_NR_IRQS: {
+		u32 n;
+
+		if (!set) {
+			r = put_user(vm->nr_irqs, (u32 __user *)(unsigned long)a.addr);
+			break;
+		}
+		if (get_user(n, (u32 __user *)(unsigned long)a.addr))
+			r = -EFAULT;
+		else if (vm->vgic || n < 64 || n > 1024 || n % 32)
+			r = vm->vgic ? -EBUSY : -EINVAL;
+		else
+			vm->nr_irqs = n;
+		break;
+	}
+	case KVM_DEV_ARM_VGIC_GRP_CTRL: {
+		/* CTRL_INIT: the GIC for the vCPUs created so far. */
+		void *g;
+
+		if (!set) {
+			r = -ENXIO;
+			break;
+		}
+		if (vm->vgic)
+			break;
+		if (vm->gicd == KSERV_GIC_ADDR_UNDEF || vm->gicr == KSERV_GIC_ADDR_UNDEF) {
+			r = -ENXIO;	/* as KVM: the frames must be placed first */
+			break;
+		}
+		g = kvzalloc(kserv_core_vgic_size(), GFP_KERNEL);
+		if (!g) {
+			r = -ENOMEM;
+			break;
+		}
+		r = kserv_core_vgic_init(g, hweight32(vm->vcpus), vm->nr_irqs ? vm->nr_irqs : 64);
+		if (r) {
+			kvfree(g);
+			break;
+		}
+		if (!vm->nr_irqs)
+			vm->nr_irqs = 64;
+		vm->gic_vcpus = hweight32(vm->vcpus);
+		spin_lock(&vm->irq_lock);
+		vm->vgic = g;
+		spin_unlock(&vm->irq_lock);
+		break;
+	}
+	}
+	mutex_unlock(&vm->lock);
+	return r;
+}
+
+static long kserv_gic_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
+{
+	switch (cmd) {
+	case KVM_SET_DEVICE_ATTR:
+		return kserv_gic_attr(f->private_data, (void __user *)arg, true, false);
+	case KVM_GET_DEVICE_ATTR:
+		return kserv_gic_attr(f->private_data, (void __user *)arg, false, false);
+	case KVM_HAS_DEVICE_ATTR:
+		return kserv_gic_attr(f->private_data, (void __user *)arg, false, true);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static int kserv_gic_release(struct inode *inode, struct file *f)
+{
+	struct kserv_gic_dev *dev = f->private_data;
+
+	fput(dev->vm_file);
+	kfree(dev);
+	return 0;
+}
+
+static const struct file_operations kserv_gic_fops = {
+	.owner = THIS_MODULE,
+	.release = kserv_gic_release,
+	.unlocked_ioctl = kserv_gic_ioctl,
+	.llseek = noop_llseek,
+};
+
+/* KVM_CREATE_DEVICE: the VM's GICv3 (one). */
+static long kserv_create_device(struct file *vm_file, void __user *argp)
+{
+	struct kserv_vm *vm = vm_file->private_data;
+	struct kvm_create_device cd;
+	struct kserv_gic_dev *dev;
+	int fd;
+
+	if (copy_from_user(&cd, argp, sizeof(cd)))
+		return -EFAULT;
+	if (cd.type != KVM_DEV_TYPE_ARM_VGIC_V3 || cd.flags & ~KVM_CREATE_DEVICE_TEST)
+		return -ENODEV;
+	if (cd.flags & KVM_CREATE_DEVICE_TEST)
+		return 0;
+	mutex_lock(&vm->lock);
+	if (vm->gic_created) {
+		mutex_unlock(&vm->lock);
+		return -EEXIST;
+	}
+	vm->gic_created = true;
+	mutex_unlock(&vm->lock);
+	dev = kzalloc(sizeof(*dev), GFP_KERNEL);
+	if (!dev)
+		return -ENOMEM;
+	dev->vm = vm;
+	dev->vm_file = get_file(vm_file);
+	fd = anon_inode_getfd("kvm-vgic-v3", &kserv_gic_fops, dev, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		fput(vm_file);
+		kfree(dev);
+		return fd;
+	}
+	cd.fd = fd;
+	if (copy_to_user(argp, &cd, sizeof(cd)))
+		return -EFAULT;
+	return 0;
+}
+
 /* ------------------------------------------------------------------ vCPU registers */
 
 #define PLACE_KCORE 1
@@ -340,6 +650,22 @@ static void kserv_wait_deadline(u64 deadline)
 	schedule_hrtimeout(&t, HRTIMER_MODE_REL);
 }
 
+/* Sleep until an interrupt is pending for the vCPU, its timer's deadline, or a signal. */
+static void kserv_wait_irq(struct kserv_vcpu *vcpu, u64 deadline)
+{
+	struct kserv_vm *vm = vcpu->vm;
+	u64 now = read_sysreg(cntvct_el0), freq = read_sysreg(cntfrq_el0);
+
+	if (deadline == ~0ULL) {
+		wait_event_interruptible(vm->wq, kserv_irq_pending(vcpu));
+		return;
+	}
+	if (deadline <= now)
+		return;
+	wait_event_interruptible_hrtimeout(vm->wq, kserv_irq_pending(vcpu),
+					   ns_to_ktime(mul_u64_u64_div_u64(deadline - now, NSEC_PER_SEC, freq)));
+}
+
 static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
 {
 	struct kserv_vm *vm = vcpu->vm;
@@ -365,13 +691,18 @@ static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
 		vcpu->mmio_read = false;
 	}
 	for (;;) {
+		unsigned long opts;
+		int frame;
+		u64 off;
+
 		/* kvm_run.immediate_exit is byte 1 of the UAPI layout (newer kernels rename the
 		 * field for their own code, so it is read by offset). */
 		if (READ_ONCE(((u8 *)run)[1]) || signal_pending(current)) {
 			run->exit_reason = KVM_EXIT_INTR;
 			return -EINTR;
 		}
-		r = kcore_run(vm->vmid, vcpu->id, value, x);
+		opts = kserv_sync_irqs(vcpu);
+		r = kcore_run(vm->vmid, vcpu->id, value, opts, x);
 		value = 0;
 		if (r == KCORE_E_BAD_STATE) {
 			/* Off (waits for the guest's CPU_ON) or running elsewhere: wait. */
@@ -382,6 +713,19 @@ static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
 			return kserv_core_errno(r);
 		switch (x[0]) {
 		case 1: /* MMIO: x1 IPA, x2 size_log2 << 1 | write, x3 the value written */
+			if (kserv_gic_frame(vm, x[1], &frame, &off)) {
+				/* The GIC is emulated here; a refused access reads as zero. */
+				u64 v = x[3];
+
+				spin_lock(&vm->irq_lock);
+				if (kserv_core_vgic_mmio(vm->vgic, frame, off, 1U << (x[2] >> 1), x[2] & 1, &v))
+					v = 0;
+				spin_unlock(&vm->irq_lock);
+				value = x[2] & 1 ? 0 : v;
+				if (x[2] & 1)
+					kserv_kick(vm);	/* an enable or pending bit may have changed */
+				break;
+			}
 			run->exit_reason = KVM_EXIT_MMIO;
 			run->mmio.phys_addr = x[1];
 			run->mmio.len = 1U << (x[2] >> 1);
@@ -398,7 +742,21 @@ static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
 				return r;
 			break;
 		case 3: /* WFI/WFE: x1 the guest timer's deadline */
-			kserv_wait_deadline(x[1]);
+			if (vm->vgic)
+				kserv_wait_irq(vcpu, x[1]);
+			else
+				kserv_wait_deadline(x[1]);
+			break;
+		case 8: /* an SGI: x1 the ICC_SGI1R_EL1 value */
+			if (vm->vgic) {
+				u64 targets;
+
+				spin_lock(&vm->irq_lock);
+				targets = kserv_core_vgic_sgi(vm->vgic, vcpu->id, x[1]);
+				spin_unlock(&vm->irq_lock);
+				if (targets)
+					kserv_kick(vm);
+			}
 			break;
 		case 5: /* the guest powered off */
 			run->exit_reason = KVM_EXIT_SYSTEM_EVENT;
@@ -534,6 +892,10 @@ static long kserv_vm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		return kserv_create_vcpu(f, arg);
 	case KVM_SET_USER_MEMORY_REGION:
 		return kserv_set_memory(f->private_data, (void __user *)arg);
+	case KVM_CREATE_DEVICE:
+		return kserv_create_device(f, (void __user *)arg);
+	case KVM_IRQ_LINE:
+		return kserv_irq_line(f->private_data, (void __user *)arg);
 	case KVM_ARM_PREFERRED_TARGET: {
 		struct kvm_vcpu_init init = { .target = KVM_ARM_TARGET_GENERIC_V8 };
 
@@ -573,6 +935,10 @@ static long kserv_create_vm(unsigned long type)
 		return -ENOMEM;
 	}
 	mutex_init(&vm->lock);
+	spin_lock_init(&vm->irq_lock);
+	vm->gicd = KSERV_GIC_ADDR_UNDEF;
+	vm->gicr = KSERV_GIC_ADDR_UNDEF;
+	init_waitqueue_head(&vm->wq);
 	r = kcore_call(KCORE_REGISTER_VM, page_to_pfn(root), KCORE_VM_NON_PROTECTED, 0, &vmid);
 	if (r != KCORE_E_SUCCESS) {
 		__free_page(root);

@@ -1,0 +1,27 @@
+//! Assemble kvm-smoke's guests for their load address (0x40000000) as flat binaries.
+use std::path::PathBuf;
+
+fn main() {
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for name in ["guest-hello", "guest-irq"] {
+        println!("cargo:rerun-if-changed={name}.S");
+        let elf = out.join(format!("{name}.elf"));
+        let bin = out.join(format!("{name}.bin"));
+        let ok = std::process::Command::new("aarch64-linux-gnu-gcc")
+            .args(["-nostdlib", "-static", "-Wl,-Ttext=0x40000000", "-Wl,--build-id=none", "-o"])
+            .arg(&elf)
+            .arg(dir.join(format!("{name}.S")))
+            .status()
+            .expect("aarch64-linux-gnu-gcc (scripts/setup.sh installs it)")
+            .success()
+            && std::process::Command::new("aarch64-linux-gnu-objcopy")
+                .args(["-O", "binary"])
+                .arg(&elf)
+                .arg(&bin)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "assembling {name} failed");
+    }
+}
