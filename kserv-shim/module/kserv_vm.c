@@ -429,12 +429,13 @@ static long kserv_gic_attr(struct kserv_gic_dev *dev, void __user *argp, bool se
 		if (set) {
 			u64 *slot = a.attr == KVM_VGIC_V3_ADDR_TYPE_DIST ? &vm->gicd : &vm->gicr;
 
-			/* As KVM: 64 KiB aligned, set once, before the GIC is initialised. */
+			/* As KVM: 64 KiB aligned, set once, before the VM first runs (QEMU places
+			 * the frames after CTRL_INIT, kvmtool before). */
 			if (copy_from_user(&v, (void __user *)(unsigned long)a.addr, sizeof(v)))
 				r = -EFAULT;
 			else if (v & 0xffff || v == KSERV_GIC_ADDR_UNDEF)
 				r = -EINVAL;
-			else if (vm->vgic)
+			else if (vm->verified)
 				r = -EBUSY;
 			else if (*slot != KSERV_GIC_ADDR_UNDEF)
 				r = -EEXIST;
@@ -473,23 +474,20 @@ static long kserv_gic_attr(struct kserv_gic_dev *dev, void __user *argp, bool se
 		}
 		if (vm->vgic)
 			break;
-		if (vm->gicd == KSERV_GIC_ADDR_UNDEF || vm->gicr == KSERV_GIC_ADDR_UNDEF) {
-			r = -ENXIO;	/* as KVM: the frames must be placed first */
-			break;
-		}
 		g = kvzalloc(kserv_core_vgic_size(), GFP_KERNEL);
 		if (!g) {
 			r = -ENOMEM;
 			break;
 		}
-		r = kserv_core_vgic_init(g, hweight32(vm->vcpus), vm->nr_irqs ? vm->nr_irqs : 64);
+		/* A redistributor for each vCPU id up to the highest created. */
+		r = kserv_core_vgic_init(g, fls(vm->vcpus), vm->nr_irqs ? vm->nr_irqs : 64);
 		if (r) {
 			kvfree(g);
 			break;
 		}
 		if (!vm->nr_irqs)
 			vm->nr_irqs = 64;
-		vm->gic_vcpus = hweight32(vm->vcpus);
+		vm->gic_vcpus = fls(vm->vcpus);
 		spin_lock(&vm->irq_lock);
 		vm->vgic = g;
 		spin_unlock(&vm->irq_lock);
@@ -675,6 +673,11 @@ static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
 	long r;
 
 	mutex_lock(&vm->lock);
+	if (vm->vgic && (vm->gicd == KSERV_GIC_ADDR_UNDEF || vm->gicr == KSERV_GIC_ADDR_UNDEF)) {
+		/* As KVM: a GIC whose frames were never placed cannot run. */
+		mutex_unlock(&vm->lock);
+		return -ENXIO;
+	}
 	if (!vm->verified) {
 		/* The first run ends the VM's set-up: KCore fixes its layout. */
 		r = kcore_call(KCORE_VERIFY_VM, vm->vmid, 0, 0, NULL);
@@ -855,6 +858,13 @@ static long kserv_create_vcpu(struct file *vm_file, unsigned long id)
 	}
 	vcpu->run = page_address(vcpu->run_page);
 	mutex_lock(&vm->lock);
+	if (vm->vgic) {
+		/* As KVM: the GIC was sized for the vCPUs that existed at CTRL_INIT. */
+		mutex_unlock(&vm->lock);
+		__free_page(vcpu->run_page);
+		kfree(vcpu);
+		return -EBUSY;
+	}
 	/* Its context page comes from the VM's pool: top it up when KCore asks for more. */
 	r = kcore_call(KCORE_REGISTER_VCPU, vm->vmid, id, 0, NULL);
 	if (r == KCORE_E_NO_MEMORY) {

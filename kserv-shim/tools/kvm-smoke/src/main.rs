@@ -269,6 +269,7 @@ fn run_irq(kvm: &std::fs::File) {
     // waiting for its timeout.
     // SAFETY: alarm(2) only arms a timer for this process.
     unsafe { libc::alarm(30) };
+    // QEMU's order: the GIC after the vCPUs, sized and initialised, its frames placed last.
     let mut dev_fd = None;
     let guest = Guest::new(kvm, GUEST_IRQ, |vm| {
         let mut create = [KVM_DEV_TYPE_ARM_VGIC_V3, 0, 0];
@@ -277,17 +278,20 @@ fn run_irq(kvm: &std::fs::File) {
         if ioctl_ptr(vm, KVM_CREATE_DEVICE, &mut create) != Err(libc::EEXIST) {
             fail("a second GIC is not refused");
         }
-        let mut init = [u64::from(VGIC_GRP_CTRL) << 32, VGIC_CTRL_INIT, 0];
-        if ioctl_ptr(&dev, KVM_SET_DEVICE_ATTR, &mut init) != Err(libc::ENXIO) {
-            fail("a GIC initialised before its frames are placed");
-        }
-        device_attr(&dev, VGIC_GRP_ADDR, VGIC_ADDR_DIST, 0x0800_0000);
-        device_attr(&dev, VGIC_GRP_ADDR, VGIC_ADDR_REDIST, 0x080a_0000);
         // NR_IRQS takes a u32 behind the pointer; the rest of the u64 is not read.
         device_attr(&dev, VGIC_GRP_NR_IRQS, 0, 64);
         device_attr(&dev, VGIC_GRP_CTRL, VGIC_CTRL_INIT, 0);
+        if ioctl(vm, KVM_CREATE_VCPU, 1) != Err(libc::EBUSY) {
+            fail("a vCPU created after the GIC is not refused");
+        }
+        device_attr(&dev, VGIC_GRP_ADDR, VGIC_ADDR_DIST, 0x0800_0000);
         dev_fd = Some(dev);
     });
+    let dev = dev_fd.unwrap_or_else(|| fail("no GIC"));
+    if ioctl(&guest.vcpu, KVM_RUN, 0) != Err(libc::ENXIO) {
+        fail("a guest ran with its GIC's redistributors never placed");
+    }
+    device_attr(&dev, VGIC_GRP_ADDR, VGIC_ADDR_REDIST, 0x080a_0000);
     let line = |level: u32| {
         let mut l = [IRQ_LINE_SPI | 40, level];
         ioctl_ptr(&guest.vm, KVM_IRQ_LINE, &mut l).unwrap_or_else(|e| fail(&format!("KVM_IRQ_LINE: {e}")));
@@ -313,7 +317,7 @@ fn run_irq(kvm: &std::fs::File) {
         }
         _ => fail(&format!("unexpected MMIO at {addr:#x} (len {len}, write {write})")),
     });
-    drop(dev_fd);
+    drop(dev);
     if console != "RG\n" || acked != 40 {
         fail(&format!("the interrupt guest said {console:?} and acknowledged {acked}"));
     }
