@@ -61,6 +61,9 @@ check "/dev/kvm: 50 VMs with 4 vCPUs created and destroyed through KCore" grep -
 # A VM launched from the host's userspace: memory slot, registers, KVM_RUN with MMIO exits,
 # RAM lent on the guest's faults, power-off as a system event.
 check "/dev/kvm: a guest runs from Linux userspace (MMIO, RAM, power-off)" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/iso.out"
+# QEMU's register sync: the list KVM_GET_REG_LIST gives (core, FP/SIMD, MPIDR, the EL1
+# registers KCore switches) reads and writes back through KVM_GET/SET_ONE_REG.
+check "/dev/kvm: all 98 registers KVM_GET_REG_LIST lists round-trip" grep -q "; 98 listed registers round-tripped" "$OUT/iso.out"
 # The in-kernel GICv3 (KVM_CREATE_DEVICE, its attributes, KVM_IRQ_LINE): the guest programs
 # the emulated distributor and redistributor, waits in WFI, and takes SPI 40 through a list
 # register KCore loads.

@@ -10,6 +10,8 @@ u32 kserv_core_abi_version(void);
 int kserv_core_errno(long code);
 /* A KVM register id's place: 0 none; kind in 63:56, KCore's numbers in 31:16 and 15:0. */
 u64 kserv_core_reg_place(u64 id);
+u64 kserv_core_reg_list_len(void);
+u64 kserv_core_reg_list_at(u64 i);
 
 /* kserv-core's virtual GICv3 (kserv-shim/core/src/ffi.rs); `g` is its zeroed allocation. */
 size_t kserv_core_vgic_size(void);

@@ -6,7 +6,8 @@
  * host pages the module donates; KCore owns them until the VM is destroyed) and returns a VM
  * fd; KVM_CREATE_VCPU registers a vCPU and returns its fd. Memory slots declare the VM's RAM
  * to KCore; the VMM's pages are pinned and lent to the guest as it first touches them.
- * KVM_ARM_VCPU_INIT, KVM_GET/SET_ONE_REG (the ids kserv-core maps onto KCore's registers)
+ * KVM_ARM_VCPU_INIT, KVM_GET_REG_LIST and KVM_GET/SET_ONE_REG (the ids kserv-core maps onto
+ * KCore's registers)
  * and KVM_RUN (MMIO exits to the VMM, faults backed here, WFI slept until the guest timer's
  * deadline, power-off as a system event) run a guest. Closing the last fd destroys the VM:
  * KCore scrubs what it owns and hands every page back, and only then are pages unpinned or
@@ -628,6 +629,27 @@ static long kserv_one_reg(struct kserv_vcpu *vcpu, void __user *argp, bool set)
 	return 0;
 }
 
+/*
+ * KVM_GET_REG_LIST: every id GET/SET_ONE_REG accept. A list too small for them gets E2BIG with
+ * the count needed in n (a VMM asks with n = 0 first).
+ */
+static long kserv_reg_list(void __user *argp)
+{
+	struct kvm_reg_list __user *user = argp;
+	u64 n, want = kserv_core_reg_list_len(), i;
+
+	if (get_user(n, &user->n))
+		return -EFAULT;
+	if (put_user(want, &user->n))
+		return -EFAULT;
+	if (n < want)
+		return -E2BIG;
+	for (i = 0; i < want; i++)
+		if (put_user(kserv_core_reg_list_at(i), &user->reg[i]))
+			return -EFAULT;
+	return 0;
+}
+
 /* ------------------------------------------------------------------ running */
 
 /* Sleep until the guest's timer deadline (a counter value), or a signal. */
@@ -817,6 +839,8 @@ static long kserv_vcpu_ioctl(struct file *f, unsigned int cmd, unsigned long arg
 		return kserv_one_reg(vcpu, (void __user *)arg, true);
 	case KVM_GET_ONE_REG:
 		return kserv_one_reg(vcpu, (void __user *)arg, false);
+	case KVM_GET_REG_LIST:
+		return kserv_reg_list((void __user *)arg);
 	default:
 		return -ENOTTY;
 	}

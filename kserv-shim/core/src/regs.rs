@@ -263,6 +263,18 @@ pub extern "C" fn kserv_core_reg_place(id: u64) -> u64 {
     }
 }
 
+/// `KVM_GET_REG_LIST` for the module's glue: how many ids [`list`] gives.
+#[unsafe(no_mangle)]
+pub extern "C" fn kserv_core_reg_list_len() -> u64 {
+    LIST_LEN as u64
+}
+
+/// The `i`th id of [`list`], or 0 past its end.
+#[unsafe(no_mangle)]
+pub extern "C" fn kserv_core_reg_list_at(i: u64) -> u64 {
+    usize::try_from(i).ok().and_then(|i| list().nth(i)).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod packed_tests {
     use super::*;
@@ -273,5 +285,15 @@ mod packed_tests {
         assert_eq!(kserv_core_reg_place(0x6040_0000_0010_0058), (2 << 56) | (67 << 16) | 66, "V1");
         assert_eq!(kserv_core_reg_place(MPIDR_EL1), 3 << 56);
         assert_eq!(kserv_core_reg_place(1), 0);
+    }
+
+    #[test]
+    fn the_list_by_index() {
+        let n = kserv_core_reg_list_len();
+        assert_eq!(n as usize, list().count());
+        assert!((0..n).all(|i| kserv_core_reg_list_at(i) == list().nth(i as usize).unwrap()));
+        assert!((0..n).all(|i| kserv_core_reg_place(kserv_core_reg_list_at(i)) != 0));
+        assert_eq!(kserv_core_reg_list_at(n), 0);
+        assert_eq!(kserv_core_reg_list_at(u64::MAX), 0);
     }
 }

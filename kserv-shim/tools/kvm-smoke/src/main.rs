@@ -26,6 +26,8 @@ const KVM_SET_USER_MEMORY_REGION: libc::c_ulong = iow(0x46, 32);
 const KVM_GET_ONE_REG: libc::c_ulong = iow(0xab, 16);
 const KVM_SET_ONE_REG: libc::c_ulong = iow(0xac, 16);
 const KVM_ARM_VCPU_INIT: libc::c_ulong = iow(0xae, 32);
+/// `_IOWR(KVMIO, 0xb0, struct kvm_reg_list)` (a u64 count, then the ids).
+const KVM_GET_REG_LIST: libc::c_ulong = (3 << 30) | (8 << 16) | (0xae << 8) | 0xb0;
 const KVM_IRQ_LINE: libc::c_ulong = iow(0x61, 8);
 const KVM_SET_DEVICE_ATTR: libc::c_ulong = iow(0xe1, 24);
 /// `_IOWR(KVMIO, 0xe0, struct kvm_create_device)`.
@@ -232,6 +234,33 @@ fn run_hello(kvm: &std::fs::File) {
     if guest.get(REG_MPIDR) != 1 << 31 {
         fail("MPIDR_EL1 of vCPU 0");
     }
+    // QEMU's register sync: KVM_GET_REG_LIST asked with n = 0 (E2BIG and the count), then
+    // every listed register read and written back unchanged.
+    let mut probe = [0u64; 1];
+    if ioctl_ptr(&guest.vcpu, KVM_GET_REG_LIST, &mut probe) != Err(libc::E2BIG) || probe[0] == 0 {
+        fail("KVM_GET_REG_LIST with no room does not ask for more");
+    }
+    let mut list = vec![0u64; 1 + probe[0] as usize];
+    list[0] = probe[0];
+    // SAFETY: `list` is a u64 count followed by that many slots, struct kvm_reg_list's layout.
+    let r = unsafe { libc::ioctl(guest.vcpu.as_raw_fd(), KVM_GET_REG_LIST as _, list.as_mut_ptr()) };
+    if r != 0 || list[0] != probe[0] {
+        fail("KVM_GET_REG_LIST");
+    }
+    for &id in &list[1..] {
+        let size = 1usize << ((id >> 52) & 0xf);
+        let mut v = [0u64; 2];
+        let mut reg = [id, v.as_mut_ptr() as u64];
+        if size > 16
+            || ioctl_ptr(&guest.vcpu, KVM_GET_ONE_REG, &mut reg).is_err()
+            || ioctl_ptr(&guest.vcpu, KVM_SET_ONE_REG, &mut reg).is_err()
+        {
+            fail(&format!("listed register {id:#x} does not round-trip"));
+        }
+    }
+    if guest.get(REG_X2) != 0x1234 || guest.get(REG_PC) != GUEST_RAM {
+        fail("registers changed by writing back what was read");
+    }
     let mut console = String::new();
     let mut reads = 0;
     guest.run_to_shutdown(|addr, len, write, data| match (addr, write) {
@@ -250,7 +279,10 @@ fn run_hello(kvm: &std::fs::File) {
     if console != "HIZI\n" || reads != 1 || stored != u64::from(b'I') {
         fail(&format!("the guest said {console:?} after {reads} reads and left {stored:#x} in RAM"));
     }
-    println!("KVM-SMOKE: a guest ran over /dev/kvm: said HIZI, its RAM write seen by the VMM, powered off");
+    println!(
+        "KVM-SMOKE: a guest ran over /dev/kvm: said HIZI, its RAM write seen by the VMM, powered off; {} listed registers round-tripped",
+        probe[0]
+    );
 }
 
 /// Set one attribute of the interrupt controller device.
