@@ -68,6 +68,9 @@ check "/dev/kvm: all 98 registers KVM_GET_REG_LIST lists round-trip" grep -q "; 
 # the emulated distributor and redistributor, waits in WFI, and takes SPI 40 through a list
 # register KCore loads.
 check "/dev/kvm: an SPI raised with KVM_IRQ_LINE reaches the guest through the in-kernel GICv3" grep -q "KVM-SMOKE: an interrupt reached a guest" "$OUT/iso.out"
+# A device thread's path: an irqfd signalled from userspace becomes an edge on SPI 40, and the
+# guest's acknowledgement (a write an ioeventfd matches) is heard in the kernel, no exit.
+check "/dev/kvm: an irqfd interrupts the guest, an ioeventfd hears it without an exit" grep -q "KVM-SMOKE: an irqfd interrupted a guest and an ioeventfd heard" "$OUT/iso.out"
 
 # 4 CPUs, cortex-a57 (AMD Seattle's core): CPU offline and online through the PSCI proxy.
 host a57 --cpus 4 --cpu cortex-a57 --exec '
@@ -105,6 +108,7 @@ check "newer kernel: its own kserv module loads" console_has newer "KSERV: kserv
 check "newer kernel: /dev/kvm VMs come and go" grep -q "KVM-SMOKE: API 12; 10 VMs" "$OUT/newer.out"
 check "newer kernel: a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/newer.out"
 check "newer kernel: and takes an interrupt from the in-kernel GICv3" grep -q "KVM-SMOKE: an interrupt reached a guest" "$OUT/newer.out"
+check "newer kernel: irqfd and ioeventfd (6.8+ eventfd API)" grep -q "KVM-SMOKE: an irqfd interrupted a guest" "$OUT/newer.out"
 
 # The debug build of KCore checks every security invariant (kcore::invariants) after each
 # host trap and halts on a violation; boot a host on it and touch KCore memory once.

@@ -3,7 +3,53 @@
 #ifndef KSERV_H
 #define KSERV_H
 
+#include <linux/kvm.h>
+#include <linux/list.h>
+#include <linux/mm_types.h>
+#include <linux/mutex.h>
+#include <linux/spinlock.h>
 #include <linux/types.h>
+#include <linux/wait.h>
+
+/* Table pages given to a new VM's pool: its root's levels and vCPU context pages. */
+#define KSERV_INITIAL_POOL 8
+#define KSERV_MAX_VCPUS 8
+#define KSERV_MAX_PAGES 256
+#define KSERV_MAX_SLOTS 8
+
+struct kserv_slot {
+	u64 gpa, size, uaddr;
+	struct page **pages;		/* pinned VMM pages, by page index; NULL until touched */
+};
+
+struct kserv_vm {
+	struct mutex lock;
+	unsigned long vmid;
+	unsigned int vcpus;		/* bitmap of registered vCPUs */
+	bool verified;			/* set up ended (first KVM_RUN): the layout is fixed */
+	unsigned int npages;
+	struct page *pages[KSERV_MAX_PAGES];	/* donated to KCore: freed after DESTROY_VM */
+	struct kserv_slot slots[KSERV_MAX_SLOTS];
+	/* The virtual GIC (kserv-core's model; NULL until KVM_DEV_ARM_VGIC_CTRL_INIT). */
+	spinlock_t irq_lock;		/* guards vgic's state */
+	void *vgic;
+	bool gic_created;
+	u64 gicd, gicr;
+	u32 nr_irqs, gic_vcpus;
+	wait_queue_head_t wq;		/* vCPUs waiting for an interrupt */
+	/* Eventfds (kserv_events.c), under `lock`. */
+	struct list_head ioeventfds, irqfds;
+	unsigned int nr_ioeventfds;
+};
+
+struct kserv_vcpu {
+	struct kserv_vm *vm;
+	struct file *vm_file;		/* keeps the VM alive while its vCPU fd is open */
+	unsigned int id;
+	struct page *run_page;		/* struct kvm_run, mapped by the VMM */
+	struct kvm_run *run;
+	bool mmio_read;			/* the last exit was an MMIO read the VMM answers */
+};
 
 /* kserv-core (kserv-shim/core): the ABI version it was built for; KCore status -> -errno. */
 u32 kserv_core_abi_version(void);
@@ -26,5 +72,12 @@ bool kserv_core_vgic_pending(void *g, u32 vcpu);
 /* kserv_vm.c: /dev/kvm. */
 int kserv_dev_register(void);
 void kserv_dev_unregister(void);
+void kserv_kick(struct kserv_vm *vm);
+
+/* kserv_events.c: KVM_IOEVENTFD and KVM_IRQFD. */
+long kserv_ioeventfd(struct kserv_vm *vm, void __user *argp);
+long kserv_irqfd(struct kserv_vm *vm, void __user *argp);
+bool kserv_ioeventfd_signal(struct kserv_vm *vm, u64 addr, u32 len, u64 value);
+void kserv_events_release(struct kserv_vm *vm);
 
 #endif

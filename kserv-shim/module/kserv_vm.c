@@ -39,43 +39,6 @@
 #include "kcore_abi.h"
 #include "kserv.h"
 
-/* Table pages given to a new VM's pool: its root's levels and vCPU context pages. */
-#define KSERV_INITIAL_POOL 8
-#define KSERV_MAX_VCPUS 8
-#define KSERV_MAX_PAGES 256
-#define KSERV_MAX_SLOTS 8
-
-struct kserv_slot {
-	u64 gpa, size, uaddr;
-	struct page **pages;		/* pinned VMM pages, by page index; NULL until touched */
-};
-
-struct kserv_vm {
-	struct mutex lock;
-	unsigned long vmid;
-	unsigned int vcpus;		/* bitmap of registered vCPUs */
-	bool verified;			/* set up ended (first KVM_RUN): the layout is fixed */
-	unsigned int npages;
-	struct page *pages[KSERV_MAX_PAGES];	/* donated to KCore: freed after DESTROY_VM */
-	struct kserv_slot slots[KSERV_MAX_SLOTS];
-	/* The virtual GIC (kserv-core's model; NULL until KVM_DEV_ARM_VGIC_CTRL_INIT). */
-	spinlock_t irq_lock;		/* guards vgic's state */
-	void *vgic;
-	bool gic_created;
-	u64 gicd, gicr;
-	u32 nr_irqs, gic_vcpus;
-	wait_queue_head_t wq;		/* vCPUs waiting for an interrupt */
-};
-
-struct kserv_vcpu {
-	struct kserv_vm *vm;
-	struct file *vm_file;		/* keeps the VM alive while its vCPU fd is open */
-	unsigned int id;
-	struct page *run_page;		/* struct kvm_run, mapped by the VMM */
-	struct kvm_run *run;
-	bool mmio_read;			/* the last exit was an MMIO read the VMM answers */
-};
-
 static long kcore_call4(u32 fn, unsigned long a1, unsigned long a2, unsigned long a3,
 			unsigned long a4, unsigned long *r1)
 {
@@ -133,13 +96,17 @@ static void kserv_slot_release(struct kserv_slot *s);
 
 static void kserv_vm_destroy(struct kserv_vm *vm)
 {
-	long r = kcore_call(KCORE_DESTROY_VM, vm->vmid, 0, 0, NULL);
+	long r;
 	unsigned int i;
 
+	/* No eventfd reaches the VM any more (and no injection is still queued). */
+	kserv_events_release(vm);
+	r = kcore_call(KCORE_DESTROY_VM, vm->vmid, 0, 0, NULL);
 	if (r != KCORE_E_SUCCESS) {
 		/* KCore still holds the pages: never give them to the page allocator. */
 		pr_err("kserv: DESTROY_VM %lu failed (%ld); %u pages left with KCore\n", vm->vmid, r,
 		       vm->npages);
+		kvfree(vm->vgic);
 		kfree(vm);
 		return;
 	}
@@ -363,7 +330,7 @@ static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
 	return opts;
 }
 
-static void kserv_kick(struct kserv_vm *vm)
+void kserv_kick(struct kserv_vm *vm)
 {
 	wake_up_interruptible_all(&vm->wq);
 }
@@ -751,6 +718,9 @@ static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
 					kserv_kick(vm);	/* an enable or pending bit may have changed */
 				break;
 			}
+			/* A write a VMM asked to hear of through an eventfd: signalled, no exit. */
+			if ((x[2] & 1) && kserv_ioeventfd_signal(vm, x[1], 1U << (x[2] >> 1), x[3]))
+				break;
 			run->exit_reason = KVM_EXIT_MMIO;
 			run->mmio.phys_addr = x[1];
 			run->mmio.len = 1U << (x[2] >> 1);
@@ -930,6 +900,10 @@ static long kserv_vm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		return kserv_create_device(f, (void __user *)arg);
 	case KVM_IRQ_LINE:
 		return kserv_irq_line(f->private_data, (void __user *)arg);
+	case KVM_IOEVENTFD:
+		return kserv_ioeventfd(f->private_data, (void __user *)arg);
+	case KVM_IRQFD:
+		return kserv_irqfd(f->private_data, (void __user *)arg);
 	case KVM_ARM_PREFERRED_TARGET: {
 		struct kvm_vcpu_init init = { .target = KVM_ARM_TARGET_GENERIC_V8 };
 
@@ -970,6 +944,8 @@ static long kserv_create_vm(unsigned long type)
 	}
 	mutex_init(&vm->lock);
 	spin_lock_init(&vm->irq_lock);
+	INIT_LIST_HEAD(&vm->ioeventfds);
+	INIT_LIST_HEAD(&vm->irqfds);
 	vm->gicd = KSERV_GIC_ADDR_UNDEF;
 	vm->gicr = KSERV_GIC_ADDR_UNDEF;
 	init_waitqueue_head(&vm->wq);

@@ -1,8 +1,10 @@
 // kvm-smoke's interrupt guest, at 0x40000000 with the MMU off. It programs the virtual GIC
 // (distributor at 0x08000000, vCPU 0's redistributor at 0x080a0000: emulated in the host
-// kernel by the kserv module), says 'R' (the VMM then raises SPI 40's level line), takes
-// the interrupt through its vector, acknowledges the device (a write of the INTID to
-// 0x09001000, on which the VMM lowers the line), says 'G', completes it, and powers off.
+// kernel by the kserv module), with SPI 40 edge-triggered if x0 is non-zero at entry (else
+// level, the reset value), says 'R' (the VMM then raises SPI 40's line, or signals an irqfd),
+// takes the interrupt through its vector, says 'G', acknowledges the device (a write of the
+// INTID to 0x09001000: the VMM lowers the line, or an ioeventfd hears it), completes it, and
+// powers off.
 .text
 .global _start
 _start:
@@ -16,7 +18,10 @@ _start:
     str     wzr, [x7, #0x14]        // GICR_WAKER: awake
     mov     w9, #-1
     str     w9, [x6, #0x84]         // GICD_IGROUPR1: SPIs 32-63 in group 1
-    mov     w9, #(1 << 8)
+    cbz     x0, 4f
+    mov     w9, #(2 << 16)
+    str     w9, [x6, #0xc08]        // GICD_ICFGR2: SPI 40 (field 8, bits 17:16) edge
+4:  mov     w9, #(1 << 8)
     str     w9, [x6, #0x104]        // GICD_ISENABLER1: SPI 40
     mov     x9, #0xff
     msr     S3_0_C4_C6_0, x9        // ICC_PMR_EL1: every priority

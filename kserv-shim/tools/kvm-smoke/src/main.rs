@@ -29,6 +29,11 @@ const KVM_ARM_VCPU_INIT: libc::c_ulong = iow(0xae, 32);
 /// `_IOWR(KVMIO, 0xb0, struct kvm_reg_list)` (a u64 count, then the ids).
 const KVM_GET_REG_LIST: libc::c_ulong = (3 << 30) | (8 << 16) | (0xae << 8) | 0xb0;
 const KVM_IRQ_LINE: libc::c_ulong = iow(0x61, 8);
+const KVM_IRQFD: libc::c_ulong = iow(0x76, 32);
+const KVM_IOEVENTFD: libc::c_ulong = iow(0x79, 64);
+const IOEVENTFD_DATAMATCH: u64 = 1 << 0;
+const IOEVENTFD_PIO: u64 = 1 << 1;
+const IOEVENTFD_DEASSIGN: u64 = 1 << 2;
 const KVM_SET_DEVICE_ATTR: libc::c_ulong = iow(0xe1, 24);
 /// `_IOWR(KVMIO, 0xe0, struct kvm_create_device)`.
 const KVM_CREATE_DEVICE: libc::c_ulong = (3 << 30) | (12 << 16) | (0xae << 8) | 0xe0;
@@ -55,6 +60,7 @@ const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 /// Core register ids (`KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | word offset`).
 const REG_PC: u64 = 0x6030_0000_0010_0040;
 const REG_PSTATE: u64 = 0x6030_0000_0010_0042;
+const REG_X0: u64 = 0x6030_0000_0010_0000;
 const REG_X2: u64 = 0x6030_0000_0010_0004;
 const REG_MPIDR: u64 = 0x6030_0000_0013_c005;
 
@@ -293,32 +299,62 @@ fn device_attr(dev: &OwnedFd, group: u32, attr: u64, value: u64) {
         .unwrap_or_else(|e| fail(&format!("KVM_SET_DEVICE_ATTR {group}/{attr}: {e}")));
 }
 
-/// The interrupt guest: a GICv3 created as QEMU creates it, SPI 40 raised by the VMM on the
-/// guest's 'R' and lowered when the guest acknowledges it, taken through the guest's vector.
+/// A GICv3 made for `vm` as QEMU makes it: after the vCPUs, sized and initialised, the
+/// distributor placed; the redistributors are placed by the caller (see [`run_irq`]).
+fn make_gic(vm: &OwnedFd, refusals: bool) -> OwnedFd {
+    let mut create = [KVM_DEV_TYPE_ARM_VGIC_V3, 0, 0];
+    ioctl_ptr(vm, KVM_CREATE_DEVICE, &mut create).unwrap_or_else(|e| fail(&format!("KVM_CREATE_DEVICE: {e}")));
+    let dev = fd(create[1] as i32);
+    if refusals && ioctl_ptr(vm, KVM_CREATE_DEVICE, &mut create) != Err(libc::EEXIST) {
+        fail("a second GIC is not refused");
+    }
+    // NR_IRQS takes a u32 behind the pointer; the rest of the u64 is not read.
+    device_attr(&dev, VGIC_GRP_NR_IRQS, 0, 64);
+    device_attr(&dev, VGIC_GRP_CTRL, VGIC_CTRL_INIT, 0);
+    if refusals && ioctl(vm, KVM_CREATE_VCPU, 1) != Err(libc::EBUSY) {
+        fail("a vCPU created after the GIC is not refused");
+    }
+    device_attr(&dev, VGIC_GRP_ADDR, VGIC_ADDR_DIST, 0x0800_0000);
+    dev
+}
+
+/// An eventfd (counter 0, blocking).
+fn eventfd() -> OwnedFd {
+    // SAFETY: eventfd(2) takes no pointers.
+    let r = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if r < 0 {
+        fail("eventfd");
+    }
+    fd(r)
+}
+
+/// The eventfd's counter, without waiting (0 if nothing was signalled).
+fn eventfd_count(efd: &OwnedFd) -> u64 {
+    let mut pfd = libc::pollfd { fd: efd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one live pollfd; a zero timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 1 {
+        return 0;
+    }
+    let mut v = 0u64;
+    // SAFETY: reading the 8-byte counter into a u64 of ours.
+    if unsafe { libc::read(efd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) } != 8 {
+        fail("eventfd read");
+    }
+    v
+}
+
+/// The interrupt guest, twice. First with a level SPI 40 the VMM raises with KVM_IRQ_LINE on
+/// the guest's 'R' and lowers on its acknowledgement (an MMIO exit). Then, as a virtio
+/// device's thread would, with SPI 40 edge-triggered and driven by an irqfd the VMM signals,
+/// and the acknowledgement heard by an ioeventfd in the kernel, without an exit.
 fn run_irq(kvm: &std::fs::File) {
     // An interrupt that never arrives leaves the guest in WFI, its vCPU thread asleep in
     // KVM_RUN; SIGALRM's default action ends this process (non-zero) instead of the test
     // waiting for its timeout.
     // SAFETY: alarm(2) only arms a timer for this process.
     unsafe { libc::alarm(30) };
-    // QEMU's order: the GIC after the vCPUs, sized and initialised, its frames placed last.
     let mut dev_fd = None;
-    let guest = Guest::new(kvm, GUEST_IRQ, |vm| {
-        let mut create = [KVM_DEV_TYPE_ARM_VGIC_V3, 0, 0];
-        ioctl_ptr(vm, KVM_CREATE_DEVICE, &mut create).unwrap_or_else(|e| fail(&format!("KVM_CREATE_DEVICE: {e}")));
-        let dev = fd(create[1] as i32);
-        if ioctl_ptr(vm, KVM_CREATE_DEVICE, &mut create) != Err(libc::EEXIST) {
-            fail("a second GIC is not refused");
-        }
-        // NR_IRQS takes a u32 behind the pointer; the rest of the u64 is not read.
-        device_attr(&dev, VGIC_GRP_NR_IRQS, 0, 64);
-        device_attr(&dev, VGIC_GRP_CTRL, VGIC_CTRL_INIT, 0);
-        if ioctl(vm, KVM_CREATE_VCPU, 1) != Err(libc::EBUSY) {
-            fail("a vCPU created after the GIC is not refused");
-        }
-        device_attr(&dev, VGIC_GRP_ADDR, VGIC_ADDR_DIST, 0x0800_0000);
-        dev_fd = Some(dev);
-    });
+    let guest = Guest::new(kvm, GUEST_IRQ, |vm| dev_fd = Some(make_gic(vm, true)));
     let dev = dev_fd.unwrap_or_else(|| fail("no GIC"));
     if ioctl(&guest.vcpu, KVM_RUN, 0) != Err(libc::ENXIO) {
         fail("a guest ran with its GIC's redistributors never placed");
@@ -353,9 +389,80 @@ fn run_irq(kvm: &std::fs::File) {
     if console != "RG\n" || acked != 40 {
         fail(&format!("the interrupt guest said {console:?} and acknowledged {acked}"));
     }
+    println!(
+        "KVM-SMOKE: an interrupt reached a guest through the in-kernel GICv3: SPI 40 raised, taken, acknowledged in {runs} runs"
+    );
+
+    let mut dev_fd = None;
+    let guest = Guest::new(kvm, GUEST_IRQ, |vm| dev_fd = Some(make_gic(vm, false)));
+    let dev = dev_fd.unwrap_or_else(|| fail("no GIC"));
+    device_attr(&dev, VGIC_GRP_ADDR, VGIC_ADDR_REDIST, 0x080a_0000);
+    guest.set(REG_X0, 1); // SPI 40 edge-triggered
+    // struct kvm_irqfd { u32 fd, gsi, flags, resamplefd; u8 pad[16] }: GSI 8 is SPI 40.
+    let irq_efd = eventfd();
+    let mut irqfd = [irq_efd.as_raw_fd() as u32, 8, 0, 0, 0, 0, 0, 0];
+    ioctl_ptr(&guest.vm, KVM_IRQFD, &mut irqfd).unwrap_or_else(|e| fail(&format!("KVM_IRQFD: {e}")));
+    if ioctl_ptr(&guest.vm, KVM_IRQFD, &mut irqfd) != Err(libc::EBUSY) {
+        fail("a second irqfd on one eventfd is not refused");
+    }
+    // struct kvm_ioeventfd { u64 datamatch, addr; u32 len; s32 fd; u32 flags; u8 pad[36] }:
+    // a 4-byte write of 40 at 0x0900_1000.
+    let ack_efd = eventfd();
+    let ioeventfd = |flags: u64, len: u64| {
+        let mut a = [0u64; 9];
+        a[0] = 40;
+        a[1] = 0x0900_1000;
+        a[2] = len | ((ack_efd.as_raw_fd() as u64) << 32);
+        a[3] = flags;
+        ioctl_ptr(&guest.vm, KVM_IOEVENTFD, &mut a)
+    };
+    if ioeventfd(IOEVENTFD_DATAMATCH, 3) != Err(libc::EINVAL) {
+        fail("an ioeventfd of 3 bytes is not refused");
+    }
+    if ioeventfd(IOEVENTFD_DATAMATCH | IOEVENTFD_PIO, 4) != Err(libc::EINVAL) {
+        fail("a port I/O ioeventfd is not refused");
+    }
+    ioeventfd(IOEVENTFD_DATAMATCH, 4).unwrap_or_else(|e| fail(&format!("KVM_IOEVENTFD: {e}")));
+    if ioeventfd(IOEVENTFD_DATAMATCH, 4) != Err(libc::EEXIST) {
+        fail("the same ioeventfd twice is not refused");
+    }
+    let mut console = String::new();
+    let runs = guest.run_to_shutdown(|addr, len, write, data| match (addr, write) {
+        (0x0900_0000, true) if len == 1 => {
+            console.push(data as u8 as char);
+            if data as u8 == b'R' {
+                // SAFETY: writing an 8-byte count to the eventfd from a u64 of ours.
+                let w = unsafe { libc::write(irq_efd.as_raw_fd(), &1u64 as *const u64 as *const libc::c_void, 8) };
+                if w != 8 {
+                    fail("eventfd write");
+                }
+            }
+            0
+        }
+        _ => fail(&format!("unexpected MMIO at {addr:#x} (len {len}, write {write})")),
+    });
+    let acks = eventfd_count(&ack_efd);
+    if console != "RG\n" || acks != 1 {
+        fail(&format!("the irqfd guest said {console:?} and its ioeventfd counted {acks}"));
+    }
+    irqfd[2] = 1; // KVM_IRQFD_FLAG_DEASSIGN
+    ioctl_ptr(&guest.vm, KVM_IRQFD, &mut irqfd).unwrap_or_else(|e| fail(&format!("KVM_IRQFD deassign: {e}")));
+    if ioctl_ptr(&guest.vm, KVM_IRQFD, &mut irqfd) != Err(libc::ENOENT) {
+        fail("an irqfd deassigned twice");
+    }
+    if ioeventfd(IOEVENTFD_DEASSIGN, 4) != Err(libc::ENOENT) {
+        fail("an ioeventfd deassigned with the wrong match");
+    }
+    // Both assigned again and left so: the VM's teardown must unhook them.
+    irqfd[2] = 0;
+    ioctl_ptr(&guest.vm, KVM_IRQFD, &mut irqfd).unwrap_or_else(|e| fail(&format!("KVM_IRQFD again: {e}")));
+    ioeventfd(IOEVENTFD_DATAMATCH | IOEVENTFD_DEASSIGN, 4)
+        .unwrap_or_else(|e| fail(&format!("KVM_IOEVENTFD deassign: {e}")));
+    ioeventfd(0, 0).unwrap_or_else(|e| fail(&format!("KVM_IOEVENTFD of any length: {e}")));
+    drop(dev);
     // SAFETY: as above: disarm the timer.
     unsafe { libc::alarm(0) };
     println!(
-        "KVM-SMOKE: an interrupt reached a guest through the in-kernel GICv3: SPI 40 raised, taken, acknowledged in {runs} runs"
+        "KVM-SMOKE: an irqfd interrupted a guest and an ioeventfd heard its acknowledgement without an exit, in {runs} runs"
     );
 }
