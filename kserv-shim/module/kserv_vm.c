@@ -760,7 +760,7 @@ static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
 			return 0;
 		case 9: /* a system register the host emulates: none yet, reads as zero */
 			break;
-		default: /* a host interrupt, SGIs (no virtual GIC yet), vCPUs starting/stopping */
+		default: /* a host interrupt, vCPUs starting or stopping: go round again */
 			cond_resched();
 			break;
 		}
