@@ -110,6 +110,25 @@ check "newer kernel: a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran
 check "newer kernel: and takes an interrupt from the in-kernel GICv3" grep -q "KVM-SMOKE: an interrupt reached a guest" "$OUT/newer.out"
 check "newer kernel: irqfd and ioeventfd (6.8+ eventfd API)" grep -q "KVM-SMOKE: an irqfd interrupted a guest" "$OUT/newer.out"
 
+# Debian's own QEMU (10.0, unmodified) as the VMM over the kserv module's /dev/kvm: it checks
+# the capabilities it requires, creates its scratch and real VMs, the in-kernel GICv3 (no
+# ITS: its=off), its vCPUs, and runs kvm-smoke's first guest, loaded at 0x40200000, on KCore:
+# the guest's UART output lands in QEMU's PL011 and its PSCI SYSTEM_OFF ends QEMU with 0.
+qemu_guest='timeout 60 qemu-system-aarch64 -M virt,gic-version=3,its=off -accel kvm -cpu host -m 64 -nographic -nic none -display none -monitor none -device loader,file=/tmp/hello.bin,addr=0x40200000,cpu-num=0'
+host qemu --with-qemu --cpus 2 --exec "
+kvm-smoke --guest hello > /tmp/hello.bin
+$qemu_guest -serial file:/tmp/serial1.txt; echo \"qemu-1-status \$?\"
+echo \"qemu-1-serial \$(tr -c A-Z . < /tmp/serial1.txt)\"
+$qemu_guest -smp 2 -serial file:/tmp/serial2.txt; echo \"qemu-2-status \$?\"
+echo \"qemu-2-serial \$(tr -c A-Z . < /tmp/serial2.txt)\"
+timeout 60 qemu-system-aarch64 -M virt,gic-version=3 -accel kvm -cpu host -m 64 -nographic -nic none -display none -monitor none -serial none 2>&1 | head -1"
+check "stock QEMU: a guest runs over /dev/kvm and powers QEMU off (status 0)" grep -qx "qemu-1-status 0" "$OUT/qemu.out"
+# 'H', 'I', the PL011 flag register QEMU's UART answered (not a letter), 'I' from RAM, '\n'.
+check "stock QEMU: the guest's output reached QEMU's UART" grep -qx "qemu-1-serial HI.I." "$OUT/qemu.out"
+check "stock QEMU: with 2 vCPUs too" grep -qx "qemu-2-status 0" "$OUT/qemu.out"
+check "stock QEMU: 2 vCPUs, same output" grep -qx "qemu-2-serial HI.I." "$OUT/qemu.out"
+check "stock QEMU: asking for the in-kernel ITS fails cleanly (not offered yet)" grep -q "error creating in-kernel ITS" "$OUT/qemu.out"
+
 # The debug build of KCore checks every security invariant (kcore::invariants) after each
 # host trap and halts on a violation; boot a host on it and touch KCore memory once.
 host debug --debug --cpus 2 --exec '

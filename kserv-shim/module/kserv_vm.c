@@ -540,6 +540,7 @@ static long kserv_create_device(struct file *vm_file, void __user *argp)
 #define PLACE_KCORE128 2
 #define PLACE_MPIDR 3
 #define PLACE_ZERO_SPSR 4
+#define PLACE_COUNTER 5
 
 static long kserv_one_reg(struct kserv_vcpu *vcpu, void __user *argp, bool set)
 {
@@ -587,6 +588,13 @@ static long kserv_one_reg(struct kserv_vcpu *vcpu, void __user *argp, bool set)
 		if (set && v[0])
 			return -EINVAL;
 		v[0] = 0;
+		break;
+	case PLACE_COUNTER:
+		/* Guests run with CNTVOFF_EL2 = 0, as the host does: the guest's virtual count is
+		 * this CPU's. KCore keeps no per-VM offset, so a VMM cannot move it. */
+		if (set)
+			return -EINVAL;
+		v[0] = read_sysreg(cntvct_el0);
 		break;
 	}
 	if (r != KCORE_E_SUCCESS)
@@ -889,6 +897,33 @@ static long kserv_create_vcpu(struct file *vm_file, unsigned long id)
 	return fd;
 }
 
+/* KVM_CHECK_EXTENSION (system and VM fds): what this module really does. */
+static long kserv_check_extension(unsigned long cap)
+{
+	switch (cap) {
+	case KVM_CAP_USER_MEMORY:
+	case KVM_CAP_DESTROY_MEMORY_REGION_WORKS:
+	case KVM_CAP_JOIN_MEMORY_REGIONS_WORKS:
+	case KVM_CAP_INTERNAL_ERROR_DATA:
+	case KVM_CAP_IOEVENTFD:
+	case KVM_CAP_IOEVENTFD_ANY_LENGTH:
+	case KVM_CAP_DEVICE_CTRL:
+	case KVM_CAP_IRQCHIP:
+	case KVM_CAP_IRQFD:
+	case KVM_CAP_ONE_REG:
+	case KVM_CAP_ARM_PSCI_0_2:
+	case KVM_CAP_IMMEDIATE_EXIT:
+		return 1;
+	case KVM_CAP_NR_VCPUS:
+	case KVM_CAP_MAX_VCPUS:
+		return KSERV_MAX_VCPUS;
+	case KVM_CAP_NR_MEMSLOTS:
+		return KSERV_MAX_SLOTS;
+	default:
+		return 0;
+	}
+}
+
 static long kserv_vm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 {
 	switch (cmd) {
@@ -910,7 +945,7 @@ static long kserv_vm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		return copy_to_user((void __user *)arg, &init, sizeof(init)) ? -EFAULT : 0;
 	}
 	case KVM_CHECK_EXTENSION:
-		return 0;
+		return kserv_check_extension(arg);
 	default:
 		return -ENOTTY;
 	}
@@ -982,7 +1017,7 @@ static long kserv_dev_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 	case KVM_GET_VCPU_MMAP_SIZE:
 		return arg ? -EINVAL : PAGE_SIZE;
 	case KVM_CHECK_EXTENSION:
-		return 0;
+		return kserv_check_extension(arg);
 	default:
 		return -EINVAL;
 	}

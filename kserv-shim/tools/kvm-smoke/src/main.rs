@@ -1,4 +1,4 @@
-//! `kvm-smoke [LOOPS]`: what a VMM does with `/dev/kvm`, checked against the KVM API
+//! `kvm-smoke [LOOPS]` (or `kvm-smoke --guest hello|irq > FILE`: a guest for another VMM): what a VMM does with `/dev/kvm`, checked against the KVM API
 //! (Documentation/virt/kvm/api.rst), run in the host under KCore: the API version, VM
 //! creation, vCPU creation (with the refusals a VMM can hit), and teardown by closing the fds,
 //! LOOPS times (default 1), so vmids and pages are seen to come back; then a tiny guest runs
@@ -69,8 +69,14 @@ const GUEST_HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-hello
 const GUEST_IRQ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-irq.bin"));
 const GUEST_RAM: u64 = 0x4000_0000;
 const GUEST_RAM_SIZE: usize = 2 << 20;
-/// `KVM_CAP_IRQCHIP`, one of the capabilities a VMM needs: not offered yet.
-const KVM_CAP_IRQCHIP: libc::c_ulong = 0;
+/// Capabilities offered: what QEMU 10 requires on arm64 with an in-kernel GICv3 (USER_MEMORY,
+/// DESTROY_MEMORY_REGION_WORKS, JOIN_MEMORY_REGIONS_WORKS, INTERNAL_ERROR_DATA, IOEVENTFD,
+/// IOEVENTFD_ANY_LENGTH, DEVICE_CTRL, IRQCHIP, IRQFD), and (number, value) pairs of others.
+const CAPS_REQUIRED: [libc::c_ulong; 9] = [3, 21, 30, 40, 36, 122, 89, 0, 32];
+const CAPS_VALUES: [(libc::c_ulong, i32); 3] = [(66, 8), (10, 8), (136, 1)]; // MAX_VCPUS, NR_MEMSLOTS, IMMEDIATE_EXIT
+/// Capabilities not offered, so a VMM does not use them: READONLY_MEM, ARM_PMU_V3, ARM_SVE,
+/// STEAL_TIME, ARM_EL1_32BIT, SET_GUEST_DEBUG.
+const CAPS_ABSENT: [libc::c_ulong; 6] = [81, 126, 170, 187, 93, 23];
 
 /// An ioctl whose argument is a pointer to `T`.
 fn ioctl_ptr<T>(fd: &impl AsRawFd, cmd: libc::c_ulong, arg: &mut T) -> Result<i32, i32> {
@@ -95,13 +101,37 @@ fn fail(what: &str) -> ! {
 }
 
 fn main() {
+    // `kvm-smoke --guest hello|irq`: the guest's flat binary on stdout, for another VMM
+    // (load it at 0x4000_0000 and start there, e.g. QEMU's `-device loader,...,cpu-num=0`).
+    if std::env::args().nth(1).as_deref() == Some("--guest") {
+        use std::io::Write;
+        let image = match std::env::args().nth(2).as_deref() {
+            Some("hello") => GUEST_HELLO,
+            Some("irq") => GUEST_IRQ,
+            _ => fail("--guest takes hello or irq"),
+        };
+        std::io::stdout().write_all(image).unwrap_or_else(|_| fail("writing the guest"));
+        return;
+    }
     let loops: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
     let kvm = OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap_or_else(|_| fail("open /dev/kvm"));
     if ioctl(&kvm, KVM_GET_API_VERSION, 0) != Ok(12) {
         fail("KVM_GET_API_VERSION is not 12");
     }
-    if ioctl(&kvm, KVM_CHECK_EXTENSION, KVM_CAP_IRQCHIP) != Ok(0) {
-        fail("KVM_CHECK_EXTENSION offers something not there yet");
+    for cap in CAPS_REQUIRED {
+        if ioctl(&kvm, KVM_CHECK_EXTENSION, cap) != Ok(1) {
+            fail(&format!("KVM_CHECK_EXTENSION does not offer capability {cap}"));
+        }
+    }
+    for (cap, value) in CAPS_VALUES {
+        if ioctl(&kvm, KVM_CHECK_EXTENSION, cap) != Ok(value) {
+            fail(&format!("KVM_CHECK_EXTENSION: capability {cap} is not {value}"));
+        }
+    }
+    for cap in CAPS_ABSENT {
+        if ioctl(&kvm, KVM_CHECK_EXTENSION, cap) != Ok(0) {
+            fail(&format!("KVM_CHECK_EXTENSION offers capability {cap}, not there"));
+        }
     }
     if ioctl(&kvm, KVM_CREATE_VM, 0xdead) != Err(libc::EINVAL) {
         fail("a bad VM type is not refused");
