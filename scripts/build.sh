@@ -138,3 +138,20 @@ if [ -x "$hq/usr/bin/qemu-system-aarch64" ] &&
     done
     (cd "$qstage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -6 > "$OUT/host-qemu.cpio.gz"
 fi
+
+# A Linux guest for the host's QEMU (scripts/run.sh --with-qemu puts it at /guest): Debian's
+# 6.1 cloud kernel Image, the one the host runs, and a busybox initramfs whose /init
+# (kserv-shim/guest/init) reports and powers off.
+guest_kernel="$(ls "$ROOT"/.cache/arm64/boot/vmlinuz-6.1.*-cloud-arm64 2>/dev/null | sort -V | tail -1)"
+if [ -n "$guest_kernel" ] && [ -f "$busybox" ] &&
+   { [ ! -f "$OUT/guest-linux.cpio.gz" ] || [ "$guest_kernel" -nt "$OUT/guest-linux.cpio.gz" ] ||
+     [ "$ROOT/kserv-shim/guest/init" -nt "$OUT/guest-linux.cpio.gz" ]; }; then
+    gstage="$OUT/guest-linux"
+    rm -rf "$gstage"
+    mkdir -p "$gstage/guest" "$gstage/initrd/bin" "$gstage/initrd/proc" "$gstage/initrd/sys" "$gstage/initrd/dev"
+    cp "$busybox" "$gstage/initrd/bin/busybox"
+    cp "$ROOT/kserv-shim/guest/init" "$gstage/initrd/init"
+    (cd "$gstage/initrd" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$gstage/guest/initrd.gz"
+    cp "$guest_kernel" "$gstage/guest/Image"
+    (cd "$gstage" && find guest | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -6 > "$OUT/guest-linux.cpio.gz"
+fi

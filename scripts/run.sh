@@ -20,7 +20,8 @@
 #   --semihosting       let the emulated machine exit through semihosting (tests only)
 #   --qemu-arg ARG      extra QEMU argument (repeatable)
 #   --with-qemu         give the host Debian's qemu-system-aarch64 (10.0, bookworm-backports) at
-#                       /usr/bin (about 20 MB more initramfs)
+#                       /usr/bin, and a Linux guest for it at /guest (Image, initrd.gz) (about
+#                       30 MB more initramfs)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/out"
@@ -66,6 +67,7 @@ cp "$OUT/initramfs.cpio.gz" "$initrd"
 if [ "$with_qemu" = 1 ]; then
     [ -f "$OUT/host-qemu.cpio.gz" ] || { echo "run.sh: no QEMU for the host (scripts/setup.sh fetches it)" >&2; exit 2; }
     cat "$OUT/host-qemu.cpio.gz" >> "$initrd"
+    [ -f "$OUT/guest-linux.cpio.gz" ] && cat "$OUT/guest-linux.cpio.gz" >> "$initrd"
 fi
 if [ "$have_exec" = 1 ]; then
     extra="$(mktemp -d)"

@@ -115,19 +115,28 @@ check "newer kernel: irqfd and ioeventfd (6.8+ eventfd API)" grep -q "KVM-SMOKE:
 # ITS: its=off), its vCPUs, and runs kvm-smoke's first guest, loaded at 0x40200000, on KCore:
 # the guest's UART output lands in QEMU's PL011 and its PSCI SYSTEM_OFF ends QEMU with 0.
 qemu_guest='timeout 60 qemu-system-aarch64 -M virt,gic-version=3,its=off -accel kvm -cpu host -m 64 -nographic -nic none -display none -monitor none -device loader,file=/tmp/hello.bin,addr=0x40200000,cpu-num=0'
-host qemu --with-qemu --cpus 2 --exec "
+host vmm --with-qemu --cpus 2 --timeout 400 --exec "
 kvm-smoke --guest hello > /tmp/hello.bin
-$qemu_guest -serial file:/tmp/serial1.txt; echo \"qemu-1-status \$?\"
+$qemu_guest -serial file:/tmp/serial1.txt 2> /tmp/q1.err; echo \"qemu-1-status \$? killed \$(grep -c terminating /tmp/q1.err)\"
 echo \"qemu-1-serial \$(tr -c A-Z . < /tmp/serial1.txt)\"
-$qemu_guest -smp 2 -serial file:/tmp/serial2.txt; echo \"qemu-2-status \$?\"
+$qemu_guest -smp 2 -serial file:/tmp/serial2.txt 2> /tmp/q2.err; echo \"qemu-2-status \$? killed \$(grep -c terminating /tmp/q2.err)\"
 echo \"qemu-2-serial \$(tr -c A-Z . < /tmp/serial2.txt)\"
-timeout 60 qemu-system-aarch64 -M virt,gic-version=3 -accel kvm -cpu host -m 64 -nographic -nic none -display none -monitor none -serial none 2>&1 | head -1"
-check "stock QEMU: a guest runs over /dev/kvm and powers QEMU off (status 0)" grep -qx "qemu-1-status 0" "$OUT/qemu.out"
+timeout 60 qemu-system-aarch64 -M virt,gic-version=3 -accel kvm -cpu host -m 64 -nographic -nic none -display none -monitor none -serial none 2>&1 | head -1
+timeout 120 qemu-system-aarch64 -M virt,gic-version=3,its=off -accel kvm -cpu host -m 256 -nographic -nic none -display none -monitor none -serial file:/tmp/linux.txt -kernel /guest/Image -initrd /guest/initrd.gz -append \"console=ttyAMA0 panic=-1\"
+grep -E \"GUEST-LINUX|reboot: Power down\" /tmp/linux.txt"
+check "stock QEMU: a guest runs over /dev/kvm and powers QEMU off (status 0, not timed out)" grep -qx "qemu-1-status 0 killed 0" "$OUT/vmm.out"
 # 'H', 'I', the PL011 flag register QEMU's UART answered (not a letter), 'I' from RAM, '\n'.
-check "stock QEMU: the guest's output reached QEMU's UART" grep -qx "qemu-1-serial HI.I." "$OUT/qemu.out"
-check "stock QEMU: with 2 vCPUs too" grep -qx "qemu-2-status 0" "$OUT/qemu.out"
-check "stock QEMU: 2 vCPUs, same output" grep -qx "qemu-2-serial HI.I." "$OUT/qemu.out"
-check "stock QEMU: asking for the in-kernel ITS fails cleanly (not offered yet)" grep -q "error creating in-kernel ITS" "$OUT/qemu.out"
+check "stock QEMU: the guest's output reached QEMU's UART" grep -qx "qemu-1-serial HI.I." "$OUT/vmm.out"
+check "stock QEMU: with 2 vCPUs too" grep -qx "qemu-2-status 0 killed 0" "$OUT/vmm.out"
+check "stock QEMU: 2 vCPUs, same output" grep -qx "qemu-2-serial HI.I." "$OUT/vmm.out"
+check "stock QEMU: asking for the in-kernel ITS fails cleanly (not offered yet)" grep -q "error creating in-kernel ITS" "$OUT/vmm.out"
+# Debian's 6.1 kernel as the guest of Debian's QEMU on KCore: it boots on the in-kernel GICv3
+# and KCore's timer, runs its /init (busybox) and powers the VM off; the CPU features it sees
+# are KCore's sanitised set (no SVE, pointer authentication or MTE). (Its power-off is not
+# checked: in one run of five QEMU was still up 240 s after the guest's /init asked for it;
+# not yet understood, see the README.)
+check "stock QEMU: a Debian Linux guest reaches userspace" grep -q "^GUEST-LINUX: userspace up, 1 CPUs, 6[.]1[.]" "$OUT/vmm.out"
+check "stock QEMU: the guest sees no SVE, PAuth or MTE" bash -c "grep -q '^GUEST-LINUX: Features' '$OUT/vmm.out' && ! grep -E '^GUEST-LINUX: Features.* (sve|paca|pacg|mte)( |$)' '$OUT/vmm.out'"
 
 # The debug build of KCore checks every security invariant (kcore::invariants) after each
 # host trap and halts on a violation; boot a host on it and touch KCore memory once.
