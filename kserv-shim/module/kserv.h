@@ -37,6 +37,7 @@ struct kserv_vm {
 	u64 gicd, gicr;
 	u32 nr_irqs, gic_vcpus;
 	wait_queue_head_t wq;		/* vCPUs waiting for an interrupt */
+	struct task_struct *running[KSERV_MAX_VCPUS];	/* in KVM_RUN, under irq_lock */
 	/* Eventfds (kserv_events.c), under `lock`. */
 	struct list_head ioeventfds, irqfds;
 	unsigned int nr_ioeventfds;

@@ -22,6 +22,7 @@
 #include <linux/arm-smccc.h>
 #include <linux/hrtimer.h>
 #include <linux/math64.h>
+#include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/uaccess.h>
 #include <linux/vmalloc.h>
@@ -330,9 +331,21 @@ static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
 	return opts;
 }
 
+/*
+ * Something may now be pending for the VM's vCPUs: wake those asleep in WFI, and interrupt
+ * those in the guest (a reschedule IPI to their CPU; KCore takes the guest out on any
+ * physical interrupt), so their next entry fills the list registers.
+ */
 void kserv_kick(struct kserv_vm *vm)
 {
+	unsigned int i;
+
 	wake_up_interruptible_all(&vm->wq);
+	spin_lock(&vm->irq_lock);
+	for (i = 0; i < KSERV_MAX_VCPUS; i++)
+		if (vm->running[i] && vm->running[i] != current)
+			kick_process(vm->running[i]);
+	spin_unlock(&vm->irq_lock);
 }
 
 /* KVM_IRQ_LINE: an SPI's line from the VMM. */
@@ -661,7 +674,7 @@ static void kserv_wait_irq(struct kserv_vcpu *vcpu, u64 deadline)
 					   ns_to_ktime(mul_u64_u64_div_u64(deadline - now, NSEC_PER_SEC, freq)));
 }
 
-static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
+static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 {
 	struct kserv_vm *vm = vcpu->vm;
 	struct kvm_run *run = vcpu->run;
@@ -773,6 +786,27 @@ static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
 			break;
 		}
 	}
+}
+
+/* KVM_RUN, with the thread known as the vCPU's while it runs (for kserv_kick). */
+static long kserv_vcpu_run(struct kserv_vcpu *vcpu)
+{
+	struct kserv_vm *vm = vcpu->vm;
+	long r;
+
+	spin_lock(&vm->irq_lock);
+	if (vm->running[vcpu->id]) {
+		/* As KVM: one thread runs a vCPU at a time. */
+		spin_unlock(&vm->irq_lock);
+		return -EBUSY;
+	}
+	vm->running[vcpu->id] = current;
+	spin_unlock(&vm->irq_lock);
+	r = kserv_vcpu_run_loop(vcpu);
+	spin_lock(&vm->irq_lock);
+	vm->running[vcpu->id] = NULL;
+	spin_unlock(&vm->irq_lock);
+	return r;
 }
 
 static int kserv_vcpu_release(struct inode *inode, struct file *f)
