@@ -123,7 +123,7 @@ $qemu_guest -smp 2 -serial file:/tmp/serial2.txt 2> /tmp/q2.err; echo \"qemu-2-s
 echo \"qemu-2-serial \$(tr -c A-Z . < /tmp/serial2.txt)\"
 timeout 60 qemu-system-aarch64 -M virt,gic-version=3 -accel kvm -cpu host -m 64 -nographic -nic none -display none -monitor none -serial none 2>&1 | head -1
 timeout 120 qemu-system-aarch64 -M virt,gic-version=3,its=off -accel kvm -cpu host -m 256 -nographic -nic none -display none -monitor none -serial file:/tmp/linux.txt -kernel /guest/Image -initrd /guest/initrd.gz -append \"console=ttyAMA0 panic=-1\"
-grep -E \"GUEST-LINUX|reboot: Power down\" /tmp/linux.txt"
+cat /tmp/linux.txt"
 check "stock QEMU: a guest runs over /dev/kvm and powers QEMU off (status 0, not timed out)" grep -qx "qemu-1-status 0 killed 0" "$OUT/vmm.out"
 # 'H', 'I', the PL011 flag register QEMU's UART answered (not a letter), 'I' from RAM, '\n'.
 check "stock QEMU: the guest's output reached QEMU's UART" grep -qx "qemu-1-serial HI.I." "$OUT/vmm.out"
@@ -134,7 +134,7 @@ check "stock QEMU: asking for the in-kernel ITS fails cleanly (not offered yet)"
 # and KCore's timer, runs its /init (busybox) and powers the VM off; the CPU features it sees
 # are KCore's sanitised set (no SVE, pointer authentication or MTE). (Its power-off is not
 # checked: in one run of five QEMU was still up 240 s after the guest's /init asked for it;
-# not yet understood, see the README.)
+# not yet understood, see the README. The guest's whole console is kept in vmm.out for that.)
 check "stock QEMU: a Debian Linux guest reaches userspace" grep -q "^GUEST-LINUX: userspace up, 1 CPUs, 6[.]1[.]" "$OUT/vmm.out"
 check "stock QEMU: the guest sees no SVE, PAuth or MTE" bash -c "grep -q '^GUEST-LINUX: Features' '$OUT/vmm.out' && ! grep -E '^GUEST-LINUX: Features.* (sve|paca|pacg|mte)( |$)' '$OUT/vmm.out'"
 
