@@ -531,14 +531,21 @@ static long kserv_create_device(struct file *vm_file, void __user *argp)
 	vm->gic_created = true;
 	mutex_unlock(&vm->lock);
 	dev = kzalloc(sizeof(*dev), GFP_KERNEL);
-	if (!dev)
-		return -ENOMEM;
-	dev->vm = vm;
-	dev->vm_file = get_file(vm_file);
-	fd = anon_inode_getfd("kvm-vgic-v3", &kserv_gic_fops, dev, O_RDWR | O_CLOEXEC);
+	fd = -ENOMEM;
+	if (dev) {
+		dev->vm = vm;
+		dev->vm_file = get_file(vm_file);
+		fd = anon_inode_getfd("kvm-vgic-v3", &kserv_gic_fops, dev, O_RDWR | O_CLOEXEC);
+		if (fd < 0) {
+			fput(vm_file);
+			kfree(dev);
+		}
+	}
 	if (fd < 0) {
-		fput(vm_file);
-		kfree(dev);
+		/* No device after all: a later KVM_CREATE_DEVICE may try again. */
+		mutex_lock(&vm->lock);
+		vm->gic_created = false;
+		mutex_unlock(&vm->lock);
 		return fd;
 	}
 	cd.fd = fd;
@@ -640,26 +647,11 @@ static long kserv_reg_list(void __user *argp)
 
 /* ------------------------------------------------------------------ running */
 
-/* Sleep until the guest's timer deadline (a counter value), or a signal. */
-static void kserv_wait_deadline(u64 deadline)
-{
-	u64 now = read_sysreg(cntvct_el0), freq = read_sysreg(cntfrq_el0);
-	ktime_t t;
-
-	if (deadline == ~0ULL) {
-		/* Nothing will wake it but an interrupt, which needs the virtual GIC: poll. */
-		schedule_timeout_interruptible(msecs_to_jiffies(10));
-		return;
-	}
-	if (deadline <= now)
-		return;
-	t = ns_to_ktime(mul_u64_u64_div_u64(deadline - now, NSEC_PER_SEC, freq));
-	set_current_state(TASK_INTERRUPTIBLE);
-	schedule_hrtimeout(&t, HRTIMER_MODE_REL);
-}
-
-/* Sleep until an interrupt is pending for the vCPU, its timer's deadline, or a signal. */
-static void kserv_wait_irq(struct kserv_vcpu *vcpu, u64 deadline)
+/*
+ * A guest WFI: sleep until an interrupt is pending for the vCPU (never, without a virtual
+ * GIC), its timer's deadline (a counter value; ~0 for none), or a signal.
+ */
+static void kserv_wait(struct kserv_vcpu *vcpu, u64 deadline)
 {
 	struct kserv_vm *vm = vcpu->vm;
 	u64 now = read_sysreg(cntvct_el0), freq = read_sysreg(cntfrq_el0);
@@ -758,10 +750,7 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 				return r;
 			break;
 		case 3: /* WFI/WFE: x1 the guest timer's deadline */
-			if (vm->vgic)
-				kserv_wait_irq(vcpu, x[1]);
-			else
-				kserv_wait_deadline(x[1]);
+			kserv_wait(vcpu, x[1]);
 			break;
 		case 8: /* an SGI: x1 the ICC_SGI1R_EL1 value */
 			if (vm->vgic) {
