@@ -16,6 +16,8 @@
 #define KSERV_MAX_VCPUS 8
 #define KSERV_MAX_PAGES 256
 #define KSERV_MAX_SLOTS 8
+/* List registers KCore lets the host fill (INJECT_IRQ); it keeps the last for the timer. */
+#define KSERV_HOST_LRS 3
 
 struct kserv_slot {
 	u64 gpa, size, uaddr;
@@ -50,6 +52,9 @@ struct kserv_vcpu {
 	struct page *run_page;		/* struct kvm_run, mapped by the VMM */
 	struct kvm_run *run;
 	bool mmio_read;			/* the last exit was an MMIO read the VMM answers */
+	/* The last exits (kserv.trace_exits=1): printed when KVM_RUN ends on a signal. */
+	unsigned long trace[16][4];
+	unsigned int trace_pos;
 };
 
 /* kserv-core (kserv-shim/core): the ABI version it was built for; KCore status -> -errno. */
@@ -68,6 +73,7 @@ int kserv_core_vgic_spi(void *g, u32 intid, bool level);
 u64 kserv_core_vgic_sgi(void *g, u32 from, u64 value);
 u64 kserv_core_vgic_take(void *g, u32 vcpu);
 void kserv_core_vgic_done(void *g, u32 vcpu, u32 intid);
+void kserv_core_vgic_untake(void *g, u32 vcpu, u32 intid);
 bool kserv_core_vgic_pending(void *g, u32 vcpu);
 
 /* kserv_vm.c: /dev/kvm. */

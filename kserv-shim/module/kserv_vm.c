@@ -291,7 +291,7 @@ static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
 	struct kserv_vm *vm = vcpu->vm;
 	struct arm_smccc_1_2_regs args = { .a0 = KCORE_VCPU_IRQ_STATE, .a1 = vm->vmid, .a2 = vcpu->id };
 	struct arm_smccc_1_2_regs res;
-	unsigned long lrs[4];
+	unsigned long lrs[4];	/* VCPU_IRQ_STATE: all four list registers */
 	unsigned int i, free = 0;
 	unsigned long opts = 0;
 
@@ -305,7 +305,8 @@ static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
 	lrs[2] = res.a3;
 	lrs[3] = res.a4;
 	spin_lock(&vm->irq_lock);
-	for (i = 0; i < 4; i++) {
+	/* The last list register is KCore's, for the guest's virtual timer. */
+	for (i = 0; i < KSERV_HOST_LRS; i++) {
 		if (lrs[i] >> 62)
 			continue;	/* still pending or active in the guest */
 		if (lrs[i])
@@ -320,8 +321,8 @@ static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
 			break;
 		r = kcore_call4(KCORE_INJECT_IRQ, vm->vmid, vcpu->id, t & 0xffffffff, t >> 32, NULL);
 		if (r != KCORE_E_SUCCESS) {
-			/* Cannot happen with a free register; let the model give it again. */
-			kserv_core_vgic_done(vm->vgic, vcpu->id, t & 0xffffffff);
+			/* Cannot happen with a free register; the model gives it again later. */
+			kserv_core_vgic_untake(vm->vgic, vcpu->id, t & 0xffffffff);
 			break;
 		}
 	}
@@ -666,6 +667,29 @@ static void kserv_wait(struct kserv_vcpu *vcpu, u64 deadline)
 					   ns_to_ktime(mul_u64_u64_div_u64(deadline - now, NSEC_PER_SEC, freq)));
 }
 
+static bool trace_exits;
+module_param(trace_exits, bool, 0644);
+MODULE_PARM_DESC(trace_exits, "keep each vCPU's last exits; print them when KVM_RUN ends on a signal");
+
+static void kserv_trace_dump(struct kserv_vcpu *vcpu)
+{
+	unsigned long pc = 0, ctl = 0, cval = 0, pstate = 0;
+	unsigned int i;
+
+	kcore_call4(KCORE_GET_VCPU_REG, vcpu->vm->vmid, vcpu->id, 32, 0, &pc);
+	kcore_call4(KCORE_GET_VCPU_REG, vcpu->vm->vmid, vcpu->id, 33, 0, &pstate);
+	kcore_call4(KCORE_GET_VCPU_REG, vcpu->vm->vmid, vcpu->id, 57, 0, &ctl);
+	kcore_call4(KCORE_GET_VCPU_REG, vcpu->vm->vmid, vcpu->id, 58, 0, &cval);
+	pr_info("kserv: vm %lu vcpu %u: pc %lx pstate %lx cntv_ctl %lx cval %lx now %llx pending %d\n",
+		vcpu->vm->vmid, vcpu->id, pc, pstate, ctl, cval, read_sysreg(cntvct_el0),
+		kserv_irq_pending(vcpu));
+	for (i = 0; i < ARRAY_SIZE(vcpu->trace); i++) {
+		unsigned long *t = vcpu->trace[(vcpu->trace_pos + i) % ARRAY_SIZE(vcpu->trace)];
+
+		pr_info("kserv:   exit %lx %lx %lx %lx\n", t[0], t[1], t[2], t[3]);
+	}
+}
+
 static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 {
 	struct kserv_vm *vm = vcpu->vm;
@@ -703,6 +727,8 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 		/* kvm_run.immediate_exit is byte 1 of the UAPI layout (newer kernels rename the
 		 * field for their own code, so it is read by offset). */
 		if (READ_ONCE(((u8 *)run)[1]) || signal_pending(current)) {
+			if (trace_exits)
+				kserv_trace_dump(vcpu);
 			run->exit_reason = KVM_EXIT_INTR;
 			return -EINTR;
 		}
@@ -716,6 +742,10 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 		}
 		if (r != KCORE_E_SUCCESS)
 			return kserv_core_errno(r);
+		if (trace_exits) {
+			memcpy(vcpu->trace[vcpu->trace_pos], x, sizeof(vcpu->trace[0]));
+			vcpu->trace_pos = (vcpu->trace_pos + 1) % ARRAY_SIZE(vcpu->trace);
+		}
 		switch (x[0]) {
 		case 1: /* MMIO: x1 IPA, x2 size_log2 << 1 | write, x3 the value written */
 			if (kserv_gic_frame(vm, x[1], &frame, &off)) {

@@ -215,7 +215,8 @@ pub fn exit(cpu: &AbsCpu, host: &AbsHost, x: [u64; 31], pc: u64, pstate: u64) ->
 
 /// A physical IRQ while the guest runs: is it the guest's virtual timer (enabled, fired,
 /// not masked)? If so the CPU after: the timer's output masked and INTID 27 pending in the
-/// first list register whose state is invalid, unless 27 is already pending or active in one.
+/// last list register, which is the timer's alone: written fresh unless 27 is live there
+/// already; if the guest has it active (still handling the previous one), pending and active.
 pub fn timer_irq(cpu: &AbsCpu) -> (bool, AbsCpu) {
     let ctl = cpu.regs[&SysReg::CntvCtlEl0];
     let (enable, imask, istatus) = (ctl & 1 != 0, ctl & 2 != 0, ctl & 4 != 0);
@@ -224,11 +225,15 @@ pub fn timer_irq(cpu: &AbsCpu) -> (bool, AbsCpu) {
     }
     let mut c = cpu.clone();
     c.regs.insert(SysReg::CntvCtlEl0, ctl | 2);
-    let state = |lr: u64| lr >> 62;
-    let queued = LRS.iter().any(|r| state(c.regs[r]) != 0 && c.regs[r] as u32 == 27);
-    if !queued && let Some(r) = LRS.iter().find(|r| state(c.regs[r]) == 0) {
+    let timer_lr = LRS[3];
+    let lr = c.regs[&timer_lr];
+    let (state, is_27) = (lr >> 62, lr as u32 == 27);
+    let after = match state {
+        0b10 if is_27 => lr | (1 << 62), // active: now pending and active
+        0b01 | 0b11 if is_27 => lr,      // already pending
         // State pending (01), group 1, priority 0xa0, virtual INTID 27.
-        c.regs.insert(*r, (1 << 62) | (1 << 60) | (0xa0 << 48) | 27);
-    }
+        _ => (1 << 62) | (1 << 60) | (0xa0 << 48) | 27,
+    };
+    c.regs.insert(timer_lr, after);
     (true, c)
 }

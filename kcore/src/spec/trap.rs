@@ -497,8 +497,9 @@ impl AbsTop {
 
     fn inject_irq(&mut self, vmid: u64, vcpu: u64, intid: u64, attrs: u64) -> Result<()> {
         let (vmid, vcpu) = vcpu_of(vmid, vcpu)?;
-        if intid >= 1020 || attrs >= 0x200 {
-            return Err(Error::InvalidParameter); // 1020-1023 are special, above is not an INTID
+        if intid >= 1020 || intid == 27 || attrs >= 0x200 {
+            // 1020-1023 are special, above is not an INTID; 27 (the virtual timer) is KCore's.
+            return Err(Error::InvalidParameter);
         }
         let st = self.vcpu_state(vmid, vcpu);
         if self.vm_state(vmid) != VmState::Verified || st != VcpuState::Ready {
@@ -509,7 +510,8 @@ impl AbsTop {
         if lrs.iter().any(|&lr| live(lr) && lr as u32 as u64 == intid) {
             return Err(Error::Exists);
         }
-        let free = lrs.iter().position(|&lr| !live(lr)).ok_or(Error::NoMemory)?;
+        // The last list register is KCore's, for the virtual timer.
+        let free = lrs[..3].iter().position(|&lr| !live(lr)).ok_or(Error::NoMemory)?;
         // Pending, group 1, the host's priority (attrs 7:0), EOI maintenance if level (bit 8).
         lrs[free] = (1 << 62) | (1 << 60) | ((attrs & 0xff) << 48) | ((attrs >> 8) << 41) | intid;
         Ok(())

@@ -266,9 +266,10 @@ impl<M: Machine> KCore<M> {
 
     /// A physical interrupt arrived while a guest runs on this CPU: if it is the guest's own
     /// virtual timer (its CNTV_CTL says fired and unmasked), mask the timer output (as the
-    /// guest's handler would first do) and queue virtual INTID 27 in a free list register.
-    /// Returns whether the interrupt was the guest's; otherwise it is the host's and the
-    /// guest exits.
+    /// guest's handler would first do) and make virtual INTID 27 pending in the timer's own
+    /// list register ([`super::TIMER_LR`]; pending and active if the guest is still in its
+    /// handler). The guest unmasks the timer when it re-arms it. Returns whether the
+    /// interrupt was the guest's; otherwise it is the host's and the guest exits.
     pub fn guest_timer_interrupt(&self) -> bool {
         let m = &self.m;
         let ctl = m.read_sysreg(SysReg::CntvCtlEl0);
@@ -276,15 +277,8 @@ impl<M: Machine> KCore<M> {
             return false;
         }
         m.write_sysreg(SysReg::CntvCtlEl0, ctl | CNTV_IMASK); // the physical PPI drops
-        let mut lrs = [0; LIST_REGS.len()];
-        for_each_lr!(i => lrs[i] = m.read_sysreg(LIST_REGS[i]));
-        // Already queued, or no room: the guest has it or gets it when one frees up (the
-        // timer stays masked until the guest re-arms it).
-        if let Some(free) = super::free_lr(&lrs, super::VTIMER_INTID) {
-            for_each_lr!(i => if i == free {
-                m.write_sysreg(LIST_REGS[i], super::pending_lr(super::VTIMER_INTID))
-            });
-        }
+        let timer_lr = LIST_REGS[super::TIMER_LR];
+        m.write_sysreg(timer_lr, super::timer_lr_pended(m.read_sysreg(timer_lr)));
         m.sync_context();
         true
     }

@@ -26,12 +26,14 @@ mod tests {
         assert!(host_deadline_armed(0b001) && host_deadline_armed(0b101));
         assert!(!host_deadline_armed(0b011), "masked");
         assert!(!host_deadline_armed(0b000), "off");
-        let busy = pending_lr(40);
-        assert_eq!(free_lr(&[busy, 0, 0, 0], 27), Some(1));
-        assert_eq!(free_lr(&[busy, pending_lr(27), 0, 0], 27), None, "already queued");
-        assert_eq!(free_lr(&[busy; 4], 27), None, "all busy");
-        // An active (state 0b10) copy counts as queued too.
-        assert_eq!(free_lr(&[(0b10 << 62) | 27, 0, 0, 0], 27), None);
+        let fresh = pending_lr(27);
+        assert_eq!(timer_lr_pended(0), fresh, "empty");
+        assert_eq!(timer_lr_pended(27), fresh, "finished (state invalid)");
+        assert_eq!(timer_lr_pended(fresh), fresh, "already pending");
+        let active = (fresh & !(0b11 << 62)) | (0b10 << 62);
+        assert_eq!(timer_lr_pended(active) >> 62, 0b11, "active: pending and active");
+        assert_eq!(timer_lr_pended(active | (0b01 << 62)), active | (0b01 << 62));
+        assert_eq!(TIMER_LR, 3);
     }
 }
 
@@ -128,13 +130,25 @@ pub const fn vtimer_fired(cntv_ctl: u64) -> bool {
     cntv_ctl & 0b111 == 0b101
 }
 
-/// The list register to put a pending `intid` in, given the live ones: `None` if it is
-/// already there (pending or active) or every one is busy.
-pub fn free_lr(lrs: &[u64], intid: u32) -> Option<usize> {
-    if lrs.iter().any(|&lr| lr >> 62 != 0 && lr & 0xffff_ffff == intid as u64) {
-        return None;
+/// The list register KCore keeps for the guest's virtual timer (the last one). The host's
+/// INJECT_IRQ uses only the others, so KCore never overwrites an interrupt the host queued, nor
+/// the finished state of one the host has yet to read back (VCPU_IRQ_STATE): losing that
+/// would leave the host believing the interrupt still sits in a list register, and it would
+/// never give that INTID (an IPI, say) to the vCPU again.
+pub const TIMER_LR: usize = MAX_LRS as usize - 1;
+
+/// The list register value that makes the virtual timer interrupt pending, given `lr`, the
+/// timer's list register now: a fresh pending entry if it holds nothing live; pending and
+/// active if the guest is still handling the previous one (the GIC's state for an edge that
+/// arrives while active: the guest takes it again after its deactivation); unchanged if it is
+/// already pending.
+pub const fn timer_lr_pended(lr: u64) -> u64 {
+    let live = lr >> 62 != 0 && lr & 0xffff_ffff == VTIMER_INTID as u64;
+    match (live, lr >> 62) {
+        (true, 0b10) => lr | (0b01 << 62),
+        (true, _) => lr,
+        (false, _) => pending_lr(VTIMER_INTID),
     }
-    lrs.iter().position(|&lr| lr >> 62 == 0)
 }
 
 /// Index of SCTLR_EL1 in [`EL1_SYSREGS`].

@@ -475,7 +475,8 @@ impl<M: Machine> KCore<M> {
     /// which VCPU_IRQ_STATE shows the list register invalid with its EOI bit).
     pub fn inject_irq_with(&self, vmid: u64, vcpu: u64, intid: u64, attrs: u64) -> Result<()> {
         let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
-        if intid >= 1020 || attrs >> 9 != 0 {
+        // 1020-1023 are special; the virtual timer's INTID is KCore's (its own list register).
+        if intid >= 1020 || intid == super::VTIMER_INTID as u64 || attrs >> 9 != 0 {
             return Err(Error::InvalidParameter);
         }
         let _vm = self.lock_vm(vmid);
@@ -488,7 +489,8 @@ impl<M: Machine> KCore<M> {
             return Err(Error::BadState);
         }
         let page = self.vcpu_page(vmid, vcpu);
-        let lrs = (0..super::MAX_LRS).map(|i| page.get(&self.m, slot::LRS + i));
+        // Every list register but the timer's ([`super::TIMER_LR`]).
+        let lrs = (0..super::TIMER_LR as u64).map(|i| page.get(&self.m, slot::LRS + i));
         let mut free = None;
         for (i, lr) in lrs.enumerate() {
             let live = lr >> 62 != 0;

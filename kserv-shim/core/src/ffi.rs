@@ -110,6 +110,18 @@ pub unsafe extern "C" fn kserv_core_vgic_done(p: *mut Vgic, vcpu: u32, intid: u3
     g.deactivated(vcpu as usize, intid);
 }
 
+/// KCore refused the list register for `intid`, which [`kserv_core_vgic_take`] gave: it is
+/// pending again.
+///
+/// # Safety
+/// See [`vgic`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_untake(p: *mut Vgic, vcpu: u32, intid: u32) {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    g.untake(vcpu as usize, intid);
+}
+
 /// Has vCPU `vcpu` an interrupt it could take (so a WFI does not sleep)?
 ///
 /// # Safety

@@ -15,6 +15,11 @@ pub const MAX_VCPUS: usize = 8;
 pub const MAX_INTIDS: usize = 1024;
 /// Private interrupts per vCPU (SGIs 0-15, PPIs 16-31).
 pub const PRIVATE: usize = 32;
+/// The guest's virtual timer interrupt (PPI 11): KCore delivers it itself, in a list register
+/// of its own, so this model never gives it.
+pub const VTIMER_INTID: u32 = 27;
+/// List registers the host fills with INJECT_IRQ (KCore keeps its last one for the timer).
+pub const HOST_LRS: usize = 3;
 /// Size of a redistributor: the RD_base frame and the SGI_base frame, 64 KiB each.
 pub const REDIST_SIZE: u64 = 0x2_0000;
 /// Size of the distributor's register frame.
@@ -498,8 +503,11 @@ impl Vgic {
 
     // ------------------------------------------------------------------ delivery
 
-    /// Can `irq` be given to a vCPU now?
-    fn deliverable(&self, irq: &Irq) -> bool {
+    /// Can `irq` (INTID `intid`) be given to a vCPU now?
+    fn deliverable(&self, intid: u32, irq: &Irq) -> bool {
+        if intid == VTIMER_INTID {
+            return false; // KCore's
+        }
         let group_on = if irq.group1 { self.enable_grp1 } else { self.enable_grp0 };
         irq.enabled && irq.pending() && !irq.active && !irq.in_lr && group_on
     }
@@ -518,7 +526,7 @@ impl Vgic {
             for intid in 0..self.nr_irqs.min(1020) as u32 {
                 let Some(irq) = self.irq(vcpu, intid) else { continue };
                 let mine = intid < PRIVATE as u32 || self.target(irq) == Some(vcpu);
-                if mine && self.deliverable(irq) && best.is_none_or(|(p, _)| irq.priority < p) {
+                if mine && self.deliverable(intid, irq) && best.is_none_or(|(p, _)| irq.priority < p) {
                     best = Some((irq.priority, intid));
                 }
             }
@@ -543,11 +551,23 @@ impl Vgic {
         }
     }
 
+    /// An interrupt [`Vgic::take`] gave could not be put in a list register after all: it is
+    /// pending again, as before the take.
+    pub fn untake(&mut self, vcpu: usize, intid: u32) {
+        if let Some(irq) = self.irq_mut(vcpu, intid) {
+            if irq.in_lr && irq.edge {
+                irq.latch = true;
+            }
+            irq.in_lr = false;
+        }
+    }
+
     /// Does `vcpu` have an interrupt it could take (so a WFI should not sleep)?
     pub fn has_pending(&self, vcpu: usize) -> bool {
         (0..self.nr_irqs.min(1020) as u32).any(|intid| {
-            self.irq(vcpu, intid)
-                .is_some_and(|irq| (intid < PRIVATE as u32 || self.target(irq) == Some(vcpu)) && self.deliverable(irq))
+            self.irq(vcpu, intid).is_some_and(|irq| {
+                (intid < PRIVATE as u32 || self.target(irq) == Some(vcpu)) && self.deliverable(intid, irq)
+            })
         })
     }
 }
@@ -661,6 +681,31 @@ mod tests {
         g.dist_write(0x80 + 4 * (intid as u64 / 32), 4, u64::from(u32::MAX)).unwrap();
         g.dist_write(0x100 + 4 * (intid as u64 / 32), 4, 1 << (intid % 32)).unwrap();
         g.dist_write(0x400 + intid as u64, 1, prio).unwrap();
+    }
+
+    #[test]
+    fn a_refused_injection_leaves_the_interrupt_pending() {
+        let mut g = gic();
+        g.redist_write(1, 0x1_0080, 4, 1 << 2).unwrap(); // SGI 2: group 1
+        g.redist_write(1, 0x1_0100, 4, 1 << 2).unwrap(); // enabled on vCPU 1
+        g.sgi(0, (2 << 24) | 0b10);
+        let mut out = [Injection { intid: 0, attrs: 0 }; 1];
+        assert_eq!(g.take(1, 1, &mut out), 1);
+        assert!(!g.has_pending(1), "taken: its pending state went with it");
+        g.untake(1, 2);
+        assert!(g.has_pending(1), "an edge is pending again");
+        assert_eq!(g.take(1, 1, &mut out), 1);
+        assert_eq!(out[0].intid, 2);
+    }
+
+    #[test]
+    fn the_virtual_timer_is_never_given() {
+        let mut g = gic();
+        g.redist_write(0, 0x1_0080, 4, 1 << VTIMER_INTID).unwrap(); // group 1
+        g.redist_write(0, 0x1_0100, 4, 1 << VTIMER_INTID).unwrap(); // enabled
+        g.redist_write(0, 0x1_0200, 4, 1 << VTIMER_INTID).unwrap(); // ISPENDR0: pending
+        let mut out = [Injection { intid: 0, attrs: 0 }; 1];
+        assert!(!g.has_pending(0) && g.take(0, 1, &mut out) == 0, "KCore delivers 27");
     }
 
     #[test]
