@@ -89,11 +89,12 @@ stage="$OUT/initramfs"
 busybox="$ROOT/.cache/arm64/bin/busybox"
 [ -x "$busybox" ] || { echo "build: busybox missing; run scripts/setup.sh" >&2; exit 1; }
 if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz" ] ||
-   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 2 \( -name '*.ko' -o -name kvm-smoke -o -name init \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
+   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 2 \( -name '*.ko' -o -name kvm-smoke -o -name init -o -name run-guest \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
     rm -rf "$stage"
     mkdir -p "$stage/bin" "$stage/dev" "$stage/proc" "$stage/sys" "$stage/tmp"
     cp "$busybox" "$stage/bin/busybox"
     cp "$ROOT/kserv-shim/initramfs/init" "$stage/init"
+    cp "$ROOT/kserv-shim/initramfs/run-guest" "$stage/bin/run-guest"
     cp "$kmods/kvm-smoke" "$stage/bin/kvm-smoke"
     for ko in "$kmods"/*/kserv.ko; do
         [ -f "$ko" ] || continue
@@ -140,18 +141,31 @@ if [ -x "$hq/usr/bin/qemu-system-aarch64" ] &&
 fi
 
 # A Linux guest for the host's QEMU (scripts/run.sh --with-qemu puts it at /guest): Debian's
-# 6.1 cloud kernel Image, the one the host runs, and a busybox initramfs whose /init
-# (kserv-shim/guest/init) reports and powers off.
-guest_kernel="$(ls "$ROOT"/.cache/arm64/boot/vmlinuz-6.1.*-cloud-arm64 2>/dev/null | sort -V | tail -1)"
+# 6.12 cloud kernel Image (virtio-pci and the virtio console built in), a busybox initramfs
+# with the virtio disk and network modules, whose /init (kserv-shim/guest/init) checks the
+# devices and powers off (or gives a shell), and a small ext2 disk image.
+guest_kernel="$(ls "$ROOT"/.cache/arm64/boot/vmlinuz-6.12.*-cloud-arm64 2>/dev/null | sort -V | tail -1)"
 if [ -n "$guest_kernel" ] && [ -f "$busybox" ] &&
    { [ ! -f "$OUT/guest-linux.cpio.gz" ] || [ "$guest_kernel" -nt "$OUT/guest-linux.cpio.gz" ] ||
-     [ "$ROOT/kserv-shim/guest/init" -nt "$OUT/guest-linux.cpio.gz" ]; }; then
+     [ "$ROOT/kserv-shim/guest/init" -nt "$OUT/guest-linux.cpio.gz" ] ||
+     [ "$ROOT/scripts/build.sh" -nt "$OUT/guest-linux.cpio.gz" ]; }; then
+    gv="$(basename "$guest_kernel")"
+    gv="${gv#vmlinuz-}"
     gstage="$OUT/guest-linux"
     rm -rf "$gstage"
-    mkdir -p "$gstage/guest" "$gstage/initrd/bin" "$gstage/initrd/proc" "$gstage/initrd/sys" "$gstage/initrd/dev"
+    mkdir -p "$gstage/guest" "$gstage/initrd/bin" "$gstage/initrd/lib/modules"
     cp "$busybox" "$gstage/initrd/bin/busybox"
     cp "$ROOT/kserv-shim/guest/init" "$gstage/initrd/init"
+    for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net drivers/block/virtio_blk; do
+        xz -dc "$ROOT/.cache/arm64/lib/modules/$gv/kernel/$m.ko.xz" > "$gstage/initrd/lib/modules/$(basename "$m").ko"
+    done
     (cd "$gstage/initrd" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$gstage/guest/initrd.gz"
     cp "$guest_kernel" "$gstage/guest/Image"
+    # The guest's disk: 4 MiB of ext2 with a file it reads back (the tests compare md5s).
+    mkdir -p "$gstage/disk"
+    echo "hello from the guest's virtio disk" > "$gstage/disk/hello.txt"
+    head -c 1048576 /dev/urandom > "$gstage/disk/random.bin"
+    PATH="$PATH:/usr/sbin:/sbin" mke2fs -q -F -t ext2 -d "$gstage/disk" "$gstage/guest/disk.img" 4M > /dev/null
+    rm -rf "$gstage/disk"
     (cd "$gstage" && find guest | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -6 > "$OUT/guest-linux.cpio.gz"
 fi

@@ -4,6 +4,10 @@
 #
 #   scripts/run.sh                      interactive host shell on the console
 #   scripts/run.sh --exec 'CMD'         run CMD in the host, print its output, exit with its status
+#   scripts/run.sh --vm                 boot the host, then a Linux guest in it with Debian's QEMU
+#                                       on /dev/kvm (2 vCPUs, virtio disk, network and console):
+#                                       the guest's shell on this terminal; 'poweroff -f' in the
+#                                       guest returns to the host's shell
 #
 # Options:
 #   --cpus N            CPUs (default 2)
@@ -22,12 +26,14 @@
 #   --with-qemu         give the host Debian's qemu-system-aarch64 (10.0, bookworm-backports) at
 #                       /usr/bin, and a Linux guest for it at /guest (Image, initrd.gz) (about
 #                       30 MB more initramfs)
+#   --vm                --with-qemu, and the host starts the guest at once on the console
+#                       (run-guest --smp 2 --devices --shell; see README)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/out"
 
 cpus=2 mem=1G cpu=max host_kernel="" exec_cmd="" have_exec=0 append="" timeout_s=600
-verbose=0 direct=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0
+verbose=0 direct=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0 vm=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpus) cpus="$2"; shift 2 ;;
@@ -44,6 +50,7 @@ while [ $# -gt 0 ]; do
         --semihosting) semihosting=1; shift ;;
         --qemu-arg) qemu_extra+=("$2"); shift 2 ;;
         --with-qemu) with_qemu=1; shift ;;
+        --vm) with_qemu=1; vm=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -68,6 +75,15 @@ if [ "$with_qemu" = 1 ]; then
     [ -f "$OUT/host-qemu.cpio.gz" ] || { echo "run.sh: no QEMU for the host (scripts/setup.sh fetches it)" >&2; exit 2; }
     cat "$OUT/host-qemu.cpio.gz" >> "$initrd"
     [ -f "$OUT/guest-linux.cpio.gz" ] && cat "$OUT/guest-linux.cpio.gz" >> "$initrd"
+fi
+if [ "$vm" = 1 ] && [ "$have_exec" = 0 ]; then
+    # /kserv-vm: what the host's /init runs on the console before its own shell.
+    extra="$(mktemp -d)"
+    # A file for the guest to fetch over virtio-net (http://10.0.2.2:8080/file in the guest).
+    printf '%s\n' "mkdir -p /tmp/www; echo 'hello from the host, over virtio-net' > /tmp/www/file" \
+        "httpd -p 127.0.0.1:8080 -h /tmp/www" "run-guest --smp 2 --devices --shell" > "$extra/kserv-vm"
+    (cd "$extra" && echo kserv-vm | cpio -o -H newc --quiet -R 0:0) | gzip -9 >> "$initrd"
+    rm -rf "$extra"
 fi
 if [ "$have_exec" = 1 ]; then
     extra="$(mktemp -d)"

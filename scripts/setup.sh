@@ -4,7 +4,8 @@
 # Installs (as root, through apt and rustup):
 #   - qemu-system-arm 10.x from Debian bookworm-backports (bookworm's 7.2 lacks SMMUv3 stage-2),
 #     the backports suite being added by reusing the URIs of the machine's Debian source entry;
-#   - the aarch64 cross binutils/gcc (objcopy for the KCore Image, the kserv module), dtc, cpio, make;
+#   - the aarch64 cross binutils/gcc (objcopy for the KCore Image, the kserv module), dtc, cpio, make,
+#     xz (the guest's modules) and mke2fs (its disk image);
 #   - the Rust targets named in rust-toolchain.toml;
 # and downloads (not installs) arm64 packages into .cache/debs, extracted under .cache/arm64:
 #   - the current Debian 6.1 cloud arm64 kernel (resolved through the metapackage, never pinned);
@@ -83,8 +84,8 @@ qemu_ok() {
 need=()
 qemu_ok || need+=(qemu-system-arm)
 for pkg_bin in gcc-aarch64-linux-gnu:aarch64-linux-gnu-gcc binutils-aarch64-linux-gnu:aarch64-linux-gnu-objcopy \
-               device-tree-compiler:dtc cpio:cpio bc:bc make:make; do
-    command -v "${pkg_bin#*:}" >/dev/null || need+=("${pkg_bin%%:*}")
+               device-tree-compiler:dtc cpio:cpio bc:bc make:make xz-utils:xz e2fsprogs:mke2fs; do
+    PATH="$PATH:/usr/sbin:/sbin" command -v "${pkg_bin#*:}" >/dev/null || need+=("${pkg_bin%%:*}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
     apt_update

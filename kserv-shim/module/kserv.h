@@ -16,6 +16,9 @@
 #define KSERV_MAX_VCPUS 8
 #define KSERV_MAX_PAGES 256
 #define KSERV_MAX_SLOTS 8
+/* Guest physical addresses end here: KVM's default 40-bit IPA space (KVM_CREATE_VM type 0;
+ * KVM_CAP_ARM_VM_IPA_SIZE is not offered, so a VMM asks for no other). */
+#define KSERV_IPA_LIMIT (1ULL << 40)
 /* List registers KCore lets the host fill (INJECT_IRQ); it keeps the last for the timer. */
 #define KSERV_HOST_LRS 3
 

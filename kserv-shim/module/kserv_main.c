@@ -15,6 +15,8 @@
 #include <linux/init.h>
 #include <linux/kernel.h>
 #include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/sysfs.h>
 
 #include "kcore_abi.h"
 #include "kserv.h"
@@ -64,6 +66,31 @@ static int __init kserv_init(void)
 	pr_info("kserv: KCore ABI %lu.%lu, features %#lx\n", major, minor, res.a2);
 	return kserv_dev_register();
 }
+
+/*
+ * /sys/module/kserv/parameters/kcore_vms (read-only): how many VMs KCore holds now, asked of
+ * KCore itself (VM_STATE of every vmid until it answers that the vmid is out of range), so a
+ * test or an administrator sees that VMs are really gone after their VMM exits.
+ */
+static int kserv_kcore_vms_get(char *buf, const struct kernel_param *kp)
+{
+	struct arm_smccc_res res;
+	unsigned long vmid;
+	unsigned int live = 0;
+
+	for (vmid = 1; vmid < 4096; vmid++) {
+		arm_smccc_1_1_hvc(KCORE_VM_STATE, vmid, &res);
+		if ((long)res.a0 != KCORE_E_SUCCESS)
+			break;
+		if (res.a1 != 0)
+			live++;
+	}
+	return sysfs_emit(buf, "%u\n", live);
+}
+
+static const struct kernel_param_ops kserv_kcore_vms_ops = { .get = kserv_kcore_vms_get };
+module_param_cb(kcore_vms, &kserv_kcore_vms_ops, NULL, 0444);
+MODULE_PARM_DESC(kcore_vms, "VMs KCore holds now (asked of KCore)");
 
 static void __exit kserv_exit(void)
 {

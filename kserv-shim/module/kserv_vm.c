@@ -173,6 +173,7 @@ static long kserv_set_memory(struct kserv_vm *vm, void __user *argp)
 	if (m.slot >= KSERV_MAX_SLOTS || m.flags || !PAGE_ALIGNED(m.guest_phys_addr) ||
 	    !PAGE_ALIGNED(m.memory_size) || !PAGE_ALIGNED(m.userspace_addr) ||
 	    m.guest_phys_addr + m.memory_size < m.guest_phys_addr ||
+	    m.guest_phys_addr + m.memory_size > KSERV_IPA_LIMIT ||
 	    !access_ok((void __user *)(unsigned long)m.userspace_addr, m.memory_size))
 		return -EINVAL;
 	mutex_lock(&vm->lock);
@@ -194,7 +195,9 @@ static long kserv_set_memory(struct kserv_vm *vm, void __user *argp)
 		mutex_unlock(&vm->lock);
 		return -EBUSY;
 	}
-	s->pages = kvcalloc(m.memory_size >> PAGE_SHIFT, sizeof(struct page *), GFP_KERNEL);
+	/* One pointer per page, charged to the VMM; too large a slot is -ENOMEM, quietly. */
+	s->pages = kvcalloc(m.memory_size >> PAGE_SHIFT, sizeof(struct page *),
+			    GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 	if (!s->pages) {
 		mutex_unlock(&vm->lock);
 		return -ENOMEM;

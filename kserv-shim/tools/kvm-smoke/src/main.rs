@@ -7,9 +7,13 @@
 //! powers off; then a guest takes an interrupt: a GICv3 created with KVM_CREATE_DEVICE and
 //! its attributes, as QEMU does, and an SPI raised and lowered with KVM_IRQ_LINE. Prints a
 //! summary line each; exits non-zero on the first surprise.
+//! `kvm-smoke --fuzz COUNT [SEED]`: COUNT random ioctls from 4 threads, which the module must
+//! refuse cleanly (see fuzz.rs); prints `KVM-FUZZ: ...` and exits 0.
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+mod fuzz;
 
 /// `_IO(KVMIO, n)` ioctl numbers (KVMIO = 0xAE).
 const KVM_GET_API_VERSION: libc::c_ulong = 0xae00;
@@ -101,6 +105,9 @@ fn fail(what: &str) -> ! {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--fuzz") {
+        fuzz::main(&std::env::args().skip(2).collect::<Vec<_>>());
+    }
     // `kvm-smoke --guest hello|irq`: the guest's flat binary on stdout, for another VMM
     // (load it at 0x4000_0000 and start there, e.g. QEMU's `-device loader,...,cpu-num=0`).
     if std::env::args().nth(1).as_deref() == Some("--guest") {
