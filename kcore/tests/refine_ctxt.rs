@@ -46,6 +46,8 @@ enum Step {
 fn guest_owned() -> Vec<SysReg> {
     let mut r = ctxt::el1_state();
     r.extend([SysReg::IchLr0El2, SysReg::IchLr1El2, SysReg::IchLr2El2, SysReg::IchLr3El2, SysReg::IchVmcrEl2]);
+    r.extend([SysReg::IchAp0r0El2, SysReg::IchAp0r1El2, SysReg::IchAp0r2El2, SysReg::IchAp0r3El2]);
+    r.extend([SysReg::IchAp1r0El2, SysReg::IchAp1r1El2, SysReg::IchAp1r2El2, SysReg::IchAp1r3El2]);
     r
 }
 
@@ -77,6 +79,7 @@ fn ctxt_of(k: &KCore<SimMachine>, pa: u64) -> AbsCtxt {
         fp: std::array::from_fn(|i| page.get(&k.m, slot::FP + i as u64)),
         lrs: std::array::from_fn(|i| page.get(&k.m, slot::LRS + i as u64)),
         vmcr: page.get(&k.m, slot::VMCR),
+        aprs: std::array::from_fn(|i| page.get(&k.m, slot::APRS + i as u64)),
     }
 }
 
@@ -98,6 +101,9 @@ fn refine(steps: &[Step], host_seed: u64, guest_seed: u64, f: CpuFeatures) -> Re
     }
     let fp: FpRegs = std::array::from_fn(|i| mix(host_seed, 100 + i as u64));
     k.m.set_fp_regs(0, &fp);
+    // ICH_VTR_EL2 is the CPU's, not the host's: 5, 6 or 7 preemption bits (1, 2 or 4
+    // active-priority registers of each group), the same for both host seeds.
+    k.m.set_sysreg(0, SysReg::IchVtrEl2, (4 + guest_seed % 3) << 26);
     for (p, pa) in PAGES.iter().enumerate() {
         for w in 0..slot::WORDS {
             kcore::machine::Machine::store(&k.m, pa + 8 * w, mix(guest_seed, 1000 * p as u64 + w));
@@ -268,6 +274,7 @@ fn spec_round_trip_is_the_identity() {
         fp: [6; FP_WORDS],
         lrs: [1, 2, 3, 4],
         vmcr: 8,
+        aprs: [1 << 20, 0, 0, 0, 1 << 5, 0, 0, 0],
     };
     let f = CpuFeatures { fgt: true, hcx: true, sme: false };
     let (inside, host) = ctxt::enter(&cpu, &guest, 1, 0x4000_0000, 0, f, false);

@@ -78,6 +78,7 @@ u64 kserv_core_vgic_take(void *g, u32 vcpu);
 void kserv_core_vgic_done(void *g, u32 vcpu, u32 intid);
 void kserv_core_vgic_untake(void *g, u32 vcpu, u32 intid);
 bool kserv_core_vgic_pending(void *g, u32 vcpu);
+u64 kserv_core_vgic_irq_debug(void *g, u32 vcpu, u32 intid);
 
 /* kserv_vm.c: /dev/kvm. */
 int kserv_dev_register(void);

@@ -286,9 +286,13 @@ static bool kserv_irq_pending(struct kserv_vcpu *vcpu)
 /*
  * Before a run: learn from KCore what the guest did with its list registers (the ones it is
  * done with go back to the GIC model, which may give a level interrupt again), then fill the
- * free ones with the most urgent pending interrupts. Returns VCPU_RUN's options: ask for an
- * exit when the list registers drain if more is waiting.
+ * free ones with the most urgent pending interrupts. Returns KSERV_SYNC_MORE (VCPU_RUN's
+ * option: an exit when the list registers drain) if more is waiting, and KSERV_SYNC_INJECTED
+ * if anything was put in a list register.
  */
+#define KSERV_SYNC_MORE 1UL		/* VCPU_RUN option: more is waiting than fits */
+#define KSERV_SYNC_INJECTED 2UL		/* something was put in a list register */
+
 static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
 {
 	struct kserv_vm *vm = vcpu->vm;
@@ -328,9 +332,10 @@ static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
 			kserv_core_vgic_untake(vm->vgic, vcpu->id, t & 0xffffffff);
 			break;
 		}
+		opts |= KSERV_SYNC_INJECTED;
 	}
 	if (kserv_core_vgic_pending(vm->vgic, vcpu->id))
-		opts = 1;
+		opts |= KSERV_SYNC_MORE;
 	spin_unlock(&vm->irq_lock);
 	return opts;
 }
@@ -691,6 +696,35 @@ static void kserv_trace_dump(struct kserv_vcpu *vcpu)
 
 		pr_info("kserv:   exit %lx %lx %lx %lx\n", t[0], t[1], t[2], t[3]);
 	}
+	if (!vcpu->vm->vgic)
+		return;
+	/* The list registers (what the guest finished goes back to the model, as in a sync)
+	 * and every interrupt of the model that is not idle. */
+	{
+		struct arm_smccc_1_2_regs args = { .a0 = KCORE_VCPU_IRQ_STATE, .a1 = vcpu->vm->vmid,
+						   .a2 = vcpu->id };
+		struct arm_smccc_1_2_regs res;
+		unsigned long lrs[4];
+
+		arm_smccc_1_2_hvc(&args, &res);
+		lrs[0] = res.a1;
+		lrs[1] = res.a2;
+		lrs[2] = res.a3;
+		lrs[3] = res.a4;
+		pr_info("kserv:   lrs %lx %lx %lx %lx (status %ld)\n", lrs[0], lrs[1], lrs[2], lrs[3],
+			(long)res.a0);
+		spin_lock(&vcpu->vm->irq_lock);
+		for (i = 0; (long)res.a0 == KCORE_E_SUCCESS && i < KSERV_HOST_LRS; i++)
+			if (lrs[i] && !(lrs[i] >> 62))
+				kserv_core_vgic_done(vcpu->vm->vgic, vcpu->id, lrs[i] & 0xffffffff);
+		for (i = 0; i < vcpu->vm->nr_irqs; i++) {
+			u64 d = kserv_core_vgic_irq_debug(vcpu->vm->vgic, vcpu->id, i);
+
+			if (d != ~0ULL && (d & 0x1e))
+				pr_info("kserv:   irq %u: %llx\n", i, d);
+		}
+		spin_unlock(&vcpu->vm->irq_lock);
+	}
 }
 
 static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
@@ -735,7 +769,7 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 			run->exit_reason = KVM_EXIT_INTR;
 			return -EINTR;
 		}
-		opts = kserv_sync_irqs(vcpu);
+		opts = kserv_sync_irqs(vcpu) & KSERV_SYNC_MORE;
 		r = kcore_run(vm->vmid, vcpu->id, value, opts, x);
 		value = 0;
 		if (r == KCORE_E_BAD_STATE) {
@@ -783,7 +817,10 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 				return r;
 			break;
 		case 3: /* WFI/WFE: x1 the guest timer's deadline */
-			kserv_wait(vcpu, x[1]);
+			/* First take back what the guest finished with: a level interrupt it just
+			 * deactivated may be due again, and the model only knows once told. */
+			if (!(kserv_sync_irqs(vcpu) & KSERV_SYNC_INJECTED))
+				kserv_wait(vcpu, x[1]);
 			break;
 		case 8: /* an SGI: x1 the ICC_SGI1R_EL1 value */
 			if (vm->vgic) {

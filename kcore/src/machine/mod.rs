@@ -23,10 +23,16 @@ macro_rules! with_sysregs {
             CntvCvalEl0 "cntv_cval_el0",
             SpEl0 "sp_el0",
             // GICv3 CPU interface registers by encoding (GIC architecture specification,
-            // chapter 12): ICC_SRE_EL1, ICH_LR<0-3>_EL2, ICH_VMCR_EL2, ICH_HCR_EL2.
+            // chapter 12): ICC_SRE_EL1, ICH_LR<0-3>_EL2, ICH_VMCR_EL2, ICH_HCR_EL2,
             IccSreEl1 "S3_0_C12_C12_5", IchLr0El2 "S3_4_C12_C12_0", IchLr1El2 "S3_4_C12_C12_1",
             IchLr2El2 "S3_4_C12_C12_2", IchLr3El2 "S3_4_C12_C12_3", IchVmcrEl2 "S3_4_C12_C11_7",
             IchHcrEl2 "S3_4_C12_C11_0",
+            // ICH_VTR_EL2 (how many preemption bits, so how many active-priority registers)
+            // and the active-priority registers ICH_AP0R<0-3>_EL2, ICH_AP1R<0-3>_EL2.
+            IchVtrEl2 "S3_4_C12_C11_1",
+            IchAp0r0El2 "S3_4_C12_C8_0", IchAp0r1El2 "S3_4_C12_C8_1", IchAp0r2El2 "S3_4_C12_C8_2",
+            IchAp0r3El2 "S3_4_C12_C8_3", IchAp1r0El2 "S3_4_C12_C9_0", IchAp1r1El2 "S3_4_C12_C9_1",
+            IchAp1r2El2 "S3_4_C12_C9_2", IchAp1r3El2 "S3_4_C12_C9_3",
             // EL2's own: the exception being handled, and the world-switch controls.
             ElrEl2 "elr_el2", SpsrEl2 "spsr_el2", EsrEl2 "esr_el2", FarEl2 "far_el2",
             HpfarEl2 "hpfar_el2", HcrEl2 "hcr_el2", VttbrEl2 "vttbr_el2", CptrEl2 "cptr_el2",

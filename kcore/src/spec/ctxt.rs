@@ -38,6 +38,8 @@ pub struct AbsCtxt {
     pub lrs: [u64; 4],
     /// Its virtual CPU interface's control (ICH_VMCR_EL2).
     pub vmcr: u64,
+    /// Its active priorities: ICH_AP0R<0-3>_EL2, ICH_AP1R<0-3>_EL2 (those the CPU has).
+    pub aprs: [u64; 8],
 }
 
 /// What the host leaves behind while a guest runs.
@@ -107,6 +109,27 @@ pub fn host_saved(f: CpuFeatures) -> Vec<SysReg> {
 }
 
 const LRS: [SysReg; 4] = [SysReg::IchLr0El2, SysReg::IchLr1El2, SysReg::IchLr2El2, SysReg::IchLr3El2];
+/// ICH_AP0R<0-3>_EL2 then ICH_AP1R<0-3>_EL2.
+const APRS: [SysReg; 8] = [
+    SysReg::IchAp0r0El2,
+    SysReg::IchAp0r1El2,
+    SysReg::IchAp0r2El2,
+    SysReg::IchAp0r3El2,
+    SysReg::IchAp1r0El2,
+    SysReg::IchAp1r1El2,
+    SysReg::IchAp1r2El2,
+    SysReg::IchAp1r3El2,
+];
+
+/// How many active-priority registers of each group the CPU has: one for 5 preemption bits
+/// (ICH_VTR_EL2.PREbits, 28:26, is the count minus one), two for 6, four for 7.
+fn aprs_of(cpu: &AbsCpu) -> usize {
+    match (cpu.regs[&SysReg::IchVtrEl2] >> 26) & 0b111 {
+        0..=4 => 1,
+        5 => 2,
+        _ => 4,
+    }
+}
 
 /// HCR_EL2 for a guest, bit by bit: stage-2 on (VM), set/way invalidation upgraded (SWIO),
 /// protected table walks (PTW), FIQ, IRQ and SError to EL2 (FMO, IMO, AMO), broadcast TLB
@@ -151,6 +174,10 @@ pub fn enter(
         c.regs.insert(r, v);
     };
     set(&mut c, SysReg::IchVmcrEl2, guest.vmcr);
+    for i in 0..aprs_of(cpu) {
+        set(&mut c, APRS[i], guest.aprs[i]);
+        set(&mut c, APRS[4 + i], guest.aprs[4 + i]);
+    }
     // ICH_HCR_EL2: En (the virtual CPU interface is on), UIE (bit 1) if asked.
     set(&mut c, SysReg::IchHcrEl2, 1 | (underflow as u64) << 1);
     set(&mut c, SysReg::IccSreEl1, 1); // SRE: the GIC through system registers
@@ -202,6 +229,8 @@ pub fn exit(cpu: &AbsCpu, host: &AbsHost, x: [u64; 31], pc: u64, pstate: u64) ->
         fp: cpu.fp,
         lrs: LRS.map(|r| cpu.regs[&r]),
         vmcr: cpu.regs[&SysReg::IchVmcrEl2],
+        // Those the CPU lacks hold nothing: zero.
+        aprs: std::array::from_fn(|i| if i % 4 < aprs_of(cpu) { cpu.regs[&APRS[i]] } else { 0 }),
     };
     let mut c = cpu.clone();
     for (r, v) in &host.regs {

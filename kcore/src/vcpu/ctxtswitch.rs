@@ -63,6 +63,11 @@ const MDCR: usize = 5;
 pub const LIST_REGS: [SysReg; super::MAX_LRS as usize] =
     [SysReg::IchLr0El2, SysReg::IchLr1El2, SysReg::IchLr2El2, SysReg::IchLr3El2];
 
+/// The active-priority registers, group 0 then group 1 ([`super::apr_count`] of each exist).
+pub const AP0R: [SysReg; 4] = [SysReg::IchAp0r0El2, SysReg::IchAp0r1El2, SysReg::IchAp0r2El2, SysReg::IchAp0r3El2];
+/// See [`AP0R`].
+pub const AP1R: [SysReg; 4] = [SysReg::IchAp1r0El2, SysReg::IchAp1r1El2, SysReg::IchAp1r2El2, SysReg::IchAp1r3El2];
+
 /// ICC_SRE_EL1.SRE: a guest always gets the GIC's system-register interface.
 const ICC_SRE_SRE: u64 = 1;
 /// CNTV_CTL_EL0.IMASK.
@@ -193,6 +198,11 @@ impl<M: Machine> KCore<M> {
             m.write_sysreg(LIST_REGS[i], lr)
         });
         m.write_sysreg(SysReg::IchVmcrEl2, page.get(m, slot::VMCR));
+        let aprs = super::apr_count(m.read_sysreg(SysReg::IchVtrEl2));
+        for i in 0..aprs {
+            m.write_sysreg(AP0R[i], page.get(m, slot::APRS + i as u64));
+            m.write_sysreg(AP1R[i], page.get(m, slot::APRS + 4 + i as u64));
+        }
         // The virtual CPU interface on; underflow maintenance if the host asked for it. The
         // maintenance interrupt reaches KCore if it may be raised (an EOI-tracked level
         // interrupt in a list register, or underflow): the guest exits, the host refills.
@@ -244,6 +254,13 @@ impl<M: Machine> KCore<M> {
         m.fp_save_to(page.pa + 8 * slot::FP);
         for_each_lr!(i => page.set(m, slot::LRS + i as u64, m.read_sysreg(LIST_REGS[i])));
         page.set(m, slot::VMCR, m.read_sysreg(SysReg::IchVmcrEl2));
+        // The active priorities the CPU has; the words for those it lacks read as zero.
+        let aprs = super::apr_count(m.read_sysreg(SysReg::IchVtrEl2));
+        for i in 0..4 {
+            let (ap0, ap1) = if i < aprs { (m.read_sysreg(AP0R[i]), m.read_sysreg(AP1R[i])) } else { (0, 0) };
+            page.set(m, slot::APRS + i as u64, ap0);
+            page.set(m, slot::APRS + 4 + i as u64, ap1);
+        }
         m.write_sysreg(SysReg::IchHcrEl2, 0);
         // The host's own timer is back: KCore's alarm for it is off.
         m.write_sysreg(SysReg::CnthpCtlEl2, 0);

@@ -34,6 +34,9 @@ mod tests {
         assert_eq!(timer_lr_pended(active) >> 62, 0b11, "active: pending and active");
         assert_eq!(timer_lr_pended(active | (0b01 << 62)), active | (0b01 << 62));
         assert_eq!(TIMER_LR, 3);
+        assert_eq!(apr_count(4 << 26), 1, "5 preemption bits (QEMU, Cortex-A)");
+        assert_eq!(apr_count(5 << 26), 2);
+        assert_eq!(apr_count(6 << 26), 4);
     }
 }
 
@@ -61,8 +64,11 @@ pub mod slot {
     pub const LRS: u64 = FP + 66;
     /// Virtual GIC: ICH_VMCR_EL2.
     pub const VMCR: u64 = LRS + super::MAX_LRS;
+    /// Virtual GIC: the active priorities, ICH_AP0R<0-3>_EL2 then ICH_AP1R<0-3>_EL2 (those
+    /// the CPU has, [`super::apr_count`]).
+    pub const APRS: u64 = VMCR + 1;
     /// Words in use.
-    pub const WORDS: u64 = VMCR + 1;
+    pub const WORDS: u64 = APRS + 8;
 }
 
 /// The EL1 system registers KCore switches for a guest, in page order from
@@ -128,6 +134,20 @@ pub const fn host_deadline_armed(cntv_ctl: u64) -> bool {
 /// bit 0, IMASK bit 1, ISTATUS bit 2.)
 pub const fn vtimer_fired(cntv_ctl: u64) -> bool {
     cntv_ctl & 0b111 == 0b101
+}
+
+/// How many of each kind of active-priority register (ICH_AP0R<n>_EL2, ICH_AP1R<n>_EL2) a
+/// CPU with this ICH_VTR_EL2 has: its PREbits (28:26) field is the number of virtual
+/// preemption bits minus one; 5 bits need one register, 6 two, 7 four (GICv3 architecture,
+/// ICH_AP1R<n>_EL2). They hold which priorities the guest has active and not yet dropped, so
+/// they are a vCPU's state: left behind, another vCPU would run with its interrupts masked
+/// and this one's end-of-interrupts would find nothing to drop.
+pub const fn apr_count(ich_vtr: u64) -> usize {
+    match (ich_vtr >> 26) & 0b111 {
+        0..=4 => 1,
+        5 => 2,
+        _ => 4,
+    }
 }
 
 /// The list register KCore keeps for the guest's virtual timer (the last one). The host's

@@ -122,6 +122,26 @@ pub unsafe extern "C" fn kserv_core_vgic_untake(p: *mut Vgic, vcpu: u32, intid: 
     g.untake(vcpu as usize, intid);
 }
 
+/// A debugging view of interrupt `intid` as vCPU `vcpu` sees it (kserv.trace_exits): bits
+/// enabled 0, latch 1, line 2, active 3, in a list register 4, edge 5, group 1 6, the route's
+/// Aff0 at 15:8 and the priority at 23:16; `u64::MAX` if it does not exist.
+///
+/// # Safety
+/// See [`vgic`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_irq_debug(p: *mut Vgic, vcpu: u32, intid: u32) -> u64 {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    match g.irq(vcpu as usize, intid) {
+        Some(i) => {
+            let bits = [i.enabled, i.latch, i.line, i.active, i.in_lr, i.edge, i.group1];
+            let flags = bits.iter().enumerate().fold(0u64, |v, (n, &b)| v | (u64::from(b) << n));
+            flags | ((i.route & 0xff) << 8) | (u64::from(i.priority) << 16)
+        }
+        None => u64::MAX,
+    }
+}
+
 /// Has vCPU `vcpu` an interrupt it could take (so a WFI does not sleep)?
 ///
 /// # Safety
