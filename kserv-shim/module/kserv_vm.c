@@ -304,13 +304,18 @@ static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
 
 	if (!vm->vgic)
 		return 0;
-	arm_smccc_1_2_hvc(&args, &res);
-	if ((long)res.a0 != KCORE_E_SUCCESS)
-		return 0;
-	lrs[0] = res.a1;
-	lrs[1] = res.a2;
-	lrs[2] = res.a3;
-	lrs[3] = res.a4;
+	if (vcpu->lrs_busy) {
+		arm_smccc_1_2_hvc(&args, &res);
+		if ((long)res.a0 != KCORE_E_SUCCESS)
+			return 0;
+		lrs[0] = res.a1;
+		lrs[1] = res.a2;
+		lrs[2] = res.a3;
+		lrs[3] = res.a4;
+	} else {
+		/* Nothing of ours is in the list registers: no need to ask KCore. */
+		memset(lrs, 0, sizeof(lrs));
+	}
 	spin_lock(&vm->irq_lock);
 	/* The last list register is KCore's, for the guest's virtual timer. */
 	for (i = 0; i < KSERV_HOST_LRS; i++) {
@@ -320,6 +325,7 @@ static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
 			kserv_core_vgic_done(vm->vgic, vcpu->id, lrs[i] & 0xffffffff);
 		free++;
 	}
+	vcpu->lrs_busy = free < KSERV_HOST_LRS;
 	while (free--) {
 		u64 t = kserv_core_vgic_take(vm->vgic, vcpu->id);
 		long r;
@@ -333,6 +339,7 @@ static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
 			break;
 		}
 		opts |= KSERV_SYNC_INJECTED;
+		vcpu->lrs_busy = true;
 	}
 	if (kserv_core_vgic_pending(vm->vgic, vcpu->id))
 		opts |= KSERV_SYNC_MORE;
@@ -660,10 +667,28 @@ static long kserv_reg_list(void __user *argp)
  * A guest WFI: sleep until an interrupt is pending for the vCPU (never, without a virtual
  * GIC), its timer's deadline (a counter value; ~0 for none), or a signal.
  */
+static unsigned int halt_poll_us = 50;
+module_param(halt_poll_us, uint, 0644);
+MODULE_PARM_DESC(halt_poll_us, "how long a vCPU in WFI polls for an interrupt before it sleeps (microseconds)");
+
 static void kserv_wait(struct kserv_vcpu *vcpu, u64 deadline)
 {
 	struct kserv_vm *vm = vcpu->vm;
 	u64 now = read_sysreg(cntvct_el0), freq = read_sysreg(cntfrq_el0);
+	u64 poll_end = now + mul_u64_u64_div_u64(READ_ONCE(halt_poll_us), freq, USEC_PER_SEC);
+
+	/*
+	 * Poll a little first, as KVM does: an interrupt that comes within microseconds (an
+	 * IPI answered at once, a device completing) then costs no sleep and wake-up.
+	 */
+	while (now < poll_end && now < deadline) {
+		if (kserv_irq_pending(vcpu) || signal_pending(current))
+			return;
+		if (need_resched())
+			break;		/* someone else wants the CPU: sleep now */
+		cpu_relax();
+		now = read_sysreg(cntvct_el0);
+	}
 
 	if (deadline == ~0ULL) {
 		wait_event_interruptible(vm->wq, kserv_irq_pending(vcpu));
@@ -769,8 +794,16 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 			run->exit_reason = KVM_EXIT_INTR;
 			return -EINTR;
 		}
+		/*
+		 * With this CPU's interrupts masked from filling the list registers to entering
+		 * the guest, a kick (kserv_kick's IPI) that lands in between stays pending: it
+		 * takes the guest straight out again (KCore leaves on any physical interrupt) and
+		 * the next round sees what it was for, instead of the guest running on without it.
+		 */
+		local_irq_disable();
 		opts = kserv_sync_irqs(vcpu) & KSERV_SYNC_MORE;
 		r = kcore_run(vm->vmid, vcpu->id, value, opts, x);
+		local_irq_enable();
 		value = 0;
 		if (r == KCORE_E_BAD_STATE) {
 			/* Off (waits for the guest's CPU_ON) or running elsewhere: wait. */

@@ -8,6 +8,8 @@
 //! Registers are described as tables of regions ([`DIST_REGIONS`], [`REDIST_RD_REGIONS`],
 //! [`REDIST_SGI_REGIONS`]): offset, length, the access sizes allowed, and what they hold.
 
+use core::cell::Cell;
+
 /// vCPUs a VM can have (KCore's limit).
 pub const MAX_VCPUS: usize = 8;
 /// Interrupt IDs the distributor implements at most: SGIs, PPIs and SPIs up to 1019 (INTIDs
@@ -207,6 +209,20 @@ pub struct Vgic {
     pub private: [[Irq; PRIVATE]; MAX_VCPUS],
     /// Each redistributor's GICR_WAKER.ProcessorSleep.
     pub asleep: [bool; MAX_VCPUS],
+    /// Bumped by every change that may make an interrupt deliverable (a register write, a
+    /// line, an SGI, a deactivation).
+    pub epoch: u64,
+    /// Per vCPU: the [`Vgic::epoch`] at which a scan found nothing to give it, so the next
+    /// [`Vgic::take`] or [`Vgic::has_pending`] before any change answers at once instead of
+    /// scanning every INTID (the common case on each guest entry).
+    pub idle: [Cell<u64>; MAX_VCPUS],
+    /// Candidates for delivery: SPIs (a bit per INTID) and each vCPU's private interrupts
+    /// whose pending latch or input line has been set since the bit was last found idle
+    /// (a superset of the pending ones), so a delivery scan looks at those alone, not at
+    /// every INTID.
+    pub cand_spis: [u64; MAX_INTIDS / 64],
+    /// See [`Vgic::cand_spis`].
+    pub cand_private: [u32; MAX_VCPUS],
 }
 
 impl Vgic {
@@ -231,6 +247,10 @@ impl Vgic {
             spis: [Irq::default(); MAX_INTIDS],
             private,
             asleep: [true; MAX_VCPUS],
+            epoch: 1,
+            idle: Default::default(),
+            cand_spis: [0; MAX_INTIDS / 64],
+            cand_private: [0; MAX_VCPUS],
         })
     }
 
@@ -253,7 +273,63 @@ impl Vgic {
             }
         }
         self.asleep = [true; MAX_VCPUS];
+        self.cand_spis = [0; MAX_INTIDS / 64];
+        self.cand_private = [0; MAX_VCPUS];
+        self.changed();
         true
+    }
+
+    /// `intid` (as `vcpu` sees it) may have become pending: a candidate for delivery.
+    fn mark(&mut self, vcpu: usize, intid: u32) {
+        if intid < PRIVATE as u32 {
+            if let Some(c) = self.cand_private.get_mut(vcpu) {
+                *c |= 1 << intid;
+            }
+        } else if let Some(w) = self.cand_spis.get_mut(intid as usize / 64) {
+            *w |= 1 << (intid % 64);
+        }
+    }
+
+    /// The candidates for vCPU `vcpu`: its private ones, then every SPI's (in INTID order).
+    fn candidates(&self, vcpu: usize) -> impl Iterator<Item = u32> {
+        let private = self.cand_private[vcpu];
+        let spis = self.cand_spis;
+        let limit = self.nr_irqs.min(1020) as u32;
+        (0..PRIVATE as u32)
+            .filter(move |i| private & (1 << i) != 0)
+            .chain(
+                spis.into_iter().enumerate().flat_map(|(w, bits)| {
+                    (0..64u32).filter(move |b| bits & (1 << b) != 0).map(move |b| w as u32 * 64 + b)
+                }),
+            )
+            .filter(move |&i| i < limit)
+    }
+
+    /// Forget candidates that are neither latched nor driven high (nothing can make them
+    /// pending again without marking them).
+    fn prune(&mut self, vcpu: usize) {
+        let ids: [u32; 64] = {
+            let mut a = [u32::MAX; 64];
+            for (slot, i) in a
+                .iter_mut()
+                .zip(self.candidates(vcpu).filter(|&i| self.irq(vcpu, i).is_some_and(|irq| !irq.latch && !irq.line)))
+            {
+                *slot = i;
+            }
+            a
+        };
+        for i in ids.into_iter().take_while(|&i| i != u32::MAX) {
+            if i < PRIVATE as u32 {
+                self.cand_private[vcpu] &= !(1 << i);
+            } else {
+                self.cand_spis[i as usize / 64] &= !(1 << (i % 64));
+            }
+        }
+    }
+
+    /// Something that may make an interrupt deliverable happened: forget the idle answers.
+    fn changed(&mut self) {
+        self.epoch += 1;
     }
 
     /// Interrupt `intid` as vCPU `vcpu` sees it (private ones are its own), if implemented.
@@ -314,6 +390,7 @@ impl Vgic {
 
     /// A guest write of `value` (`size` bytes) at `offset` in the distributor's frame.
     pub fn dist_write(&mut self, offset: u64, size: u64, value: u64) -> Result<(), AccessError> {
+        self.changed();
         let (r, at) = find(&DIST_REGIONS, offset, size)?;
         match r.kind {
             Kind::DistCtlr => {
@@ -375,6 +452,7 @@ impl Vgic {
 
     /// A guest write in vCPU `rd`'s redistributor.
     pub fn redist_write(&mut self, rd: usize, offset: u64, size: u64, value: u64) -> Result<(), AccessError> {
+        self.changed();
         if rd >= self.vcpus {
             return Err(AccessError::BadAccess);
         }
@@ -450,6 +528,9 @@ impl Vgic {
                 Kind::Config if intid >= 16 => irq.edge = field & 0b10 != 0,
                 _ => {}
             }
+            if kind == Kind::SetPending && field != 0 {
+                self.mark(vcpu, intid);
+            }
         }
     }
 
@@ -459,21 +540,30 @@ impl Vgic {
     /// an edge-triggered one; a level-triggered one is pending while the line is high.
     /// Returns the vCPU to kick if it may now have something to take.
     pub fn set_spi_line(&mut self, intid: u32, level: bool) -> Option<usize> {
+        self.changed();
         if intid < PRIVATE as u32 {
             return None;
         }
         let irq = self.irq_mut(0, intid)?;
         irq.drive(level);
+        if level {
+            self.mark(0, intid);
+        }
+        let irq = self.irq(0, intid)?;
         let irq = *irq;
         self.target(&irq)
     }
 
     /// The same for private interrupt `intid` (16..32) of vCPU `vcpu` (a device's PPI).
     pub fn set_ppi_line(&mut self, vcpu: usize, intid: u32, level: bool) -> Option<usize> {
+        self.changed();
         if !(16..32).contains(&intid) {
             return None;
         }
         self.irq_mut(vcpu, intid)?.drive(level);
+        if level {
+            self.mark(vcpu, intid);
+        }
         Some(vcpu)
     }
 
@@ -481,6 +571,7 @@ impl Vgic {
     /// on every vCPU the TargetList (15:0, with RS 47:44 and Aff1-3) names, or on all but the
     /// sender when IRM (bit 40) is set. Returns the vCPUs to kick, as a bitmap.
     pub fn sgi(&mut self, from: usize, value: u64) -> u64 {
+        self.changed();
         let intid = ((value >> 24) & 0xf) as usize;
         let targets: u64 = if value & (1 << 40) != 0 {
             ((1u64 << self.vcpus) - 1) & !(1 << from)
@@ -496,6 +587,7 @@ impl Vgic {
         for v in 0..self.vcpus {
             if targets & (1 << v) != 0 {
                 self.private[v][intid].latch = true;
+                self.mark(v, intid as u32);
             }
         }
         targets
@@ -517,20 +609,24 @@ impl Vgic {
     /// interrupt's pending state moves into the list register, a level one stays pending
     /// on its line until the guest deactivates it ([`Vgic::deactivated`]).
     pub fn take(&mut self, vcpu: usize, free: usize, out: &mut [Injection]) -> usize {
-        if vcpu >= self.vcpus {
+        if vcpu >= self.vcpus || self.idle[vcpu].get() == self.epoch {
             return 0;
         }
         let mut n = 0;
         while n < free.min(out.len()) {
             let mut best: Option<(u8, u32)> = None;
-            for intid in 0..self.nr_irqs.min(1020) as u32 {
+            for intid in self.candidates(vcpu) {
                 let Some(irq) = self.irq(vcpu, intid) else { continue };
                 let mine = intid < PRIVATE as u32 || self.target(irq) == Some(vcpu);
                 if mine && self.deliverable(intid, irq) && best.is_none_or(|(p, _)| irq.priority < p) {
                     best = Some((irq.priority, intid));
                 }
             }
-            let Some((_, intid)) = best else { break };
+            let Some((_, intid)) = best else {
+                self.prune(vcpu);
+                self.idle[vcpu].set(self.epoch); // nothing more until something changes
+                break;
+            };
             let irq = self.irq_mut(vcpu, intid).expect("found above");
             irq.in_lr = true;
             if irq.edge {
@@ -546,6 +642,7 @@ impl Vgic {
     /// (its list register went invalid): it may be given again, at once if a level line is
     /// still high or a new edge came meanwhile.
     pub fn deactivated(&mut self, vcpu: usize, intid: u32) {
+        self.changed();
         if let Some(irq) = self.irq_mut(vcpu, intid) {
             irq.in_lr = false;
         }
@@ -554,21 +651,30 @@ impl Vgic {
     /// An interrupt [`Vgic::take`] gave could not be put in a list register after all: it is
     /// pending again, as before the take.
     pub fn untake(&mut self, vcpu: usize, intid: u32) {
+        self.changed();
         if let Some(irq) = self.irq_mut(vcpu, intid) {
             if irq.in_lr && irq.edge {
                 irq.latch = true;
             }
             irq.in_lr = false;
+            self.mark(vcpu, intid);
         }
     }
 
     /// Does `vcpu` have an interrupt it could take (so a WFI should not sleep)?
     pub fn has_pending(&self, vcpu: usize) -> bool {
-        (0..self.nr_irqs.min(1020) as u32).any(|intid| {
+        if vcpu >= self.vcpus || self.idle[vcpu].get() == self.epoch {
+            return false;
+        }
+        let any = self.candidates(vcpu).any(|intid| {
             self.irq(vcpu, intid).is_some_and(|irq| {
                 (intid < PRIVATE as u32 || self.target(irq) == Some(vcpu)) && self.deliverable(intid, irq)
             })
-        })
+        });
+        if !any {
+            self.idle[vcpu].set(self.epoch);
+        }
+        any
     }
 }
 
@@ -699,6 +805,25 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_answer_lasts_only_until_something_changes() {
+        let mut g = gic();
+        enable(&mut g, 40, 0xa0);
+        let mut out = [Injection { intid: 0, attrs: 0 }; 1];
+        assert!(!g.has_pending(0) && g.take(0, 1, &mut out) == 0, "nothing yet: remembered");
+        assert_eq!(g.set_spi_line(40, true), Some(0));
+        assert!(g.has_pending(0), "a line forgets it");
+        assert_eq!(g.take(0, 1, &mut out), 1);
+        assert!(!g.has_pending(0));
+        g.redist_write(1, 0x1_0080, 4, 1 << 3).unwrap(); // SGI 3: group 1
+        g.redist_write(1, 0x1_0100, 4, 1 << 3).unwrap();
+        assert!(!g.has_pending(1));
+        g.sgi(0, (3 << 24) | 0b10);
+        assert!(g.has_pending(1), "an SGI forgets it");
+        g.deactivated(0, 40);
+        assert!(g.has_pending(0), "a deactivation with the line still high forgets it");
+    }
+
+    #[test]
     fn the_virtual_timer_is_never_given() {
         let mut g = gic();
         g.redist_write(0, 0x1_0080, 4, 1 << VTIMER_INTID).unwrap(); // group 1
@@ -791,5 +916,81 @@ mod tests {
         assert_eq!(g.dist_read(0x5000, 4), Ok(0));
         assert_eq!(g.dist_write(0x5000, 4, 1), Ok(()));
         assert_eq!(g.redist_read(0, 0x1_0400, 8), Err(AccessError::BadAccess));
+    }
+
+    /// The delivery shortcuts (the idle memo, the candidate bitmaps) never change an
+    /// answer: after any sequence of register writes, lines, SGIs, takes and deactivations,
+    /// `has_pending` agrees with a scan of every INTID.
+    mod shortcuts {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn scan(g: &Vgic, vcpu: usize) -> bool {
+            (0..g.nr_irqs.min(1020) as u32).any(|intid| {
+                g.irq(vcpu, intid).is_some_and(|irq| {
+                    (intid < PRIVATE as u32 || g.target(irq) == Some(vcpu)) && g.deliverable(intid, irq)
+                })
+            })
+        }
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Dist(u64, u64),
+            Redist(usize, u64, u64),
+            Spi(u32, bool),
+            Sgi(usize, u64),
+            Take(usize),
+            Done(usize, u32),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            // Enable, pending, active, group and route registers, with few INTIDs.
+            let dist = prop_oneof![
+                Just(0x84u64),
+                Just(0x104),
+                Just(0x184),
+                Just(0x204),
+                Just(0x284),
+                Just(0x304),
+                Just(0x6140),
+                Just(0xc08),
+                Just(0)
+            ];
+            let redist = prop_oneof![Just(0x1_0080u64), Just(0x1_0100), Just(0x1_0180), Just(0x1_0200), Just(0x1_0280)];
+            prop_oneof![
+                (dist, 0u64..16).prop_map(|(o, v)| Op::Dist(o, if o == 0 { 0x12 } else { v | v << 8 })),
+                (0usize..3, redist, 0u64..16).prop_map(|(r, o, v)| Op::Redist(r, o, v | v << 26)),
+                (32u32..48, any::<bool>()).prop_map(|(i, l)| Op::Spi(i, l)),
+                (0usize..3, 0u64..8, 0u64..4).prop_map(|(f, t, i)| Op::Sgi(f, (i << 24) | t)),
+                (0usize..3).prop_map(Op::Take),
+                (0usize..3, prop_oneof![0u32..4, 26u32..30, 32u32..48]).prop_map(|(v, i)| Op::Done(v, i)),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn has_pending_agrees_with_a_full_scan(ops in prop::collection::vec(op(), 1..60)) {
+                let mut g = Vgic::new(3, 64).unwrap();
+                // Group 1 on and every interrupt in it, so enables and pending bits matter.
+                g.dist_write(0, 4, 0x12).unwrap();
+                g.dist_write(0x84, 4, u64::from(u32::MAX)).unwrap();
+                for r in 0..3 {
+                    g.redist_write(r, 0x1_0080, 4, u64::from(u32::MAX)).unwrap();
+                }
+                for o in ops {
+                    match o {
+                        Op::Dist(off, v) => { let _ = g.dist_write(off, 4, v); }
+                        Op::Redist(r, off, v) => { let _ = g.redist_write(r, off, 4, v); }
+                        Op::Spi(i, l) => { g.set_spi_line(i, l); }
+                        Op::Sgi(f, v) => { g.sgi(f, v); }
+                        Op::Take(v) => { let mut out = [Injection { intid: 0, attrs: 0 }; 2]; g.take(v, 2, &mut out); }
+                        Op::Done(v, i) => g.deactivated(v, i),
+                    }
+                    for v in 0..3 {
+                        prop_assert_eq!(g.has_pending(v), scan(&g, v), "vCPU {}", v);
+                    }
+                }
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    for name in ["guest-hello", "guest-irq"] {
+    for name in ["guest-hello", "guest-irq", "guest-bench"] {
         println!("cargo:rerun-if-changed={name}.S");
         let elf = out.join(format!("{name}.elf"));
         let bin = out.join(format!("{name}.bin"));

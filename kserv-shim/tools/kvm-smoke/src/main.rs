@@ -1,4 +1,4 @@
-//! `kvm-smoke [LOOPS]` (or `kvm-smoke --guest hello|irq > FILE`: a guest for another VMM): what a VMM does with `/dev/kvm`, checked against the KVM API
+//! `kvm-smoke [LOOPS]` (or `kvm-smoke --guest hello|irq|bench > FILE`: a guest for another VMM): what a VMM does with `/dev/kvm`, checked against the KVM API
 //! (Documentation/virt/kvm/api.rst), run in the host under KCore: the API version, VM
 //! creation, vCPU creation (with the refusals a VMM can hit), and teardown by closing the fds,
 //! LOOPS times (default 1), so vmids and pages are seen to come back; then a tiny guest runs
@@ -71,6 +71,8 @@ const REG_MPIDR: u64 = 0x6030_0000_0013_c005;
 /// The guests, assembled by build.rs from guest-hello.S and guest-irq.S for 0x4000_0000.
 const GUEST_HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-hello.bin"));
 const GUEST_IRQ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-irq.bin"));
+/// The benchmark guest (guest-bench.S) for scripts/bench-vm.sh, given to QEMU.
+const GUEST_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-bench.bin"));
 const GUEST_RAM: u64 = 0x4000_0000;
 const GUEST_RAM_SIZE: usize = 2 << 20;
 /// Capabilities offered: what QEMU 10 requires on arm64 with an in-kernel GICv3 (USER_MEMORY,
@@ -108,14 +110,15 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("--fuzz") {
         fuzz::main(&std::env::args().skip(2).collect::<Vec<_>>());
     }
-    // `kvm-smoke --guest hello|irq`: the guest's flat binary on stdout, for another VMM
+    // `kvm-smoke --guest hello|irq|bench`: the guest's flat binary on stdout, for another VMM
     // (load it at 0x4000_0000 and start there, e.g. QEMU's `-device loader,...,cpu-num=0`).
     if std::env::args().nth(1).as_deref() == Some("--guest") {
         use std::io::Write;
         let image = match std::env::args().nth(2).as_deref() {
             Some("hello") => GUEST_HELLO,
             Some("irq") => GUEST_IRQ,
-            _ => fail("--guest takes hello or irq"),
+            Some("bench") => GUEST_BENCH,
+            _ => fail("--guest takes hello, irq or bench"),
         };
         std::io::stdout().write_all(image).unwrap_or_else(|_| fail("writing the guest"));
         return;
