@@ -159,6 +159,7 @@ check "ioctl fuzzer: KCore holds no VM after it" grep -qx "vms-after-fuzz 0" "$O
 check "ioctl fuzzer: /dev/kvm still runs guests after it" grep -qx "smoke-after-fuzz 0 1" "$OUT/linux.out"
 check "the host's memory is back after all of it (under 32 MiB less available)" bash -c "v=\$(sed -n 's/^mem-lost-kb //p' '$OUT/linux.out'); [ -n \"\$v\" ] && [ \"\$v\" -lt 32768 ]"
 check "the host still cannot read KCore's memory" grep -qx "kcore-read-status 135" "$OUT/linux.out"
+check "the host kernel never warned or oopsed (dmesg)" grep -qx "host-kernel-complaints 0" "$OUT/linux.out"
 check "KCore never halted" bash -c "! grep -qE 'KCore halted|invariant broken' '$OUT/linux.log'"
 host linux-a57 --with-qemu --cpus 2 --cpu cortex-a57 --host-kernel "$bpo_kernel" --timeout 900 --exec "MODE=boot
 $(cat "$ROOT/tests/vm-linux.sh")"

@@ -46,3 +46,4 @@ sleep 1
 after=$(avail_kb)
 echo "mem-lost-kb $((before - after))"
 devmem 0x40200000 32 > /dev/null 2>&1; echo "kcore-read-status $?"
+echo "host-kernel-complaints $(dmesg | grep -cE 'WARNING:|Oops|BUG:|Call trace:|kserv: bug')"
