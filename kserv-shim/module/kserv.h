@@ -43,6 +43,7 @@ struct kserv_vm {
 	u32 nr_irqs, gic_vcpus;
 	wait_queue_head_t wq;		/* vCPUs waiting for an interrupt */
 	struct task_struct *running[KSERV_MAX_VCPUS];	/* in KVM_RUN, under irq_lock */
+	bool in_guest[KSERV_MAX_VCPUS];	/* from filling its list registers to the exit: kick it */
 	/* Eventfds (kserv_events.c), under `lock`. */
 	struct list_head ioeventfds, irqfds;
 	unsigned int nr_ioeventfds;
@@ -59,6 +60,8 @@ struct kserv_vcpu {
 	/* The last exits (kserv.trace_exits=1): printed when KVM_RUN ends on a signal. */
 	unsigned long trace[16][4];
 	unsigned int trace_pos;
+	unsigned long nexits[10];	/* exits by KCore's exit code (9: 9 and above) */
+	unsigned long nwaits[3];	/* WFI: refilled at once, polled, slept */
 };
 
 /* kserv-core (kserv-shim/core): the ABI version it was built for; KCore status -> -errno. */

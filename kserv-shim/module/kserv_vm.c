@@ -358,8 +358,11 @@ void kserv_kick(struct kserv_vm *vm)
 
 	wake_up_interruptible_all(&vm->wq);
 	spin_lock(&vm->irq_lock);
+	/* Only those in the guest need the IPI: one polling or asleep in WFI was woken above
+	 * or sees the change itself. (in_guest is set before the list registers are filled
+	 * under this lock, so a change made after that fill finds it set.) */
 	for (i = 0; i < KSERV_MAX_VCPUS; i++)
-		if (vm->running[i] && vm->running[i] != current)
+		if (vm->running[i] && vm->running[i] != current && READ_ONCE(vm->in_guest[i]))
 			kick_process(vm->running[i]);
 	spin_unlock(&vm->irq_lock);
 }
@@ -665,13 +668,14 @@ static long kserv_reg_list(void __user *argp)
 
 /*
  * A guest WFI: sleep until an interrupt is pending for the vCPU (never, without a virtual
- * GIC), its timer's deadline (a counter value; ~0 for none), or a signal.
+ * GIC), its timer's deadline (a counter value; ~0 for none), or a signal. Returns whether it
+ * slept (rather than finding the interrupt while polling).
  */
 static unsigned int halt_poll_us = 50;
 module_param(halt_poll_us, uint, 0644);
 MODULE_PARM_DESC(halt_poll_us, "how long a vCPU in WFI polls for an interrupt before it sleeps (microseconds)");
 
-static void kserv_wait(struct kserv_vcpu *vcpu, u64 deadline)
+static bool kserv_wait(struct kserv_vcpu *vcpu, u64 deadline)
 {
 	struct kserv_vm *vm = vcpu->vm;
 	u64 now = read_sysreg(cntvct_el0), freq = read_sysreg(cntfrq_el0);
@@ -683,7 +687,7 @@ static void kserv_wait(struct kserv_vcpu *vcpu, u64 deadline)
 	 */
 	while (now < poll_end && now < deadline) {
 		if (kserv_irq_pending(vcpu) || signal_pending(current))
-			return;
+			return false;
 		if (need_resched())
 			break;		/* someone else wants the CPU: sleep now */
 		cpu_relax();
@@ -692,12 +696,13 @@ static void kserv_wait(struct kserv_vcpu *vcpu, u64 deadline)
 
 	if (deadline == ~0ULL) {
 		wait_event_interruptible(vm->wq, kserv_irq_pending(vcpu));
-		return;
+		return true;
 	}
 	if (deadline <= now)
-		return;
+		return false;
 	wait_event_interruptible_hrtimeout(vm->wq, kserv_irq_pending(vcpu),
 					   ns_to_ktime(mul_u64_u64_div_u64(deadline - now, NSEC_PER_SEC, freq)));
+	return true;
 }
 
 static bool trace_exits;
@@ -795,15 +800,19 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 			return -EINTR;
 		}
 		/*
-		 * With this CPU's interrupts masked from filling the list registers to entering
-		 * the guest, a kick (kserv_kick's IPI) that lands in between stays pending: it
-		 * takes the guest straight out again (KCore leaves on any physical interrupt) and
-		 * the next round sees what it was for, instead of the guest running on without it.
+		 * in_guest: kserv_kick interrupts this thread's CPU (the guest leaves on any
+		 * physical interrupt) only from here to the exit. A kick that lands before the
+		 * guest is entered is taken by the host first and the guest runs on without it
+		 * until its next exit (its WFI, or the host's next tick). Masking interrupts over
+		 * this stretch would close that gap, but with a KCore slow to enter the guest (the
+		 * debug build under emulation) the host's tick was then always due on entry and
+		 * the guest never ran; left for later.
 		 */
-		local_irq_disable();
+		WRITE_ONCE(vm->in_guest[vcpu->id], true);
+		smp_mb();	/* before the fill reads the model: see kserv_kick */
 		opts = kserv_sync_irqs(vcpu) & KSERV_SYNC_MORE;
 		r = kcore_run(vm->vmid, vcpu->id, value, opts, x);
-		local_irq_enable();
+		WRITE_ONCE(vm->in_guest[vcpu->id], false);
 		value = 0;
 		if (r == KCORE_E_BAD_STATE) {
 			/* Off (waits for the guest's CPU_ON) or running elsewhere: wait. */
@@ -813,6 +822,7 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 		if (r != KCORE_E_SUCCESS)
 			return kserv_core_errno(r);
 		if (trace_exits) {
+			vcpu->nexits[min(x[0], 9UL)]++;
 			memcpy(vcpu->trace[vcpu->trace_pos], x, sizeof(vcpu->trace[0]));
 			vcpu->trace_pos = (vcpu->trace_pos + 1) % ARRAY_SIZE(vcpu->trace);
 		}
@@ -853,7 +863,9 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 			/* First take back what the guest finished with: a level interrupt it just
 			 * deactivated may be due again, and the model only knows once told. */
 			if (!(kserv_sync_irqs(vcpu) & KSERV_SYNC_INJECTED))
-				kserv_wait(vcpu, x[1]);
+				vcpu->nwaits[kserv_wait(vcpu, x[1]) ? 2 : 1]++;
+			else
+				vcpu->nwaits[0]++;
 			break;
 		case 8: /* an SGI: x1 the ICC_SGI1R_EL1 value */
 			if (vm->vgic) {
@@ -905,6 +917,11 @@ static int kserv_vcpu_release(struct inode *inode, struct file *f)
 {
 	struct kserv_vcpu *vcpu = f->private_data;
 
+	if (trace_exits)
+		pr_info("kserv: vm %lu vcpu %u exits: mmio %lu fault %lu wfi %lu irq %lu off %lu on %lu cpu-off %lu sgi %lu sysreg %lu; wfi refilled %lu polled %lu slept %lu\n",
+			vcpu->vm->vmid, vcpu->id, vcpu->nexits[1], vcpu->nexits[2], vcpu->nexits[3],
+			vcpu->nexits[4], vcpu->nexits[5], vcpu->nexits[6], vcpu->nexits[7],
+			vcpu->nexits[8], vcpu->nexits[9], vcpu->nwaits[0], vcpu->nwaits[1], vcpu->nwaits[2]);
 	fput(vcpu->vm_file);
 	__free_page(vcpu->run_page);
 	kfree(vcpu);
