@@ -17,8 +17,13 @@ echo "host-file-md5 $(md5sum < /tmp/www/file | cut -d' ' -f1)"
 echo "host-disk-md5 $(md5sum < /guest/disk.img | cut -d' ' -f1)"
 httpd -p 127.0.0.1:8080 -h /tmp/www
 before=$(avail_kb)
+# Each vCPU's last exits and interrupt state go to dmesg if a run ends on a signal (a guest
+# that hangs is killed by the timeout): printed below for a failure's diagnosis.
+echo 1 > /sys/module/kserv/parameters/trace_exits
 guest full --smp 2 --devices
 sed 's/^/full: /' /tmp/full.txt
+grep -q terminating /tmp/full.err && dmesg | grep "kserv: " | tail -120 | sed 's/^/trace: /'
+echo 0 > /sys/module/kserv/parameters/trace_exits
 echo "vc: $(cat /tmp/vc-*.txt)"
 [ "$MODE" = full ] || exit 0
 
