@@ -22,7 +22,7 @@ before=$(avail_kb)
 echo 1 > /sys/module/kserv/parameters/trace_exits
 guest full --smp 2 --devices
 sed 's/^/full: /' /tmp/full.txt
-grep -q terminating /tmp/full.err && dmesg | grep "kserv: " | tail -120 | sed 's/^/trace: /'
+grep -q terminating /tmp/full.err && { sed 's/^/qemu-stderr: /' /tmp/full.err; dmesg | grep "kserv: " | tail -120 | sed 's/^/trace: /'; }
 echo 0 > /sys/module/kserv/parameters/trace_exits
 echo "vc: $(cat /tmp/vc-*.txt)"
 [ "$MODE" = full ] || exit 0

@@ -223,6 +223,7 @@ static long kserv_back_page(struct kserv_vcpu *vcpu, u64 ipa)
 	struct kserv_slot *s;
 	struct page *page;
 	unsigned long idx;
+	bool lent;
 	long r;
 
 	mutex_lock(&vm->lock);
@@ -233,6 +234,7 @@ static long kserv_back_page(struct kserv_vcpu *vcpu, u64 ipa)
 	}
 	idx = (ipa - s->gpa) >> PAGE_SHIFT;
 	page = s->pages[idx];
+	lent = page != NULL;
 	if (!page) {
 		if (pin_user_pages_fast(s->uaddr + (idx << PAGE_SHIFT), 1, FOLL_WRITE | FOLL_LONGTERM, &page) != 1) {
 			mutex_unlock(&vm->lock);
@@ -244,6 +246,13 @@ static long kserv_back_page(struct kserv_vcpu *vcpu, u64 ipa)
 	while (r == KCORE_E_NO_MEMORY && !kserv_donate(vm))
 		r = kcore_call(KCORE_MAP_VM_PAGE, vm->vmid, vcpu->id, page_to_pfn(page), NULL);
 	mutex_unlock(&vm->lock);
+	/*
+	 * Two vCPUs faulted on the same page at once and the other one lent it first: KCore
+	 * refuses to lend it again (it is the VM's already, mapped at this very gfn), and the
+	 * fault is resolved; the guest just runs on.
+	 */
+	if (r == KCORE_E_DENIED && lent)
+		return 0;
 	return kserv_core_errno(r);
 }
 
