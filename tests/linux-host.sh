@@ -154,7 +154,7 @@ for i in 1 2 3; do
 done
 check "two VMs at once: both boot and power off" bash -c "grep -qx 'par1-status 0 killed 0 off 1' '$OUT/linux.out' && grep -qx 'par2-status 0 killed 0 off 1' '$OUT/linux.out'"
 check "KCore holds no VM after them" grep -qx "vms-after-guests 0" "$OUT/linux.out"
-check "QEMU killed with SIGKILL mid-boot (its console begun, userspace not reached)" grep -qE "^sigkill-status 137 console-lines [1-9][0-9]* booted 0$" "$OUT/linux.out"
+check "QEMU killed with SIGKILL mid-boot (its console begun, userspace not reached)" grep -qE "^sigkill-status 137 console-bytes [1-9][0-9]* booted 0$" "$OUT/linux.out"
 check "and KCore holds no VM after it" grep -qx "vms-after-sigkill 0" "$OUT/linux.out"
 check "ioctl fuzzer: 4000 random ioctls from 4 threads, the host survives" grep -qx "fuzz-status 0" "$OUT/linux.out"
 check "ioctl fuzzer: KCore holds no VM after it" grep -qx "vms-after-fuzz 0" "$OUT/linux.out"

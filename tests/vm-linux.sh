@@ -40,7 +40,7 @@ i=0
 while [ ! -s /tmp/kill.txt ] && [ $i -lt 300 ]; do sleep 1; i=$((i + 1)); done
 kill -9 $k
 wait $k
-echo "sigkill-status $? console-lines $(wc -l < /tmp/kill.txt) booted $(grep -c '^GUEST-LINUX: userspace' /tmp/kill.txt)"
+echo "sigkill-status $? console-bytes $(wc -c < /tmp/kill.txt) booted $(grep -c "^GUEST-LINUX: userspace" /tmp/kill.txt)"
 echo "vms-after-sigkill $(vms)"
 
 kvm-smoke --fuzz 4000 7
