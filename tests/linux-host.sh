@@ -166,6 +166,12 @@ check "KCore never halted" bash -c "! grep -qE 'KCore halted|invariant broken' '
 host linux-a57 --with-qemu --cpus 2 --cpu cortex-a57 --host-kernel "$bpo_kernel" --timeout 900 --exec "MODE=boot
 $(cat "$ROOT/tests/vm-linux.sh")"
 vm_checks linux-a57 "Linux guest (6.12 host, cortex-a57)"
+host linux-bpo --with-qemu --cpus 2 --host-kernel "$bpo_kernel" --timeout 900 --exec "MODE=boot
+$(cat "$ROOT/tests/vm-linux.sh")"
+vm_checks linux-bpo "Linux guest (6.12 host, max)"
+host linux-a57-61 --with-qemu --cpus 2 --cpu cortex-a57 --timeout 900 --exec "MODE=boot
+$(cat "$ROOT/tests/vm-linux.sh")"
+vm_checks linux-a57-61 "Linux guest (6.1 host, cortex-a57)"
 
 # The debug build of KCore checks every security invariant (kcore::invariants) after each
 # host trap and halts on a violation; boot a host on it and touch KCore memory once.
