@@ -183,6 +183,18 @@ impl Irq {
     }
 }
 
+/// The positions of the set bits of `word`, plus `base`, lowest first.
+fn set_bits(word: u64, base: u32) -> impl Iterator<Item = u32> {
+    let mut w = word;
+    core::iter::from_fn(move || {
+        (w != 0).then(|| {
+            let b = w.trailing_zeros();
+            w &= w - 1;
+            base + b
+        })
+    })
+}
+
 /// A list register's worth for the host to pass to INJECT_IRQ: INTID and its attributes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Injection {
@@ -292,37 +304,27 @@ impl Vgic {
 
     /// The candidates for vCPU `vcpu`: its private ones, then every SPI's (in INTID order).
     fn candidates(&self, vcpu: usize) -> impl Iterator<Item = u32> {
-        let private = self.cand_private[vcpu];
-        let spis = self.cand_spis;
         let limit = self.nr_irqs.min(1020) as u32;
-        (0..PRIVATE as u32)
-            .filter(move |i| private & (1 << i) != 0)
-            .chain(
-                spis.into_iter().enumerate().flat_map(|(w, bits)| {
-                    (0..64u32).filter(move |b| bits & (1 << b) != 0).map(move |b| w as u32 * 64 + b)
-                }),
-            )
+        let spis = self.cand_spis;
+        set_bits(u64::from(self.cand_private[vcpu]), 0)
+            .chain(spis.into_iter().enumerate().flat_map(|(w, bits)| set_bits(bits, w as u32 * 64)))
             .filter(move |&i| i < limit)
     }
 
     /// Forget candidates that are neither latched nor driven high (nothing can make them
     /// pending again without marking them).
     fn prune(&mut self, vcpu: usize) {
-        let ids: [u32; 64] = {
-            let mut a = [u32::MAX; 64];
-            for (slot, i) in a
-                .iter_mut()
-                .zip(self.candidates(vcpu).filter(|&i| self.irq(vcpu, i).is_some_and(|irq| !irq.latch && !irq.line)))
-            {
-                *slot = i;
-            }
-            a
-        };
-        for i in ids.into_iter().take_while(|&i| i != u32::MAX) {
-            if i < PRIVATE as u32 {
+        let idle = |irq: Option<&Irq>| irq.is_some_and(|i| !i.latch && !i.line);
+        for i in set_bits(u64::from(self.cand_private[vcpu]), 0) {
+            if idle(self.irq(vcpu, i)) {
                 self.cand_private[vcpu] &= !(1 << i);
-            } else {
-                self.cand_spis[i as usize / 64] &= !(1 << (i % 64));
+            }
+        }
+        for w in 0..self.cand_spis.len() {
+            for i in set_bits(self.cand_spis[w], w as u32 * 64) {
+                if idle(self.irq(vcpu, i)) {
+                    self.cand_spis[w] &= !(1 << (i % 64));
+                }
             }
         }
     }
