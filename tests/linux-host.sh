@@ -153,6 +153,10 @@ for i in 1 2 3; do
     check "three VMs one after another: VM $i boots and powers off" grep -qx "seq$i-status 0 killed 0 off 1" "$OUT/linux.out"
 done
 check "two VMs at once: both boot and power off" bash -c "grep -qx 'par1-status 0 killed 0 off 1' '$OUT/linux.out' && grep -qx 'par2-status 0 killed 0 off 1' '$OUT/linux.out'"
+check "isolation: one of the two VMs planted 16 MiB of a secret in its RAM" grep -qx "GUEST-LINUX: planted 16777216 bytes" "$OUT/linux.out"
+check "isolation: the other read every page of its RAM (over 30000 of its 32768) and found its own token there (1 MiB of it: the scan works)" bash -c "grep -qE '^GUEST-LINUX: scanned ([3-9][0-9]{4}) pages: .* own (3[89][0-9]{3}|[4-9][0-9]{4})$' '$OUT/linux.out'"
+check "isolation: but not one copy of the other VM's secret, nor KCore's text" grep -qE "^GUEST-LINUX: scanned [0-9]+ pages: other-vm 0 kcore 0 own" "$OUT/linux.out"
+check "isolation: (the KCore text the guest looks for is in KCore's image)" grep -q "building KCore" "$ROOT/out/kcore.bin"
 check "KCore holds no VM after them" grep -qx "vms-after-guests 0" "$OUT/linux.out"
 check "QEMU killed with SIGKILL mid-boot (its console begun, userspace not reached)" grep -qE "^sigkill-status 137 console-bytes [1-9][0-9]* booted 0$" "$OUT/linux.out"
 check "and KCore holds no VM after it" grep -qx "vms-after-sigkill 0" "$OUT/linux.out"
