@@ -40,6 +40,13 @@ objs="$kmods/core-objs"
 rm -rf "$objs"
 mkdir -p "$objs"
 (cd "$objs" && aarch64-linux-gnu-ar x "$lib")
+# compiler_builtins' generic memcpy, memset, memmove, memcmp, bcmp and strlen (one object
+# each) stay out: calls to them, from Rust and from the module's C, then bind to the
+# kernel's exported, optimised ones instead of these byte-and-word loops.
+for o in "$objs"/compiler_builtins-*.o; do
+    defs=$(aarch64-linux-gnu-readelf -sW "$o" | awk '$4 == "FUNC" && $7 != "UND" { print $8 }')
+    case "$defs" in memcpy|memset|memmove|memcmp|bcmp|strlen) rm "$o" ;; esac
+done
 entries=$(for o in "$objs"/kserv_core-*.o; do aarch64-linux-gnu-readelf -sW "$o"; done |
     awk '$5 == "GLOBAL" && $7 != "UND" && $8 ~ /^kserv_core_/ { print "-u " $8 }')
 [ -n "$entries" ] || { echo "build: no kserv_core_ entry points in kserv-core" >&2; exit 1; }

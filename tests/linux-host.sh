@@ -36,7 +36,7 @@ check "1 CPU: KCore's RAM is not in the host's memory map" test "$(line one 3)" 
 check "1 CPU: KCore announced itself at EL2" console_has one "starting at EL2"
 # The kserv module (built against this kernel's stock Debian headers) finds KCore over SMC
 # and checks its ABI over HVC.
-check "1 CPU: the kserv module loads and finds KCore's ABI 0.4" console_has one "KSERV: kserv loaded (kserv: KCore ABI 0.4, features 0x1f)"
+check "1 CPU: the kserv module loads and finds KCore's ABI 0.5" console_has one "KSERV: kserv loaded (kserv: KCore ABI 0.5, features 0x1f)"
 
 # 2 CPUs, -cpu max: isolation. A read of KCore's image through /dev/mem dies with SIGBUS
 # (status 135); the host keeps running: device reads still work and its RAM reads back right.
@@ -88,7 +88,7 @@ check "cortex-a57: cpu3 offline too" test "$(line a57 3)" = "0,2"
 check "cortex-a57: both back online" test "$(line a57 4)" = "0-3"
 check "cortex-a57: started at EL1" test "$(line a57 5)" = 1
 check "cortex-a57: a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/a57.out"
-check "cortex-a57: the kserv module loads" console_has a57 "KSERV: kserv loaded (kserv: KCore ABI 0.4"
+check "cortex-a57: the kserv module loads" console_has a57 "KSERV: kserv loaded (kserv: KCore ABI 0.5"
 
 # A newer Debian kernel (bookworm-backports, 6.12+) through --host-kernel. Kernels >= 6.5 use
 # FEAT_MOPS memcpy in user space (glibc-static busybox here), which needs HCRX_EL2.MSCEn.
@@ -104,7 +104,7 @@ check "newer kernel: it is the 6.12+ kernel" grep -qE "^6[.]1[2-9]" "$OUT/newer.
 check "newer kernel: both CPUs online" test "$(line newer 2)" = 2
 check "newer kernel: user-space memcpy works" grep -qx copy-ok "$OUT/newer.out"
 check "newer kernel: KCore memory still gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/newer.out"
-check "newer kernel: its own kserv module loads" console_has newer "KSERV: kserv loaded (kserv: KCore ABI 0.4"
+check "newer kernel: its own kserv module loads" console_has newer "KSERV: kserv loaded (kserv: KCore ABI 0.5"
 check "newer kernel: /dev/kvm VMs come and go" grep -q "KVM-SMOKE: API 12; 10 VMs" "$OUT/newer.out"
 check "newer kernel: a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/newer.out"
 check "newer kernel: and takes an interrupt from the in-kernel GICv3" grep -q "KVM-SMOKE: an interrupt reached a guest" "$OUT/newer.out"

@@ -73,6 +73,14 @@ pub const INJECT_IRQ: u32 = 0xC600_000B;
 /// The list registers of vCPU x2 of VM x1: x1..x4 = state, group, priority, EOI and INTID of
 /// each (what the host put there, and the state the guest moved it to).
 pub const VCPU_IRQ_STATE: u32 = 0xC600_0011;
+
+/// VCPU_RUN x4 bit 1: x5..x7 carry up to three interrupts to inject before the run (each 0,
+/// or bit 63 with the INTID in 31:0 and INJECT_IRQ's attributes in 40:32), and the run's exit
+/// reports the first three list registers in x5..x7 as VCPU_IRQ_STATE does: the two calls
+/// the host would otherwise make around each run, folded into it.
+pub const RUN_LRS_IN_REGS: u64 = 1 << 1;
+/// The VCPU_RUN injection word's valid bit (x5..x7 with [`RUN_LRS_IN_REGS`]).
+pub const RUN_INJECT_VALID: u64 = 1 << 63;
 /// Non-protected VM x1: lend host page x3 to it at guest address x2 (in a RAM region).
 pub const LEND_PAGE: u32 = 0xC600_000C;
 /// Non-protected VM x1: take back the page lent at guest address x2. Returns x1 = its pfn.
@@ -112,7 +120,7 @@ pub const GUEST_KVM_UID: [u32; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x74
 /// ABI major version.
 pub const ABI_MAJOR: u64 = 0;
 /// ABI minor version.
-pub const ABI_MINOR: u64 = 4;
+pub const ABI_MINOR: u64 = 5;
 
 /// Feature bit: the host runs under a KCore-owned stage-2 table.
 pub const FEATURE_HOST_STAGE2: u64 = 1 << 0;

@@ -101,7 +101,7 @@ impl Run {
         let mut x = x;
         let call = host_hvc(&self.k, &mut x);
         let run = match call {
-            HostCall::Run { vmid, vcpu, page } => Some((vmid, vcpu, page)),
+            HostCall::Run { vmid, vcpu, page, .. } => Some((vmid, vcpu, page)),
             HostCall::Done => None,
         };
         (x, run)

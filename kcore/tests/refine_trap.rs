@@ -44,6 +44,8 @@ enum Event {
     Guest(Option<GuestTrap>),
     /// A host hypercall with x0..x4 on the second CPU while the guest runs on the first.
     OtherCpuHvc([u64; 5]),
+    /// A host VCPU_RUN with x0..x7 (interrupts to inject in x5..x7).
+    RunWith([u64; 8]),
 }
 
 fn setup() -> (KCore<SimMachine>, ed25519_compact::PublicKey) {
@@ -149,6 +151,7 @@ fn refine(events: &[Event], host_pc: u64, host_pstate: u64) -> Result<(), TestCa
         pstate: BTreeMap::new(),
         lrs: BTreeMap::new(),
         running: None,
+        report_lrs: false,
         ids: configure_guest_cpu(&k),
         mdscr: BTreeMap::new(),
     };
@@ -163,6 +166,10 @@ fn refine(events: &[Event], host_pc: u64, host_pstate: u64) -> Result<(), TestCa
         match (*ev, guest.take()) {
             (Event::Hvc(a), None) => {
                 host.x[..5].copy_from_slice(&a);
+                guest = host_event(&k, &oracle, &mut spec, &mut host, HostEvent::Hvc, 0, n)?;
+            }
+            (Event::RunWith(a), None) => {
+                host.x[..8].copy_from_slice(&a);
                 guest = host_event(&k, &oracle, &mut spec, &mut host, HostEvent::Hvc, 0, n)?;
             }
             (Event::Host(e), None) => guest = host_event(&k, &oracle, &mut spec, &mut host, e, 0, n)?,
@@ -193,9 +200,12 @@ fn refine(events: &[Event], host_pc: u64, host_pstate: u64) -> Result<(), TestCa
                 prop_assert_eq!(got, want_route, "event {}: {:?}", n, ev);
                 prop_assert_eq!(regs_of(&frame), want_regs, "guest registers after event {}: {:?}", n, ev);
                 prop_assert_eq!(el1_of(&k, 0), want_el1, "guest EL1 after event {}: {:?}", n, ev);
-                if let Some(words) = want_host {
+                if let Some((words, lrs)) = want_host {
+                    let before: [u64; 3] = host.x[5..8].try_into().expect("three");
                     k.end_run(&hc, &mut host);
                     prop_assert_eq!(&host.x[..5], &words[..], "host's VCPU_RUN result after event {}", n);
+                    let want_lrs = lrs.unwrap_or(before);
+                    prop_assert_eq!(&host.x[5..8], &want_lrs[..], "host's x5..x7 after event {} (list registers)", n);
                 } else {
                     guest = Some((frame, hc));
                 }
@@ -282,6 +292,9 @@ fn hvc() -> impl Strategy<Value = Event> {
                     .prop_map(move |d| Event::Hvc([w(abi::INJECT_IRQ), a, b, c, d]))
             }),
         1 => (vmid.clone(), vcpu.clone()).prop_map(move |(a, b)| Event::Hvc([w(abi::VCPU_IRQ_STATE), a, b, 0, 0])),
+        6 => (vmid.clone(), vcpu.clone(), any::<u64>(), prop_oneof![4 => Just(2u64), 4 => Just(3u64), 1 => Just(0u64), 1 => Just(4u64)],
+              [injection(), injection(), injection()])
+            .prop_map(move |(a, b, c, d, [e, f, g])| Event::RunWith([w(abi::VCPU_RUN), a, b, c, d, e, f, g])),
         1 => vmid.clone().prop_map(move |a| Event::Hvc([w(abi::VM_STATE), a, 0, 0, 0])),
         1 => prop_oneof![Just(abi::KCORE_VERSION), Just(abi::VENDOR_HYP_CALL_UID), Just(abi::VENDOR_HYP_REVISION),
             Just(0xC600_00FF), Just(0x8400_0000), Just(0xdead_beef)]
@@ -295,6 +308,19 @@ fn hvc() -> impl Strategy<Value = Event> {
         1 => (vmid.clone(), 0u64..2).prop_map(move |(a, i)| Event::Hvc([w(abi::MAP_IMAGE_PAGE), a, 0, i, IMG + i])),
         1 => vmid.clone().prop_map(move |a| Event::Hvc([w(abi::VERIFY_VM), a, 0, 0, 0])),
         1 => vmid.prop_map(move |a| Event::Hvc([w(abi::DESTROY_VM), a, 0, 0, 0])),
+    ]
+}
+
+/// A VCPU_RUN injection word (x5..x7): none, an interrupt (some refused: the timer's, out
+/// of range, bad attributes), or a malformed word.
+fn injection() -> impl Strategy<Value = u64> {
+    let intid = prop_oneof![4 => Just(40u64), 4 => 16u64..24, 1 => Just(27u64), 1 => Just(1020u64)];
+    let attrs = prop_oneof![Just(0u64), Just(0xa0u64), Just(0x1a0u64)];
+    prop_oneof![
+        4 => Just(0u64),
+        6 => (intid.clone(), attrs).prop_map(|(i, a)| (1 << 63) | (a << 32) | i),
+        1 => intid.clone().prop_map(|i| (1 << 63) | (0x200 << 32) | i),
+        1 => intid.prop_map(|i| (0xa0 << 32) | i),
     ]
 }
 

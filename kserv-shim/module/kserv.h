@@ -56,7 +56,7 @@ struct kserv_vcpu {
 	struct page *run_page;		/* struct kvm_run, mapped by the VMM */
 	struct kvm_run *run;
 	bool mmio_read;			/* the last exit was an MMIO read the VMM answers */
-	bool lrs_busy;			/* a list register may hold what this host put there */
+	u64 lrs[KSERV_HOST_LRS];	/* the list registers as the last exit reported them */
 	/* The last exits (kserv.trace_exits=1): printed when KVM_RUN ends on a signal. */
 	unsigned long trace[16][4];
 	unsigned int trace_pos;

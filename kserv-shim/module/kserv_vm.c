@@ -56,12 +56,16 @@ static long kcore_call(u32 fn, unsigned long a1, unsigned long a2, unsigned long
 	return kcore_call4(fn, a1, a2, a3, 0, r1);
 }
 
-/* VCPU_RUN: x1..x4 of the exit into x[0..3]. */
+/*
+ * VCPU_RUN with KCORE_RUN_LRS_IN_REGS in opts: inject[] go into the list registers first;
+ * x1..x4 of the exit into x[0..3], the list registers it reports (x5..x7) into lrs[].
+ */
 static long kcore_run(unsigned long vmid, unsigned long vcpu, u64 value, unsigned long opts,
-		      unsigned long x[4])
+		      const u64 inject[KSERV_HOST_LRS], unsigned long x[4], u64 lrs[KSERV_HOST_LRS])
 {
 	struct arm_smccc_1_2_regs args = {
 		.a0 = KCORE_VCPU_RUN, .a1 = vmid, .a2 = vcpu, .a3 = value, .a4 = opts,
+		.a5 = inject[0], .a6 = inject[1], .a7 = inject[2],
 	};
 	struct arm_smccc_1_2_regs res;
 
@@ -70,6 +74,9 @@ static long kcore_run(unsigned long vmid, unsigned long vcpu, u64 value, unsigne
 	x[1] = res.a2;
 	x[2] = res.a3;
 	x[3] = res.a4;
+	lrs[0] = res.a5;
+	lrs[1] = res.a6;
+	lrs[2] = res.a7;
 	return (long)res.a0;
 }
 
@@ -293,67 +300,78 @@ static bool kserv_irq_pending(struct kserv_vcpu *vcpu)
 }
 
 /*
- * Before a run: learn from KCore what the guest did with its list registers (the ones it is
- * done with go back to the GIC model, which may give a level interrupt again), then fill the
- * free ones with the most urgent pending interrupts. Returns KSERV_SYNC_MORE (VCPU_RUN's
- * option: an exit when the list registers drain) if more is waiting, and KSERV_SYNC_INJECTED
- * if anything was put in a list register.
+ * Before a run: fill the list registers that were free at the last exit (KCore reported
+ * them) with the most urgent pending interrupts, as VCPU_RUN injection words in inject[]
+ * (KCore places them as the run begins: one hypercall, not one per interrupt). Returns
+ * VCPU_RUN's options: KCORE_RUN_LRS_IN_REGS, and bit 0 (an exit when the list registers
+ * drain) if more is waiting than fits.
  */
-#define KSERV_SYNC_MORE 1UL		/* VCPU_RUN option: more is waiting than fits */
-#define KSERV_SYNC_INJECTED 2UL		/* something was put in a list register */
+#define KSERV_RUN_UNDERFLOW 1UL		/* VCPU_RUN option: more is waiting than fits */
 
-static unsigned long kserv_sync_irqs(struct kserv_vcpu *vcpu)
+static unsigned long kserv_fill_lrs(struct kserv_vcpu *vcpu, u64 inject[KSERV_HOST_LRS])
 {
 	struct kserv_vm *vm = vcpu->vm;
-	struct arm_smccc_1_2_regs args = { .a0 = KCORE_VCPU_IRQ_STATE, .a1 = vm->vmid, .a2 = vcpu->id };
-	struct arm_smccc_1_2_regs res;
-	unsigned long lrs[4];	/* VCPU_IRQ_STATE: all four list registers */
-	unsigned int i, free = 0;
-	unsigned long opts = 0;
+	unsigned long opts = KCORE_RUN_LRS_IN_REGS;
+	unsigned int i, n = 0;
 
+	for (i = 0; i < KSERV_HOST_LRS; i++)
+		inject[i] = 0;
 	if (!vm->vgic)
-		return 0;
-	if (vcpu->lrs_busy) {
-		arm_smccc_1_2_hvc(&args, &res);
-		if ((long)res.a0 != KCORE_E_SUCCESS)
-			return 0;
-		lrs[0] = res.a1;
-		lrs[1] = res.a2;
-		lrs[2] = res.a3;
-		lrs[3] = res.a4;
-	} else {
-		/* Nothing of ours is in the list registers: no need to ask KCore. */
-		memset(lrs, 0, sizeof(lrs));
-	}
+		return opts;
 	spin_lock(&vm->irq_lock);
-	/* The last list register is KCore's, for the guest's virtual timer. */
 	for (i = 0; i < KSERV_HOST_LRS; i++) {
-		if (lrs[i] >> 62)
-			continue;	/* still pending or active in the guest */
-		if (lrs[i])
-			kserv_core_vgic_done(vm->vgic, vcpu->id, lrs[i] & 0xffffffff);
-		free++;
-	}
-	vcpu->lrs_busy = free < KSERV_HOST_LRS;
-	while (free--) {
-		u64 t = kserv_core_vgic_take(vm->vgic, vcpu->id);
-		long r;
+		u64 t;
 
+		if (vcpu->lrs[i] >> 62)
+			continue;	/* still pending or active in the guest */
+		t = kserv_core_vgic_take(vm->vgic, vcpu->id);
 		if (t == ~0ULL)
 			break;
-		r = kcore_call4(KCORE_INJECT_IRQ, vm->vmid, vcpu->id, t & 0xffffffff, t >> 32, NULL);
-		if (r != KCORE_E_SUCCESS) {
-			/* Cannot happen with a free register; the model gives it again later. */
-			kserv_core_vgic_untake(vm->vgic, vcpu->id, t & 0xffffffff);
-			break;
-		}
-		opts |= KSERV_SYNC_INJECTED;
-		vcpu->lrs_busy = true;
+		/* take's INTID (31:0) and attributes (40:32) are the word's layout. */
+		inject[n++] = KCORE_RUN_INJECT_VALID | t;
 	}
 	if (kserv_core_vgic_pending(vm->vgic, vcpu->id))
-		opts |= KSERV_SYNC_MORE;
+		opts |= KSERV_RUN_UNDERFLOW;
 	spin_unlock(&vm->irq_lock);
 	return opts;
+}
+
+/* VCPU_RUN refused the run and with it the injections: back to the model, pending again. */
+static void kserv_unfill_lrs(struct kserv_vcpu *vcpu, const u64 inject[KSERV_HOST_LRS])
+{
+	struct kserv_vm *vm = vcpu->vm;
+	unsigned int i;
+
+	if (!vm->vgic)
+		return;
+	spin_lock(&vm->irq_lock);
+	for (i = 0; i < KSERV_HOST_LRS; i++)
+		if (inject[i])
+			kserv_core_vgic_untake(vm->vgic, vcpu->id, inject[i] & 0xffffffff);
+	spin_unlock(&vm->irq_lock);
+}
+
+/*
+ * A run's exit reported the list registers (VCPU_IRQ_STATE's view, in x5..x7): the ones the
+ * guest is done with go back to the GIC model, which may give a level interrupt again.
+ */
+static void kserv_lrs_reported(struct kserv_vcpu *vcpu, const u64 lrs[KSERV_HOST_LRS])
+{
+	struct kserv_vm *vm = vcpu->vm;
+	unsigned int i;
+	bool done = false;
+
+	for (i = 0; i < KSERV_HOST_LRS; i++) {
+		vcpu->lrs[i] = lrs[i];
+		done |= lrs[i] && !(lrs[i] >> 62);
+	}
+	if (!done || !vm->vgic)
+		return;
+	spin_lock(&vm->irq_lock);
+	for (i = 0; i < KSERV_HOST_LRS; i++)
+		if (lrs[i] && !(lrs[i] >> 62))
+			kserv_core_vgic_done(vm->vgic, vcpu->id, lrs[i] & 0xffffffff);
+	spin_unlock(&vm->irq_lock);
 }
 
 /*
@@ -771,6 +789,7 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 	struct kserv_vm *vm = vcpu->vm;
 	struct kvm_run *run = vcpu->run;
 	unsigned long x[4];
+	u64 inject[KSERV_HOST_LRS], lrs[KSERV_HOST_LRS];
 	u64 value = 0;
 	long r;
 
@@ -819,9 +838,15 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 		 */
 		WRITE_ONCE(vm->in_guest[vcpu->id], true);
 		smp_mb();	/* before the fill reads the model: see kserv_kick */
-		opts = kserv_sync_irqs(vcpu) & KSERV_SYNC_MORE;
-		r = kcore_run(vm->vmid, vcpu->id, value, opts, x);
+		opts = kserv_fill_lrs(vcpu, inject);
+		r = kcore_run(vm->vmid, vcpu->id, value, opts, inject, x, lrs);
 		WRITE_ONCE(vm->in_guest[vcpu->id], false);
+		if (r != KCORE_E_SUCCESS) {
+			/* Not run, nothing injected (KCore takes all or none). */
+			kserv_unfill_lrs(vcpu, inject);
+		} else {
+			kserv_lrs_reported(vcpu, lrs);
+		}
 		value = 0;
 		if (r == KCORE_E_BAD_STATE) {
 			/* Off (waits for the guest's CPU_ON) or running elsewhere: wait. */
@@ -869,12 +894,13 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 				return r;
 			break;
 		case 3: /* WFI/WFE: x1 the guest timer's deadline */
-			/* First take back what the guest finished with: a level interrupt it just
-			 * deactivated may be due again, and the model only knows once told. */
-			if (!(kserv_sync_irqs(vcpu) & KSERV_SYNC_INJECTED))
-				vcpu->nwaits[kserv_wait(vcpu, x[1]) ? 2 : 1]++;
-			else
+			/* The exit's report already gave back what the guest finished with (a
+			 * level interrupt it deactivated may be due again): wait only if nothing
+			 * is pending for it now. */
+			if (kserv_irq_pending(vcpu))
 				vcpu->nwaits[0]++;
+			else
+				vcpu->nwaits[kserv_wait(vcpu, x[1]) ? 2 : 1]++;
 			break;
 		case 8: /* an SGI: x1 the ICC_SGI1R_EL1 value */
 			if (vm->vgic) {

@@ -23,7 +23,7 @@ impl TicketLock {
     pub fn wait_lock(&self) -> u32 {
         let ticket = self.take_ticket();
         while !self.is_served(ticket) {
-            core::hint::spin_loop();
+            crate::machine::spin_wait_hint();
         }
         ticket
     }

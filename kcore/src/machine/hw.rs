@@ -203,3 +203,11 @@ fn with_vmid(vmid: u16, f: impl FnOnce()) {
     // SAFETY: as above.
     unsafe { asm!("msr vttbr_el2, {}", "isb", in(reg) old, options(nostack)) };
 }
+
+/// The hint for a CPU waiting on another one (a lock held elsewhere): YIELD (Arm ARM C6.2),
+/// which tells the hardware (and an emulator running CPUs in turn) that this one makes no
+/// progress. (`core::hint::spin_loop` is an ISB on AArch64, which an emulator runs on.)
+pub fn yield_hint() {
+    // SAFETY: YIELD is a hint with no architectural effect.
+    unsafe { asm!("yield", options(nostack, nomem, preserves_flags)) };
+}

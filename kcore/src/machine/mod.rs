@@ -90,6 +90,16 @@ pub mod hw;
 #[cfg(not(target_os = "none"))]
 pub mod sim;
 
+/// What a CPU does on each turn of a wait for another CPU (a ticket not yet served): YIELD
+/// at EL2, the standard hint elsewhere.
+#[inline(always)]
+pub fn spin_wait_hint() {
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    hw::yield_hint();
+    #[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
+    core::hint::spin_loop();
+}
+
 /// The stage-2 VMID KCore gives the host. VMs get 1.. .
 pub const HOST_VMID: u16 = 0;
 

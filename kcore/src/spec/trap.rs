@@ -218,11 +218,17 @@ pub struct AbsTop {
     pub lrs: BTreeMap<(u16, usize), [u64; 4]>,
     /// The guest running on this CPU.
     pub running: Option<(u16, usize)>,
+    /// Its run asked for the list registers in x5..x7 when it exits (VCPU_RUN x4 bit 1).
+    pub report_lrs: bool,
     /// What guests read from the ID registers (layer 27's sanitised table).
     pub ids: [u64; 56],
     /// Each vCPU's MDSCR_EL1 while it is not running (zero at reset).
     pub mdscr: BTreeMap<(u16, usize), u64>,
 }
+
+/// What the host's VCPU_RUN returns when the guest exits: x0..x4, and x5..x7 (the list
+/// registers) if the run asked for them.
+pub type HostResult = ([u64; 5], Option<[u64; 3]>);
 
 /// PSTATE a vCPU starts in: EL1h with D, A, I, F masked.
 pub const RESET_PSTATE: u64 = 0x3c5;
@@ -253,6 +259,31 @@ fn vcpu_of(vmid: u64, vcpu: u64) -> Result<(u16, usize)> {
 
 fn code(e: Error) -> u64 {
     e.code() as u64
+}
+
+/// A list register as the host sees it: state, group, priority, EOI and INTID, nothing
+/// else. Reported once: one the guest is done with (state invalid) is cleared.
+fn report_lr(lr: &mut u64) -> u64 {
+    let visible = (3 << 62) | (1 << 60) | (0xff << 48) | (1 << 41) | 0xffff_ffff;
+    let seen = *lr & visible;
+    if *lr >> 62 == 0 {
+        *lr = 0;
+    }
+    seen
+}
+
+/// INJECT_IRQ on list registers `lrs` (the last is KCore's, for the virtual timer): `Exists`
+/// if `intid` is live in one, else it goes pending, group 1, with the host's priority (attrs
+/// 7:0) and EOI maintenance if level-triggered (bit 8), in the first free one of the first
+/// three; `NoMemory` if none is.
+fn place_irq(lrs: &mut [u64; 4], intid: u64, attrs: u64) -> Result<()> {
+    let live = |lr: u64| lr >> 62 != 0;
+    if lrs.iter().any(|&lr| live(lr) && lr as u32 as u64 == intid) {
+        return Err(Error::Exists);
+    }
+    let free = lrs[..3].iter().position(|&lr| !live(lr)).ok_or(Error::NoMemory)?;
+    lrs[free] = (1 << 62) | (1 << 60) | ((attrs & 0xff) << 48) | ((attrs >> 8) << 41) | intid;
+    Ok(())
 }
 
 impl AbsTop {
@@ -324,7 +355,7 @@ impl AbsTop {
             Err(e) => x[0] = code(e),
         };
         match id {
-            abi::VCPU_RUN => match self.run(x[1], x[2], x[3], x[4]) {
+            abi::VCPU_RUN => match self.run(x[1], x[2], x[3], x[4], [x[5], x[6], x[7]]) {
                 Ok((vmid, vcpu)) => return Route::EnterGuest { vmid, vcpu },
                 Err(e) => x[0] = code(e),
             },
@@ -423,14 +454,10 @@ impl AbsTop {
                     (_, Some(_)) => {
                         // State, group, priority, EOI, INTID of each: nothing else. Reported
                         // once: the ones the guest is done with (state invalid) are cleared.
-                        let visible = (3 << 62) | (1 << 60) | (0xff << 48) | (1 << 41) | 0xffff_ffff;
                         let lrs = self.lrs.get_mut(&(vmid, vcpu)).expect("matched");
                         x[0] = 0;
                         for (i, lr) in lrs.iter_mut().enumerate() {
-                            x[1 + i] = *lr & visible;
-                            if *lr >> 62 == 0 {
-                                *lr = 0;
-                            }
+                            x[1 + i] = report_lr(lr);
                         }
                     }
                 },
@@ -457,11 +484,27 @@ impl AbsTop {
         self.mdscr.retain(|k, _| k.0 != vmid);
     }
 
-    fn run(&mut self, vmid: u64, vcpu: u64, value: u64, opts: u64) -> Result<(u16, usize)> {
+    fn run(&mut self, vmid: u64, vcpu: u64, value: u64, opts: u64, inject: [u64; 3]) -> Result<(u16, usize)> {
         let (vmid, vcpu) = vcpu_of(vmid, vcpu)?;
-        // x4: bit 0 asks for underflow notification; nothing else is defined.
-        if opts > 1 {
+        // x4: bit 0 asks for underflow notification, bit 1 for the list registers in x5..x7
+        // both ways; nothing else is defined.
+        if opts > 3 {
             return Err(Error::InvalidParameter);
+        }
+        let report_lrs = opts & 2 != 0;
+        // Each injection word: 0, or bit 63 with INTID 31:0 and attributes 40:32.
+        let mut wanted = vec![];
+        for w in inject.into_iter().filter(|_| report_lrs) {
+            if w != 0 {
+                if w >> 63 == 0 || (w >> 41) & ((1 << 22) - 1) != 0 {
+                    return Err(Error::InvalidParameter);
+                }
+                let (intid, attrs) = (w & 0xffff_ffff, (w >> 32) & 0x1ff);
+                if intid >= 1020 || intid == 27 {
+                    return Err(Error::InvalidParameter);
+                }
+                wanted.push((intid, attrs));
+            }
         }
         if self.vm_state(vmid) != VmState::Verified {
             return Err(Error::BadState);
@@ -470,7 +513,17 @@ impl AbsTop {
         let first = vs.vcpus.get(vcpu).is_some_and(|c| c.run == Run::Ready { first: true });
         let (r, next) = vs.run(vcpu, value);
         r?;
+        // The injections go in as INJECT_IRQ's would, all or none: on a refusal nothing
+        // changes and the vCPU does not run.
+        if !wanted.is_empty() {
+            let mut lrs = self.lrs[&(vmid, vcpu)];
+            for &(intid, attrs) in &wanted {
+                place_irq(&mut lrs, intid, attrs)?;
+            }
+            self.lrs.insert((vmid, vcpu), lrs);
+        }
         self.vcpus.insert(vmid, next);
+        self.report_lrs = report_lrs;
         if first {
             self.pstate.insert((vmid, vcpu), RESET_PSTATE);
         }
@@ -506,15 +559,7 @@ impl AbsTop {
             return Err(Error::BadState);
         }
         let lrs = self.lrs.get_mut(&(vmid, vcpu)).expect("registered");
-        let live = |lr: u64| lr >> 62 != 0;
-        if lrs.iter().any(|&lr| live(lr) && lr as u32 as u64 == intid) {
-            return Err(Error::Exists);
-        }
-        // The last list register is KCore's, for the virtual timer.
-        let free = lrs[..3].iter().position(|&lr| !live(lr)).ok_or(Error::NoMemory)?;
-        // Pending, group 1, the host's priority (attrs 7:0), EOI maintenance if level (bit 8).
-        lrs[free] = (1 << 62) | (1 << 60) | ((attrs & 0xff) << 48) | ((attrs >> 8) << 41) | intid;
-        Ok(())
+        place_irq(lrs, intid, attrs)
     }
 
     /// A trap `t` (`None`: an interrupt) of the running guest, whose registers are `regs`
@@ -526,7 +571,7 @@ impl AbsTop {
         t: Option<GuestTrap>,
         regs: Regs,
         el1: El1Exc,
-    ) -> (Route, Regs, El1Exc, Option<[u64; 5]>, AbsTop) {
+    ) -> (Route, Regs, El1Exc, Option<HostResult>, AbsTop) {
         let (vmid, vcpu) = self.running.expect("a guest runs");
         let (mut s, mut r, mut e) = (self.clone(), regs, el1);
         let vs = s.vcpus.get_mut(&vmid).expect("running VM");
@@ -584,7 +629,12 @@ impl AbsTop {
                 s.boot.vms.get_mut(&vmid).expect("running VM").vcpus[vcpu] = VcpuState::Ready;
                 s.running = None;
                 let w = exit_words(exit);
-                Some([0, w[0], w[1], w[2], w[3]])
+                // The list registers in x5..x7 if the run asked: VCPU_IRQ_STATE's report.
+                let lrs = s.report_lrs.then(|| {
+                    let lrs = s.lrs.get_mut(&(vmid, vcpu)).expect("registered");
+                    [report_lr(&mut lrs[0]), report_lr(&mut lrs[1]), report_lr(&mut lrs[2])]
+                });
+                Some(([0, w[0], w[1], w[2], w[3]], lrs))
             }
             _ => None,
         };

@@ -6,6 +6,7 @@ use crate::abi;
 use crate::error::{Error, Result};
 use crate::kcore::KCore;
 use crate::machine::Machine;
+use crate::vcpu::vcpuops::RUN_LRS_IN_REGS;
 use crate::vm::MAX_VCPUS;
 use crate::vm::vmpower::check_vmid;
 
@@ -16,15 +17,18 @@ pub enum HostCall {
     Done,
     /// Switch to the guest: vCPU `vcpu` of VM `vmid` is prepared and marked active; when it
     /// stops, call [`KCore::finish_run`] and report its exit.
-    Run { vmid: u16, vcpu: usize, page: u64 },
+    Run { vmid: u16, vcpu: usize, page: u64, report_lrs: bool },
 }
 
 /// Handle a host `HVC #0`; `x` holds x0..x7 on entry and the results on return.
 pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
     let id = x[0] as u32;
     if id == abi::VCPU_RUN {
-        return match k.prepare_run_with(x[1], x[2], x[3], x[4]) {
-            Ok((vmid, vcpu, page)) => HostCall::Run { vmid, vcpu, page: page.pa },
+        let inject = [x[5], x[6], x[7]];
+        return match k.prepare_run_with(x[1], x[2], x[3], x[4], &inject) {
+            Ok((vmid, vcpu, page)) => {
+                HostCall::Run { vmid, vcpu, page: page.pa, report_lrs: x[4] & RUN_LRS_IN_REGS != 0 }
+            }
             Err(e) => {
                 x[0] = e.code() as u64;
                 HostCall::Done
@@ -107,7 +111,7 @@ mod tests {
         let k = kcore();
         let mut x = [abi::KCORE_VERSION as u64, 9, 9, 9, 0, 0, 0, 0];
         host_hvc(&k, &mut x);
-        assert_eq!(&x[..3], &[0, 4, abi::FEATURES]);
+        assert_eq!(&x[..3], &[0, 5, abi::FEATURES]);
     }
 
     #[test]

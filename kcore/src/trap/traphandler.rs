@@ -15,7 +15,7 @@ use crate::machine::Machine;
 use crate::vcpu::ctxtswitch::HostCtxt;
 use crate::vcpu::vcpuops::{Exit, ExitAction, Trap};
 use crate::vcpu::vcpuopsaux::VcpuPage;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// What `boot/` must do after [`KCore::trap`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +50,8 @@ pub struct CpuRun {
     page: AtomicU64,
     /// The last exit, encoded for the host ([`crate::vcpu::vcpuops::Exit::encode`]).
     exit: [AtomicU64; 4],
+    /// The run asked for its list registers in x5..x7 when it exits (VCPU_RUN x4 bit 1).
+    report_lrs: AtomicBool,
 }
 
 /// Per-CPU run records.
@@ -87,13 +89,14 @@ impl<M: Machine> KCore<M> {
         let s = self.syndrome();
         match arch::esr_ec(s.esr) {
             ec::HVC64 => {
-                let mut x = [0u64; 8];
-                x.copy_from_slice(&frame.x[..8]);
-                let call = dispatcher::host_hvc(self, &mut x);
-                frame.x[..8].copy_from_slice(&x);
-                match call {
+                // SMCCC arguments and results: x0..x7, in place in the trap frame (no copy).
+                let Some(x) = frame.x.first_chunk_mut::<8>() else { unreachable!("the frame has x0..x30") };
+                match dispatcher::host_hvc(self, x) {
                     HostCall::Done => Outcome::Return,
-                    HostCall::Run { vmid, vcpu, page } => Outcome::EnterGuest { vmid, vcpu, page },
+                    HostCall::Run { vmid, vcpu, page, report_lrs } => {
+                        self.runs[self.m.cpu_index()].report_lrs.store(report_lrs, Relaxed);
+                        Outcome::EnterGuest { vmid, vcpu, page }
+                    }
                 }
             }
             ec::SMC64 => {
@@ -164,13 +167,18 @@ impl<M: Machine> KCore<M> {
 
     /// The guest run begun by [`KCore::begin_run`] has exited ([`Outcome::ExitGuest`]):
     /// switch back to the host and answer its VCPU_RUN in `frame` (x0 = SUCCESS, x1..x4 =
-    /// the exit).
+    /// the exit, x5..x7 the list registers if the run asked for them).
     pub fn end_run(&self, host: &HostCtxt, frame: &mut TrapFrame) {
         let (vmid, vcpu, page) = self.running_guest().expect("end_run follows begin_run on this CPU");
         self.switch_to_host(&page, host);
         let r = &self.runs[self.m.cpu_index()];
         r.vmid_plus_one.store(0, Relaxed);
-        self.finish_run(vmid, vcpu);
+        if r.report_lrs.load(Relaxed) {
+            let lrs = self.finish_run_reporting(vmid, vcpu);
+            frame.x[5..8].copy_from_slice(&lrs);
+        } else {
+            self.finish_run(vmid, vcpu);
+        }
         frame.x[0] = crate::abi::SUCCESS as u64;
         for (x, w) in frame.x[1..5].iter_mut().zip(&r.exit) {
             *x = w.load(Relaxed);

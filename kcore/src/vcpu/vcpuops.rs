@@ -89,6 +89,47 @@ pub enum Trap {
     Interrupt,
 }
 
+pub use crate::abi::RUN_LRS_IN_REGS;
+
+/// The list registers the host fills, one per VCPU_RUN injection word (x5..x7).
+pub const RUN_INJECTIONS: usize = super::TIMER_LR;
+
+/// One VCPU_RUN injection word: 0 for none, or bit 63 set with the INTID in 31:0 and
+/// INJECT_IRQ's attributes (priority 7:0, level 8) in 40:32, every other bit clear.
+pub fn run_injection(word: u64) -> Result<Option<(u32, u64)>> {
+    if word == 0 {
+        return Ok(None);
+    }
+    if word & crate::abi::RUN_INJECT_VALID == 0 || (word >> 41) & ((1 << 22) - 1) != 0 {
+        return Err(Error::InvalidParameter);
+    }
+    let (intid, attrs) = (word & 0xffff_ffff, (word >> 32) & 0x1ff);
+    check_injection(intid, attrs)?;
+    Ok(Some((intid as u32, attrs)))
+}
+
+/// INJECT_IRQ's argument checks: 1020-1023 are special and above is no INTID; the virtual
+/// timer's (27) is KCore's; attributes have 9 bits.
+fn check_injection(intid: u64, attrs: u64) -> Result<()> {
+    if intid >= 1020 || intid == super::VTIMER_INTID as u64 || attrs >> 9 != 0 {
+        return Err(Error::InvalidParameter);
+    }
+    Ok(())
+}
+
+/// Put `intid` (pending, group 1, `attrs`' priority, EOI maintenance if level-triggered) in
+/// the first free one of the host's list registers `lrs`: `Exists` if it is live there
+/// already, `NoMemory` if none is free.
+fn place_irq(lrs: &mut [u64; RUN_INJECTIONS], intid: u32, attrs: u64) -> Result<()> {
+    let live = |lr: u64| lr >> 62 != 0;
+    if lrs.iter().any(|&lr| live(lr) && lr & 0xffff_ffff == intid as u64) {
+        return Err(Error::Exists);
+    }
+    let free = lrs.iter().position(|&lr| !live(lr)).ok_or(Error::NoMemory)?;
+    lrs[free] = super::pending_lr_with(intid, attrs as u8, attrs & 0x100 != 0);
+    Ok(())
+}
+
 impl<M: Machine> KCore<M> {
     fn vcpu_args(&self, vmid: u64, vcpu: u64) -> Result<(u16, usize)> {
         let vmid = check_vmid(vmid)?;
@@ -108,15 +149,30 @@ impl<M: Machine> KCore<M> {
     /// verified image), or completion of a pending MMIO read with `mmio_value` (the one value
     /// the host may give the guest). Marks it active: a vCPU runs on one CPU at a time.
     pub fn prepare_run(&self, vmid: u64, vcpu: u64, mmio_value: u64) -> Result<(u16, usize, VcpuPage)> {
-        self.prepare_run_with(vmid, vcpu, mmio_value, 0)
+        self.prepare_run_with(vmid, vcpu, mmio_value, 0, &[0; RUN_INJECTIONS])
     }
 
     /// [`KCore::prepare_run`] with VCPU_RUN's options `opts` (bit 0: ask for an exit when the
-    /// vCPU's list registers run empty, so the host can refill them).
-    pub fn prepare_run_with(&self, vmid: u64, vcpu: u64, mmio_value: u64, opts: u64) -> Result<(u16, usize, VcpuPage)> {
+    /// vCPU's list registers run empty, so the host can refill them; bit 1
+    /// ([`RUN_LRS_IN_REGS`]): `inject` holds interrupts to put in its list registers first, as
+    /// INJECT_IRQ would, all or none; see [`run_injection`]).
+    pub fn prepare_run_with(
+        &self,
+        vmid: u64,
+        vcpu: u64,
+        mmio_value: u64,
+        opts: u64,
+        inject: &[u64; RUN_INJECTIONS],
+    ) -> Result<(u16, usize, VcpuPage)> {
         let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
-        if opts & !1 != 0 {
+        if opts & !(1 | RUN_LRS_IN_REGS) != 0 {
             return Err(Error::InvalidParameter);
+        }
+        let mut wanted = [None; RUN_INJECTIONS];
+        if opts & RUN_LRS_IN_REGS != 0 {
+            for (w, &word) in wanted.iter_mut().zip(inject) {
+                *w = run_injection(word)?;
+            }
         }
         let _vm = self.lock_vm(vmid);
         let info = &self.vminfo[vmid as usize - 1];
@@ -135,6 +191,17 @@ impl<M: Machine> KCore<M> {
         // instructions behave otherwise: the host must leave streaming mode first.
         if self.guest_cpu.features().sme && self.m.read_sysreg(SysReg::SvcrEl0) & 1 != 0 {
             return Err(Error::BadState);
+        }
+        // The injections, checked against the list registers as a whole before any is
+        // written: a refused one leaves the vCPU as it was (and it does not run).
+        if wanted.iter().any(Option::is_some) {
+            let mut lrs = self.host_lrs(&page);
+            for &(intid, attrs) in wanted.iter().flatten() {
+                place_irq(&mut lrs, intid, attrs)?;
+            }
+            for (i, lr) in lrs.into_iter().enumerate() {
+                page.set(&self.m, slot::LRS + i as u64, lr);
+            }
         }
         if f & flags::FIRST_RUN != 0 {
             self.first_run_reset(info, &page);
@@ -161,6 +228,31 @@ impl<M: Machine> KCore<M> {
     pub fn finish_run(&self, vmid: u16, vcpu: usize) {
         let _vm = self.lock_vm(vmid);
         self.vminfo[vmid as usize - 1].set_vcpu(vcpu, VcpuState::Ready);
+    }
+
+    /// [`KCore::finish_run`] for a run that asked for its list registers in registers
+    /// ([`RUN_LRS_IN_REGS`]): also reports the host's list registers as VCPU_IRQ_STATE does
+    /// (masked, and reported once: the invalid ones are cleared).
+    pub fn finish_run_reporting(&self, vmid: u16, vcpu: usize) -> [u64; RUN_INJECTIONS] {
+        let _vm = self.lock_vm(vmid);
+        self.vminfo[vmid as usize - 1].set_vcpu(vcpu, VcpuState::Ready);
+        let page = self.vcpu_page(vmid, vcpu);
+        core::array::from_fn(|i| self.report_lr(&page, i))
+    }
+
+    /// List register `i` of a vCPU that is not running, as the host may see it; cleared if
+    /// the guest is done with it (state invalid), so it is reported once.
+    fn report_lr(&self, page: &VcpuPage, i: usize) -> u64 {
+        let lr = page.get(&self.m, slot::LRS + i as u64);
+        if lr >> 62 == 0 {
+            page.set(&self.m, slot::LRS + i as u64, 0);
+        }
+        lr & super::LR_HOST_VISIBLE
+    }
+
+    /// The list registers the host fills (every one but the timer's, [`super::TIMER_LR`]).
+    fn host_lrs(&self, page: &VcpuPage) -> [u64; RUN_INJECTIONS] {
+        core::array::from_fn(|i| page.get(&self.m, slot::LRS + i as u64))
     }
 
     /// `vm_exit_dispatcher`: decide a guest trap. `regs` are the guest's registers as the trap
@@ -475,10 +567,7 @@ impl<M: Machine> KCore<M> {
     /// which VCPU_IRQ_STATE shows the list register invalid with its EOI bit).
     pub fn inject_irq_with(&self, vmid: u64, vcpu: u64, intid: u64, attrs: u64) -> Result<()> {
         let (vmid, vcpu) = self.vcpu_args(vmid, vcpu)?;
-        // 1020-1023 are special; the virtual timer's INTID is KCore's (its own list register).
-        if intid >= 1020 || intid == super::VTIMER_INTID as u64 || attrs >> 9 != 0 {
-            return Err(Error::InvalidParameter);
-        }
+        check_injection(intid, attrs)?;
         let _vm = self.lock_vm(vmid);
         let info = &self.vminfo[vmid as usize - 1];
         if info.state() != VmState::Verified || info.vcpu(vcpu) == VcpuState::Unused {
@@ -489,21 +578,11 @@ impl<M: Machine> KCore<M> {
             return Err(Error::BadState);
         }
         let page = self.vcpu_page(vmid, vcpu);
-        // Every list register but the timer's ([`super::TIMER_LR`]).
-        let lrs = (0..super::TIMER_LR as u64).map(|i| page.get(&self.m, slot::LRS + i));
-        let mut free = None;
-        for (i, lr) in lrs.enumerate() {
-            let live = lr >> 62 != 0;
-            if live && lr & 0xffff_ffff == intid {
-                return Err(Error::Exists);
-            }
-            if !live && free.is_none() {
-                free = Some(i as u64);
-            }
+        let mut lrs = self.host_lrs(&page);
+        place_irq(&mut lrs, intid as u32, attrs)?;
+        for (i, lr) in lrs.into_iter().enumerate() {
+            page.set(&self.m, slot::LRS + i as u64, lr);
         }
-        let slot_index = free.ok_or(Error::NoMemory)?;
-        let lr = super::pending_lr_with(intid as u32, attrs as u8, attrs & 0x100 != 0);
-        page.set(&self.m, slot::LRS + slot_index, lr);
         Ok(())
     }
 
@@ -522,13 +601,7 @@ impl<M: Machine> KCore<M> {
             VcpuState::Ready => {}
         }
         let page = self.vcpu_page(vmid, vcpu);
-        Ok(core::array::from_fn(|i| {
-            let lr = page.get(&self.m, slot::LRS + i as u64);
-            if lr >> 62 == 0 {
-                page.set(&self.m, slot::LRS + i as u64, 0);
-            }
-            lr & super::LR_HOST_VISIBLE
-        }))
+        Ok(core::array::from_fn(|i| self.report_lr(&page, i)))
     }
 
     /// MAP_VM_PAGE: back the page the vCPU's last exit faulted on (KCore's own record of the

@@ -305,9 +305,9 @@ impl Vgic {
     /// The candidates for vCPU `vcpu`: its private ones, then every SPI's (in INTID order).
     fn candidates(&self, vcpu: usize) -> impl Iterator<Item = u32> {
         let limit = self.nr_irqs.min(1020) as u32;
-        let spis = self.cand_spis;
+        let words = self.nr_irqs.div_ceil(64).min(self.cand_spis.len());
         set_bits(u64::from(self.cand_private[vcpu]), 0)
-            .chain(spis.into_iter().enumerate().flat_map(|(w, bits)| set_bits(bits, w as u32 * 64)))
+            .chain(self.cand_spis[..words].iter().enumerate().flat_map(|(w, &bits)| set_bits(bits, w as u32 * 64)))
             .filter(move |&i| i < limit)
     }
 
@@ -320,7 +320,7 @@ impl Vgic {
                 self.cand_private[vcpu] &= !(1 << i);
             }
         }
-        for w in 0..self.cand_spis.len() {
+        for w in 0..self.nr_irqs.div_ceil(64).min(self.cand_spis.len()) {
             for i in set_bits(self.cand_spis[w], w as u32 * 64) {
                 if idle(self.irq(vcpu, i)) {
                     self.cand_spis[w] &= !(1 << (i % 64));
@@ -332,6 +332,19 @@ impl Vgic {
     /// Something that may make an interrupt deliverable happened: forget the idle answers.
     fn changed(&mut self) {
         self.epoch += 1;
+    }
+
+    /// The same for a change only vCPU `vcpu` can see (one of its private interrupts): the
+    /// other vCPUs keep their idle answers. (0 is never an epoch.)
+    fn changed_for(&self, vcpu: usize) {
+        if let Some(idle) = self.idle.get(vcpu) {
+            idle.set(0);
+        }
+    }
+
+    /// [`Vgic::changed`] or [`Vgic::changed_for`], as `intid` is shared or private.
+    fn changed_irq(&mut self, vcpu: usize, intid: u32) {
+        if intid < PRIVATE as u32 { self.changed_for(vcpu) } else { self.changed() }
     }
 
     /// Interrupt `intid` as vCPU `vcpu` sees it (private ones are its own), if implemented.
@@ -558,7 +571,7 @@ impl Vgic {
 
     /// The same for private interrupt `intid` (16..32) of vCPU `vcpu` (a device's PPI).
     pub fn set_ppi_line(&mut self, vcpu: usize, intid: u32, level: bool) -> Option<usize> {
-        self.changed();
+        self.changed_for(vcpu);
         if !(16..32).contains(&intid) {
             return None;
         }
@@ -573,7 +586,6 @@ impl Vgic {
     /// on every vCPU the TargetList (15:0, with RS 47:44 and Aff1-3) names, or on all but the
     /// sender when IRM (bit 40) is set. Returns the vCPUs to kick, as a bitmap.
     pub fn sgi(&mut self, from: usize, value: u64) -> u64 {
-        self.changed();
         let intid = ((value >> 24) & 0xf) as usize;
         let targets: u64 = if value & (1 << 40) != 0 {
             ((1u64 << self.vcpus) - 1) & !(1 << from)
@@ -590,6 +602,7 @@ impl Vgic {
             if targets & (1 << v) != 0 {
                 self.private[v][intid].latch = true;
                 self.mark(v, intid as u32);
+                self.changed_for(v);
             }
         }
         targets
@@ -644,7 +657,7 @@ impl Vgic {
     /// (its list register went invalid): it may be given again, at once if a level line is
     /// still high or a new edge came meanwhile.
     pub fn deactivated(&mut self, vcpu: usize, intid: u32) {
-        self.changed();
+        self.changed_irq(vcpu, intid);
         if let Some(irq) = self.irq_mut(vcpu, intid) {
             irq.in_lr = false;
         }
@@ -653,7 +666,7 @@ impl Vgic {
     /// An interrupt [`Vgic::take`] gave could not be put in a list register after all: it is
     /// pending again, as before the take.
     pub fn untake(&mut self, vcpu: usize, intid: u32) {
-        self.changed();
+        self.changed_irq(vcpu, intid);
         if let Some(irq) = self.irq_mut(vcpu, intid) {
             if irq.in_lr && irq.edge {
                 irq.latch = true;
@@ -819,8 +832,11 @@ mod tests {
         g.redist_write(1, 0x1_0080, 4, 1 << 3).unwrap(); // SGI 3: group 1
         g.redist_write(1, 0x1_0100, 4, 1 << 3).unwrap();
         assert!(!g.has_pending(1));
+        assert!(!g.has_pending(0) && !g.has_pending(2));
         g.sgi(0, (3 << 24) | 0b10);
         assert!(g.has_pending(1), "an SGI forgets it");
+        assert_eq!(g.idle[0].get(), g.epoch, "but only for its target: vCPU 0 still knows it is idle");
+        assert_eq!(g.idle[2].get(), g.epoch, "and so does vCPU 2");
         g.deactivated(0, 40);
         assert!(g.has_pending(0), "a deactivation with the line still high forgets it");
     }

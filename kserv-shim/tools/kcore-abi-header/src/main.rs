@@ -58,6 +58,11 @@ fn main() {
     ));
     out.push_str(&format!("#define KCORE_FEATURES 0x{:x}UL\n", abi::FEATURES));
     out.push_str(&format!(
+        "#define KCORE_RUN_LRS_IN_REGS 0x{:x}UL\n#define KCORE_RUN_INJECT_VALID 0x{:x}UL\n",
+        abi::RUN_LRS_IN_REGS,
+        abi::RUN_INJECT_VALID
+    ));
+    out.push_str(&format!(
         "#define KCORE_VM_PROTECTED {}UL\n#define KCORE_VM_NON_PROTECTED {}UL\n",
         abi::VM_PROTECTED,
         abi::VM_NON_PROTECTED
