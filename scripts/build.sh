@@ -89,20 +89,33 @@ else
     rm -f "$kmods/kvm-smoke.new"
 fi
 
+# kvm-smoke's protected guest as a signed kernel file (kcore-sign sign-file, with the key
+# KCore is built with: the test key), for the protected VMs the host starts.
+cargo build -q -p kcore-sign --release
+pguest="$(ls -t "$ROOT"/target/aarch64-unknown-linux-musl/release/build/kvm-smoke-*/out/guest-protected.bin | head -1)"
+"$ROOT/target/release/kcore-sign" sign-file "$ROOT/tests/keys/test-vm.seed" 0x40200000 "$pguest" "$kmods/protected.signed.new"
+if ! cmp -s "$kmods/protected.signed.new" "$kmods/protected.signed"; then
+    mv "$kmods/protected.signed.new" "$kmods/protected.signed"
+else
+    rm -f "$kmods/protected.signed.new"
+fi
+
 # Host initramfs: busybox (static, arm64), the project's /init, the kserv module of each
-# host kernel (/lib/modules/VERSION/kserv.ko) and kvm-smoke.
+# host kernel (/lib/modules/VERSION/kserv.ko), kvm-smoke and its signed protected guest
+# (/guest-protected.signed).
 stage="$OUT/initramfs"
 
 busybox="$ROOT/.cache/arm64/bin/busybox"
 [ -x "$busybox" ] || { echo "build: busybox missing; run scripts/setup.sh" >&2; exit 1; }
 if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz" ] ||
-   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 2 \( -name '*.ko' -o -name kvm-smoke -o -name init -o -name run-guest \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
+   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 2 \( -name '*.ko' -o -name kvm-smoke -o -name protected.signed -o -name init -o -name run-guest \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
     rm -rf "$stage"
     mkdir -p "$stage/bin" "$stage/dev" "$stage/proc" "$stage/sys" "$stage/tmp"
     cp "$busybox" "$stage/bin/busybox"
     cp "$ROOT/kserv-shim/initramfs/init" "$stage/init"
     cp "$ROOT/kserv-shim/initramfs/run-guest" "$stage/bin/run-guest"
     cp "$kmods/kvm-smoke" "$stage/bin/kvm-smoke"
+    cp "$kmods/protected.signed" "$stage/guest-protected.signed"
     for ko in "$kmods"/*/kserv.ko; do
         [ -f "$ko" ] || continue
         v="$(basename "$(dirname "$ko")")"

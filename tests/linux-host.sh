@@ -167,6 +167,28 @@ check "the host's memory is back after all of it (under 32 MiB less available)" 
 check "the host still cannot read KCore's memory" grep -qx "kcore-read-status 135" "$OUT/linux.out"
 check "the host kernel never warned or oopsed (dmesg)" grep -qx "host-kernel-complaints 0" "$OUT/linux.out"
 check "KCore never halted" bash -c "! grep -qE 'KCore halted|invariant broken' '$OUT/linux.log'"
+# Protected VMs from the host (tests/vm-protected.sh): a signed kernel file boots as a
+# protected VM of kvm-smoke and of Debian's QEMU (kserv.protected_vms=1); the host cannot read
+# its memory or registers; tampered and unsigned kernels are refused before they run, with
+# the reason in the VMM's error and in dmesg. The same guest as an ordinary VM is the control.
+protected_checks() {
+    local n="$1" tag="$2"
+    check "$tag: a signed kernel runs as a protected VM (x0 = its device tree, its secret planted and kept)" grep -qx "KVM-SMOKE: protected: guest output 'PROTECTED dtb ok planted kept'" "$OUT/$n.out"
+    check "$tag: the VMM reading the guest's secret page through its own mapping dies of SIGBUS" grep -qx "KVM-SMOKE: protected: reading the guest's secret page killed the reader with signal 7" "$OUT/$n.out"
+    check "$tag: its registers are refused to the host after the first run (EPERM)" grep -qx "KVM-SMOKE: protected: KVM_GET_ONE_REG of its PC after the first run: errno 1" "$OUT/$n.out"
+    check "$tag: control: the same guest unprotected, the host reads its secret" grep -qx "KVM-SMOKE: unprotected: the host read the guest's secret page: 0x53454b564d215345" "$OUT/$n.out"
+    check "$tag: a tampered kernel is refused before it runs (EKEYREJECTED, no guest output)" grep -qx "KVM-SMOKE: protected: KVM_RUN refused: errno 129 (Key was rejected by service (os error 129)); guest output ''" "$OUT/$n.out"
+    check "$tag: an unsigned kernel is refused before it runs (ENOKEY)" grep -qx "KVM-SMOKE: protected: KVM_RUN refused: errno 126 (Required key not available (os error 126)); guest output ''" "$OUT/$n.out"
+    check "$tag: stock QEMU with kserv.protected_vms=1 boots the signed kernel (QEMU's boot stub decoded)" grep -qx "qemu-signed-status 0 output PROTECTED dtb ok planted kept" "$OUT/$n.out"
+    check "$tag: stock QEMU: a tampered kernel is refused, QEMU says why" grep -qx "qemu-tampered-stderr: error: kvm run failed Key was rejected by service" "$OUT/$n.out"
+    check "$tag: stock QEMU: an unsigned kernel is refused, QEMU says why" grep -qx "qemu-unsigned-stderr: error: kvm run failed Required key not available" "$OUT/$n.out"
+    check "$tag: dmesg says why" bash -c "grep -q 'does not verify with KCore.s key: refused' '$OUT/$n.out' && grep -q 'is not a signed kernel file (kcore-sign sign-file): refused' '$OUT/$n.out'"
+    check "$tag: KCore holds no VM after them, the memory is back, no kernel complaint" bash -c "grep -qx 'vms-after-protected 0' '$OUT/$n.out' && grep -qx 'host-kernel-complaints 0' '$OUT/$n.out' && v=\$(sed -n 's/^mem-lost-kb //p' '$OUT/$n.out') && [ \"\$v\" -lt 16384 ]"
+}
+host protected --with-qemu --cpus 2 --timeout 600 --exec "$(cat "$ROOT/tests/vm-protected.sh")"
+protected_checks protected "protected VMs (6.1 host, max)"
+host protected-a57 --with-qemu --cpus 2 --cpu cortex-a57 --host-kernel "$bpo_kernel" --timeout 600 --exec "$(cat "$ROOT/tests/vm-protected.sh")"
+protected_checks protected-a57 "protected VMs (6.12 host, cortex-a57)"
 host linux-a57 --with-qemu --cpus 2 --cpu cortex-a57 --host-kernel "$bpo_kernel" --timeout 900 --exec "MODE=boot
 $(cat "$ROOT/tests/vm-linux.sh")"
 vm_checks linux-a57 "Linux guest (6.12 host, cortex-a57)"

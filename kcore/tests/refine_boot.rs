@@ -57,7 +57,7 @@ fn run(k: &KCore<SimMachine>, op: BootOp) -> Result<u64, kcore::Error> {
             k.set_boot_info(vmid, load_ipa, bytes, sig_pfn).map(|i| i as u64)
         }
         BootOp::MapImagePage { vmid, image, index, pfn } => k.map_image_page(vmid, image, index, pfn).map(|_| 0),
-        BootOp::Verify { vmid } => k.verify_vm(vmid).map(|_| 0),
+        BootOp::Verify { vmid, arg } => k.verify_vm_with(vmid, arg).map(|_| 0),
         BootOp::Destroy { vmid } => k.destroy_vm(vmid).map(|_| 0),
         BootOp::Donate { vmid, pfn } => k.donate_page(vmid as u64, pfn).map(|_| 0),
     }
@@ -84,7 +84,7 @@ fn op() -> impl Strategy<Value = BootOp> {
             .prop_map(|(vmid, image, index, pfn)| BootOp::MapImagePage { vmid, image, index, pfn }),
         // Mostly the right page for the index, so whole images get loaded.
         8 => (vmid(), 0u64..3).prop_map(|(vmid, index)| BootOp::MapImagePage { vmid, image: 0, index, pfn: IMG + index }),
-        2 => vmid().prop_map(|vmid| BootOp::Verify { vmid }),
+        2 => (vmid(), prop_oneof![Just(0u64), Just(0x4000_0000u64), any::<u64>()]).prop_map(|(vmid, arg)| BootOp::Verify { vmid, arg }),
         1 => vmid().prop_map(|vmid| BootOp::Destroy { vmid }),
         3 => (prop_oneof![Just(1u16), Just(2), Just(0)], (0u64..40).prop_map(|i| P0 + 300 + i))
             .prop_map(|(vmid, pfn)| BootOp::Donate { vmid, pfn }),
@@ -152,7 +152,7 @@ fn a_host_that_does_everything_right() {
     for i in 0..3 {
         ops.push(BootOp::MapImagePage { vmid: 1, image: 0, index: i, pfn: IMG + i });
     }
-    ops.push(BootOp::Verify { vmid: 1 });
+    ops.push(BootOp::Verify { vmid: 1, arg: 0x4800_0000 });
     ops.push(BootOp::Destroy { vmid: 1 });
     // A non-protected VM: a RAM layout, no images, verified without a signature.
     ops.push(BootOp::RegisterVm { root: P0 + 401, kind: 1 });
@@ -161,7 +161,7 @@ fn a_host_that_does_everything_right() {
     ops.push(BootOp::AddRamRegion { vmid: 1, base: 0x8000_0000, size: 1 << 30 });
     ops.push(BootOp::AddRamRegion { vmid: 1, base: 0x8000_1000, size: 4096 });
     ops.push(BootOp::SetBootInfo { vmid: 1, load_ipa: LOAD, bytes: LEN, sig_pfn: GOOD_SIG });
-    ops.push(BootOp::Verify { vmid: 1 });
+    ops.push(BootOp::Verify { vmid: 1, arg: 0x4800_0000 });
     ops.push(BootOp::AddRamRegion { vmid: 1, base: 0x4000_0000, size: 4096 });
     ops.push(BootOp::Destroy { vmid: 1 });
     refine(&ops).unwrap();

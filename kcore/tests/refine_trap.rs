@@ -78,7 +78,7 @@ fn boot_vm1() -> Vec<Event> {
     ev.push(Event::Hvc([abi::SET_BOOT_INFO as u64, 1, LOAD, LEN, SIG]));
     ev.push(Event::Hvc([abi::MAP_IMAGE_PAGE as u64, 1, 0, 0, IMG]));
     ev.push(Event::Hvc([abi::MAP_IMAGE_PAGE as u64, 1, 0, 1, IMG + 1]));
-    ev.push(Event::Hvc([abi::VERIFY_VM as u64, 1, 0, 0, 0]));
+    ev.push(Event::Hvc([abi::VERIFY_VM as u64, 1, 0x4800_1000, 0, 0]));
     ev
 }
 
@@ -306,7 +306,7 @@ fn hvc() -> impl Strategy<Value = Event> {
         1 => (vmid.clone(), prop_oneof![Just(0u64), Just(9u64)]).prop_map(move |(a, b)| Event::Hvc([w(abi::REGISTER_VCPU), a, b, 0, 0])),
         1 => vmid.clone().prop_map(move |a| Event::Hvc([w(abi::SET_BOOT_INFO), a, LOAD, LEN, SIG])),
         1 => (vmid.clone(), 0u64..2).prop_map(move |(a, i)| Event::Hvc([w(abi::MAP_IMAGE_PAGE), a, 0, i, IMG + i])),
-        1 => vmid.clone().prop_map(move |a| Event::Hvc([w(abi::VERIFY_VM), a, 0, 0, 0])),
+        1 => vmid.clone().prop_map(move |a| Event::Hvc([w(abi::VERIFY_VM), a, 0x4000_0000, 0, 0])),
         1 => vmid.prop_map(move |a| Event::Hvc([w(abi::DESTROY_VM), a, 0, 0, 0])),
     ]
 }

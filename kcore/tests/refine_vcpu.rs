@@ -125,6 +125,7 @@ fn refine_kind(steps: &[Step], protected: bool) -> Result<(), TestCaseError> {
     let mut spec = AbsVcpus {
         vcpus: vec![AbsVcpu { run: Run::Ready { first: true }, ..fresh.clone() }, fresh],
         entry: LOAD,
+        boot_arg: 0,
         images: vec![(LOAD, LOAD + LEN)],
         off: false,
         ids: configure_guest_cpu(&k),

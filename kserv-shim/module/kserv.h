@@ -32,6 +32,9 @@ struct kserv_vm {
 	unsigned long vmid;
 	unsigned int vcpus;		/* bitmap of registered vCPUs */
 	bool verified;			/* set up ended (first KVM_RUN): the layout is fixed */
+	bool protected;			/* a protected VM: its memory and registers are KCore's */
+	u64 boot_pc, boot_x0;		/* protected: vCPU 0's PC and x0 as the VMM set them */
+	long boot_error;		/* protected: why its kernel was refused (final) */
 	unsigned int npages;
 	struct page *pages[KSERV_MAX_PAGES];	/* donated to KCore: freed after DESTROY_VM */
 	struct kserv_slot slots[KSERV_MAX_SLOTS];
@@ -83,6 +86,11 @@ void kserv_core_vgic_done(void *g, u32 vcpu, u32 intid);
 void kserv_core_vgic_untake(void *g, u32 vcpu, u32 intid);
 bool kserv_core_vgic_pending(void *g, u32 vcpu);
 u64 kserv_core_vgic_irq_debug(void *g, u32 vcpu, u32 intid);
+
+/* kserv-core's boot of a protected VM (kserv-shim/core/src/boot.rs); pages are 4096 bytes. */
+u64 kserv_core_trailer_search_pages(const void *first);
+u64 kserv_core_trailer_at(const void *page, u64 index, u64 load_ipa);
+bool kserv_core_boot_stub(const void *page, u64 offset, u64 *entry, u64 *x0);
 
 /* kserv_vm.c: /dev/kvm. */
 int kserv_dev_register(void);

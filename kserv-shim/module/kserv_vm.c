@@ -32,6 +32,7 @@
 #include <linux/fs.h>
 #include <linux/kvm.h>
 #include <linux/miscdevice.h>
+#include <linux/highmem.h>
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
@@ -164,6 +165,31 @@ static void kserv_slot_release(struct kserv_slot *s)
 }
 
 /*
+ * A protected VM's memory becomes KCore's and the VM's page by page, and the host kernel must
+ * never touch it: a fork would copy pinned private pages in the kernel (and the kernel's
+ * access abort). So its slots must be memory a fork does not copy: shared mappings, or
+ * private ones the VMM marked MADV_DONTFORK (as QEMU does for guest RAM). A guard for honest
+ * VMMs: a host that undoes it later only crashes itself; the VM's pages stay unreadable.
+ */
+static bool kserv_uncopied_on_fork(unsigned long start, unsigned long len)
+{
+	struct mm_struct *mm = current->mm;
+	unsigned long addr = start, end = start + len;
+	bool ok = true;
+
+	mmap_read_lock(mm);
+	while (ok && addr < end) {
+		struct vm_area_struct *vma = find_vma(mm, addr);
+
+		ok = vma && vma->vm_start <= addr && (vma->vm_flags & (VM_SHARED | VM_DONTCOPY));
+		if (ok)
+			addr = vma->vm_end;
+	}
+	mmap_read_unlock(mm);
+	return ok;
+}
+
+/*
  * KVM_SET_USER_MEMORY_REGION: guest RAM at [gpa, gpa + size) backed by the VMM's memory at
  * userspace_addr. KCore learns the range is RAM (its layout is fixed when the VM first runs);
  * pages are pinned and lent to the VM as the guest first touches them.
@@ -183,6 +209,10 @@ static long kserv_set_memory(struct kserv_vm *vm, void __user *argp)
 	    m.guest_phys_addr + m.memory_size > KSERV_IPA_LIMIT ||
 	    !access_ok((void __user *)(unsigned long)m.userspace_addr, m.memory_size))
 		return -EINVAL;
+	if (vm->protected && m.memory_size && !kserv_uncopied_on_fork(m.userspace_addr, m.memory_size)) {
+		pr_warn_ratelimited("kserv: protected VM %lu: guest memory must be shared or MADV_DONTFORK\n", vm->vmid);
+		return -EINVAL;
+	}
 	mutex_lock(&vm->lock);
 	s = &vm->slots[m.slot];
 	if (!m.memory_size || s->size) {
@@ -224,6 +254,104 @@ static long kserv_set_memory(struct kserv_vm *vm, void __user *argp)
 }
 
 /* The guest touched `ipa` (a page fault exit): pin the VMM's page and lend it. */
+/* The VMM's page at guest address `ipa`, pinned (and kept in its slot). Caller holds vm->lock. */
+static struct page *kserv_slot_page(struct kserv_vm *vm, u64 ipa)
+{
+	struct kserv_slot *s = kserv_slot_of(vm, ipa);
+	unsigned long idx;
+	struct page *page;
+
+	if (!s)
+		return NULL;
+	idx = (ipa - s->gpa) >> PAGE_SHIFT;
+	if (!s->pages[idx]) {
+		if (pin_user_pages_fast(s->uaddr + (idx << PAGE_SHIFT), 1, FOLL_WRITE | FOLL_LONGTERM, &page) != 1)
+			return NULL;
+		s->pages[idx] = page;
+	}
+	return s->pages[idx];
+}
+
+/* A KCore call that may need a table page from the VM's pool: donate and retry. */
+static long kcore_call_donating(struct kserv_vm *vm, unsigned long fn, unsigned long a1,
+				unsigned long a2, unsigned long a3, unsigned long a4, unsigned long *r1)
+{
+	long r = kcore_call4(fn, a1, a2, a3, a4, r1);
+
+	while (r == KCORE_E_NO_MEMORY && !kserv_donate(vm))
+		r = kcore_call4(fn, a1, a2, a3, a4, r1);
+	return r;
+}
+
+/*
+ * The first run of a protected VM: its kernel must be a signed kernel file (kcore-sign
+ * sign-file), which the VMM loaded as the guest's kernel. vCPU 0's PC is the kernel's entry,
+ * or QEMU's boot stub, decoded rather than run (the entry and the device tree's address are
+ * its literals). The image's pages and the trailer's signature go to KCore, which owns them
+ * from then on and checks the signature; vCPU 0 starts at the image's first byte with x0 =
+ * the VMM's boot argument. Caller holds vm->lock. An error is final for the VM.
+ */
+static long kserv_protected_boot(struct kserv_vm *vm)
+{
+	u64 entry = vm->boot_pc, x0 = vm->boot_x0, bytes = 0, k, limit, n;
+	struct page *page;
+	void *p;
+	long r;
+
+	page = kserv_slot_page(vm, entry & PAGE_MASK);
+	if (!page) {
+		pr_err("kserv: protected VM %lu: vCPU 0 starts at %#llx, outside its memory\n", vm->vmid, entry);
+		return -ENOEXEC;
+	}
+	p = kmap_local_page(page);
+	kserv_core_boot_stub(p, entry & ~PAGE_MASK, &entry, &x0);
+	kunmap_local(p);
+	if (entry & ~PAGE_MASK || !(page = kserv_slot_page(vm, entry))) {
+		pr_err("kserv: protected VM %lu: its kernel's entry %#llx is not a page in its memory\n",
+		       vm->vmid, entry);
+		return -ENOEXEC;
+	}
+	p = kmap_local_page(page);
+	limit = kserv_core_trailer_search_pages(p);
+	kunmap_local(p);
+	for (k = 1; k <= limit && !bytes; k++) {
+		page = kserv_slot_page(vm, entry + (k << PAGE_SHIFT));
+		if (!page)
+			break;
+		p = kmap_local_page(page);
+		bytes = kserv_core_trailer_at(p, k, entry);
+		kunmap_local(p);
+	}
+	if (!bytes) {
+		pr_err("kserv: protected VM %lu: the kernel at %#llx is not a signed kernel file (kcore-sign sign-file): refused\n",
+		       vm->vmid, entry);
+		return -ENOKEY;
+	}
+	/* Page k - 1 is the trailer; the signature is its first 64 bytes. */
+	r = kcore_call4(KCORE_SET_BOOT_INFO, vm->vmid, entry, bytes, page_to_pfn(page), NULL);
+	n = DIV_ROUND_UP(bytes, PAGE_SIZE);
+	for (k = 0; r == KCORE_E_SUCCESS && k < n; k++) {
+		page = kserv_slot_page(vm, entry + (k << PAGE_SHIFT));
+		if (!page)
+			return -EFAULT;
+		r = kcore_call_donating(vm, KCORE_MAP_IMAGE_PAGE, vm->vmid, 0, k, page_to_pfn(page), NULL);
+	}
+	if (r == KCORE_E_SUCCESS)
+		r = kcore_call(KCORE_VERIFY_VM, vm->vmid, x0, 0, NULL);
+	if (r == KCORE_E_BAD_SIGNATURE) {
+		pr_err("kserv: protected VM %lu: the kernel's signature (%llu bytes at %#llx) does not verify with KCore's key: refused\n",
+		       vm->vmid, bytes, entry);
+		return -EKEYREJECTED;
+	}
+	if (r != KCORE_E_SUCCESS) {
+		pr_err("kserv: protected VM %lu: KCore refused its kernel (%ld)\n", vm->vmid, r);
+		return kserv_core_errno(r);
+	}
+	pr_info("kserv: protected VM %lu: kernel of %llu bytes at %#llx verified; vCPU 0 starts there, x0 %#llx\n",
+		vm->vmid, bytes, entry, x0);
+	return 0;
+}
+
 static long kserv_back_page(struct kserv_vcpu *vcpu, u64 ipa)
 {
 	struct kserv_vm *vm = vcpu->vm;
@@ -608,6 +736,44 @@ static long kserv_create_device(struct file *vm_file, void __user *argp)
 #define PLACE_ZERO_SPSR 4
 #define PLACE_COUNTER 5
 
+/*
+ * KVM_GET/SET_ONE_REG of a protected vCPU's state (KCore's register number `n`): none after
+ * the VM's first run (its registers never leave KCore). Before it, the vCPU is in the state
+ * KCore will start it in: vCPU 0 at its kernel with x0 = the boot argument, which the VMM
+ * sets (PC and x0; QEMU points PC at its boot stub, which kserv decodes); every other value
+ * reads as KCore's reset value and a write of it is accepted and has no effect (the VMM's
+ * reset writes them all). The reply goes to v[0] (v[1] for a 128-bit register's high half).
+ */
+static long kserv_protected_reg(struct kserv_vcpu *vcpu, unsigned int n, unsigned long v[2], bool set)
+{
+	struct kserv_vm *vm = vcpu->vm;
+	long r = 0;
+
+	mutex_lock(&vm->lock);
+	if (vm->verified) {
+		r = -EPERM;
+	} else if (set) {
+		if (vcpu->id == 0 && n == 32)
+			vm->boot_pc = v[0];
+		else if (vcpu->id == 0 && n == 0)
+			vm->boot_x0 = v[0];
+	} else {
+		v[1] = 0;
+		if (vcpu->id == 0 && n == 32)
+			v[0] = vm->boot_pc;
+		else if (vcpu->id == 0 && n == 0)
+			v[0] = vm->boot_x0;
+		else if (n == 33)
+			v[0] = 0x3c5;		/* PSTATE: EL1h, D, A, I, F masked */
+		else if (n == 37)
+			v[0] = 0x30d00800;	/* SCTLR_EL1: MMU and caches off, RES1 bits */
+		else
+			v[0] = 0;
+	}
+	mutex_unlock(&vm->lock);
+	return r;
+}
+
 static long kserv_one_reg(struct kserv_vcpu *vcpu, void __user *argp, bool set)
 {
 	struct kvm_one_reg reg;
@@ -626,6 +792,13 @@ static long kserv_one_reg(struct kserv_vcpu *vcpu, void __user *argp, bool set)
 	hi = (place >> 16) & 0xffff;
 	if (set && copy_from_user(v, (void __user *)(unsigned long)reg.addr, size))
 		return -EFAULT;
+	if (vcpu->vm->protected && (place >> 56 == PLACE_KCORE || place >> 56 == PLACE_KCORE128)) {
+		long e = kserv_protected_reg(vcpu, lo, v, set);
+
+		if (e)
+			return e;
+		goto reply;
+	}
 	switch (place >> 56) {
 	case PLACE_KCORE:
 		if (set)
@@ -665,6 +838,7 @@ static long kserv_one_reg(struct kserv_vcpu *vcpu, void __user *argp, bool set)
 	}
 	if (r != KCORE_E_SUCCESS)
 		return kserv_core_errno(r);
+reply:
 	if (!set && copy_to_user((void __user *)(unsigned long)reg.addr, v, size))
 		return -EFAULT;
 	return 0;
@@ -798,6 +972,17 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 		/* As KVM: a GIC whose frames were never placed cannot run. */
 		mutex_unlock(&vm->lock);
 		return -ENXIO;
+	}
+	if (!vm->verified && vm->protected) {
+		/* Its kernel, signed, becomes the VM's; a refusal is final (the pages it took are
+		 * the VM's: nothing here may read them again), for every vCPU. */
+		r = vm->boot_error ? vm->boot_error : kserv_protected_boot(vm);
+		if (r) {
+			vm->boot_error = r;
+			mutex_unlock(&vm->lock);
+			return r;
+		}
+		vm->verified = true;
 	}
 	if (!vm->verified) {
 		/* The first run ends the VM's set-up: KCore fixes its layout. */
@@ -1136,6 +1321,15 @@ static const struct file_operations kserv_vm_fops = {
 	.llseek = noop_llseek,
 };
 
+/*
+ * KVM_CREATE_VM's type bit for a protected VM (upstream's KVM_VM_TYPE_ARM_PROTECTED). Stock
+ * QEMU never asks for it: with kserv.protected_vms=1 every VM is protected (SeKVM's model).
+ */
+#define KSERV_VM_TYPE_ARM_PROTECTED (1UL << 31)
+static bool protected_vms;
+module_param(protected_vms, bool, 0644);
+MODULE_PARM_DESC(protected_vms, "every new VM is protected (its memory and registers KCore's, its kernel signed), as if the VMM asked for KVM_VM_TYPE_ARM_PROTECTED");
+
 static long kserv_create_vm(unsigned long type)
 {
 	struct kserv_vm *vm;
@@ -1144,8 +1338,8 @@ static long kserv_create_vm(unsigned long type)
 	long r;
 	int i, fd;
 
-	/* Type 0: the default IPA size. IPA-size requests and protected VMs come later. */
-	if (type != 0)
+	/* Type 0: the default IPA size (IPA-size requests come later); bit 31 a protected VM. */
+	if (type & ~KSERV_VM_TYPE_ARM_PROTECTED)
 		return -EINVAL;
 	vm = kzalloc(sizeof(*vm), GFP_KERNEL);
 	root = alloc_page(GFP_KERNEL | __GFP_ZERO);
@@ -1162,7 +1356,9 @@ static long kserv_create_vm(unsigned long type)
 	vm->gicd = KSERV_GIC_ADDR_UNDEF;
 	vm->gicr = KSERV_GIC_ADDR_UNDEF;
 	init_waitqueue_head(&vm->wq);
-	r = kcore_call(KCORE_REGISTER_VM, page_to_pfn(root), KCORE_VM_NON_PROTECTED, 0, &vmid);
+	vm->protected = (type & KSERV_VM_TYPE_ARM_PROTECTED) || READ_ONCE(protected_vms);
+	r = kcore_call(KCORE_REGISTER_VM, page_to_pfn(root),
+		       vm->protected ? KCORE_VM_PROTECTED : KCORE_VM_NON_PROTECTED, 0, &vmid);
 	if (r != KCORE_E_SUCCESS) {
 		__free_page(root);
 		kfree(vm);

@@ -35,6 +35,8 @@ pub struct AbsVm {
     pub kind: VmKind,
     /// The RAM regions the host declared, `(base, size)`, in order.
     pub ram: Vec<(u64, u64)>,
+    /// A protected VM's boot argument (vCPU 0's x0 at its first run), set when verified.
+    pub boot_arg: u64,
 }
 
 impl Default for AbsVm {
@@ -45,6 +47,7 @@ impl Default for AbsVm {
             images: Vec::new(),
             kind: VmKind::Protected,
             ram: Vec::new(),
+            boot_arg: 0,
         }
     }
 }
@@ -70,7 +73,7 @@ pub enum BootOp {
     RegisterVcpu { vmid: u64, vcpu: u64 },
     SetBootInfo { vmid: u64, load_ipa: u64, bytes: u64, sig_pfn: Pfn },
     MapImagePage { vmid: u64, image: u64, index: u64, pfn: Pfn },
-    Verify { vmid: u64 },
+    Verify { vmid: u64, arg: u64 },
     Destroy { vmid: u64 },
     Donate { vmid: u16, pfn: Pfn },
 }
@@ -220,7 +223,7 @@ impl AbsBoot {
                 self.vms.insert(v, vm);
                 Ok(0)
             }
-            BootOp::Verify { vmid } => {
+            BootOp::Verify { vmid, arg } => {
                 let v = vmid_ok(vmid)?;
                 let mut vm = self.vm(v);
                 // A non-protected VM has nothing to verify: its set-up just ends.
@@ -245,6 +248,7 @@ impl AbsBoot {
                         return Err(Error::BadSignature);
                     }
                 }
+                vm.boot_arg = arg;
                 vm.state = VmState::Verified;
                 self.vms.insert(v, vm);
                 Ok(0)

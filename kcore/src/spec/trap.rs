@@ -407,7 +407,7 @@ impl AbsTop {
                 ok_value(x, r.map(|_| None))
             }
             abi::VERIFY_VM => {
-                let r = self.boot_op(BootOp::Verify { vmid: x[1] }, c);
+                let r = self.boot_op(BootOp::Verify { vmid: x[1], arg: x[2] }, c);
                 if r.is_ok() {
                     self.start_vcpus(x[1] as u16);
                 }
@@ -478,8 +478,17 @@ impl AbsTop {
             .collect();
         let images = vm.images.iter().map(|i| (i.load_ipa, i.load_ipa + i.bytes)).collect();
         let entry = vm.images.first().map_or(0, |i| i.load_ipa);
-        let vcpus =
-            AbsVcpus { vcpus, entry, images, off: false, ids: self.ids, mdscr: 0, protected: true, ram: vec![] };
+        let vcpus = AbsVcpus {
+            vcpus,
+            entry,
+            boot_arg: vm.boot_arg,
+            images,
+            off: false,
+            ids: self.ids,
+            mdscr: 0,
+            protected: true,
+            ram: vec![],
+        };
         self.vcpus.insert(vmid, vcpus);
         self.mdscr.retain(|k, _| k.0 != vmid);
     }

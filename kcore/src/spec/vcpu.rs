@@ -81,6 +81,8 @@ pub struct AbsVcpus {
     pub vcpus: Vec<AbsVcpu>,
     /// The first image's load address (vCPU 0's entry).
     pub entry: u64,
+    /// What a protected VM's vCPU 0 finds in x0 at its first run (VERIFY_VM x2).
+    pub boot_arg: u64,
     /// Where verified images lie, `[start, end)`.
     pub images: Vec<(u64, u64)>,
     /// The VM powered off.
@@ -192,12 +194,13 @@ impl AbsVcpus {
         }
         // A protected VM starts in its verified image; a non-protected one where the host set
         // it (0 if it set nothing).
-        let entry = if self.protected { self.entry } else { 0 };
+        let (entry, arg) = if self.protected { (self.entry, self.boot_arg) } else { (0, 0) };
         let v = self.vcpus.get_mut(vcpu).ok_or(Error::NotFound)?;
         match v.run {
             Run::Off | Run::Active => return Err(Error::BadState),
             Run::Ready { first: true } => {
                 v.x = [0; 31];
+                v.x[0] = arg;
                 v.pc = entry;
             }
             Run::Ready { first: false } => {

@@ -68,7 +68,7 @@ pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
         abi::REGISTER_VCPU => k.register_vcpu(x[1], x[2]).map(|_| None),
         abi::SET_BOOT_INFO => k.set_boot_info(x[1], x[2], x[3], x[4]).map(|i| Some(i as u64)),
         abi::MAP_IMAGE_PAGE => k.map_image_page(x[1], x[2], x[3], x[4]).map(|_| None),
-        abi::VERIFY_VM => k.verify_vm(x[1]).map(|_| None),
+        abi::VERIFY_VM => k.verify_vm_with(x[1], x[2]).map(|_| None),
         abi::DESTROY_VM => k.destroy_vm(x[1]).map(|_| None),
         abi::VM_STATE => vm_state(k, x),
         _ => Err(Error::NotSupported),

@@ -219,8 +219,9 @@ impl<M: Machine> KCore<M> {
     /// The state a vCPU that never ran starts in: a protected VM's at its first image's load
     /// address (inside a verified image); a non-protected VM's at 0, for the host to set.
     fn first_run_reset(&self, info: &crate::vm::VmInfo, page: &VcpuPage) {
-        let entry = if info.kind() == VmKind::Protected { info.image(0).load_ipa } else { 0 };
-        page.reset(&self.m, entry, 0);
+        let (entry, arg) =
+            if info.kind() == VmKind::Protected { (info.image(0).load_ipa, info.boot_arg()) } else { (0, 0) };
+        page.reset(&self.m, entry, arg);
         page.set(&self.m, slot::FLAGS, page.get(&self.m, slot::FLAGS) & !flags::FIRST_RUN);
     }
 

@@ -16,6 +16,45 @@ use crate::mem::pagemgmt::Owner;
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use ed25519_compact::{PublicKey, Signature};
 
+/// A *signed kernel file* is what a user hands the VMM as the guest's kernel (QEMU's
+/// `-kernel`), so the VMM's loader puts the signature in guest memory right behind the image:
+///
+/// ```text
+/// [0, N)              the image (a Linux arm64 Image, or any code), N bytes
+/// [N, P)              zeros, P = N rounded up to 4 KiB
+/// [P, P + 4096)       the trailer page: the 64-byte signature (over signed_header(L, N) ||
+///                     image), SIGNED_FILE_MAGIC, N (u64 LE), L = the load IPA it was signed
+///                     for (u64 LE), zeros
+/// ```
+///
+/// The host finds the trailer in the pages after the image's start, hands KCore the image
+/// pages and the trailer page, and KCore checks the signature as for any boot image.
+pub const SIGNED_FILE_MAGIC: &[u8; 16] = b"KCORE-SIGNED-IMG";
+
+/// A trailer page's fields, if `page` is one: (image bytes N, load IPA L).
+pub fn signed_file_trailer(page: &[u8]) -> Option<(u64, u64)> {
+    if page.len() != PAGE_SIZE as usize || &page[64..80] != SIGNED_FILE_MAGIC {
+        return None;
+    }
+    let word = |at: usize| u64::from_le_bytes(page[at..at + 8].try_into().expect("8 bytes"));
+    let (bytes, load_ipa) = (word(80), word(88));
+    if bytes == 0 || page[96..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    Some((bytes, load_ipa))
+}
+
+/// The trailer page of a signed kernel file: `signature`, then the fields
+/// [`signed_file_trailer`] reads.
+pub fn signed_file_trailer_page(signature: &[u8; 64], bytes: u64, load_ipa: u64) -> [u8; PAGE_SIZE as usize] {
+    let mut p = [0u8; PAGE_SIZE as usize];
+    p[..64].copy_from_slice(signature);
+    p[64..80].copy_from_slice(SIGNED_FILE_MAGIC);
+    p[80..88].copy_from_slice(&bytes.to_le_bytes());
+    p[88..96].copy_from_slice(&load_ipa.to_le_bytes());
+    p
+}
+
 /// Domain separation for image signatures.
 pub const IMAGE_SIGNATURE_DOMAIN: &[u8] = b"KCORE-VM-IMAGE-v1";
 
@@ -72,5 +111,25 @@ impl<M: Machine> KCore<M> {
             state.absorb(&page[..len]);
         }
         state.verify().map_err(|_| Error::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_file_trailer_reads_back_and_nothing_else_is_one() {
+        let p = signed_file_trailer_page(&[7; 64], 12345, 0x4020_0000);
+        assert_eq!(signed_file_trailer(&p), Some((12345, 0x4020_0000)));
+        assert_eq!(&p[..64], &[7; 64]);
+        let mut q = p;
+        q[64] = b'k';
+        assert_eq!(signed_file_trailer(&q), None, "magic");
+        let mut q = p;
+        q[4095] = 1;
+        assert_eq!(signed_file_trailer(&q), None, "the rest is zero");
+        assert_eq!(signed_file_trailer(&signed_file_trailer_page(&[0; 64], 0, 1)), None, "an empty image");
+        assert_eq!(signed_file_trailer(&p[..4000]), None, "a whole page");
     }
 }

@@ -170,6 +170,13 @@ impl<M: Machine> KCore<M> {
     /// A failure is final: the VM becomes `Invalid` and can only be destroyed. A non-protected
     /// VM has nothing to verify: this only ends its set-up (its layout is then fixed).
     pub fn verify_vm(&self, vmid: u64) -> Result<()> {
+        self.verify_vm_with(vmid, 0)
+    }
+
+    /// [`KCore::verify_vm`] with VERIFY_VM's x2: for a protected VM, what vCPU 0 finds in x0
+    /// at its first run (its boot argument); ignored for a non-protected one, whose host sets
+    /// its registers itself.
+    pub fn verify_vm_with(&self, vmid: u64, boot_arg: u64) -> Result<()> {
         let vmid = check_vmid(vmid)?;
         let _vm = self.lock_vm(vmid);
         let info = &self.vminfo[vmid as usize - 1];
@@ -192,6 +199,7 @@ impl<M: Machine> KCore<M> {
                 return Err(e);
             }
         }
+        info.set_boot_arg(boot_arg);
         info.set_state(VmState::Verified);
         Ok(())
     }

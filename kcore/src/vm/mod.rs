@@ -154,9 +154,19 @@ pub struct VmInfo {
     ram_count: AtomicU8,
     ram_base: [AtomicU64; MAX_RAM_REGIONS],
     ram_size: [AtomicU64; MAX_RAM_REGIONS],
+    boot_arg: AtomicU64,
 }
 
 impl VmInfo {
+    /// What vCPU 0 of a protected VM finds in x0 at its first run (VERIFY_VM x2: its boot
+    /// argument, Linux's device-tree address; untrusted input for the guest alone).
+    pub fn boot_arg(&self) -> u64 {
+        self.boot_arg.load(Relaxed)
+    }
+    /// See [`VmInfo::boot_arg`].
+    pub(crate) fn set_boot_arg(&self, arg: u64) {
+        self.boot_arg.store(arg, Relaxed);
+    }
     /// The VM's kind.
     pub fn kind(&self) -> VmKind {
         if self.kind.load(Relaxed) == VmKind::NonProtected as u8 { VmKind::NonProtected } else { VmKind::Protected }
@@ -250,6 +260,7 @@ impl VmInfo {
         }
         self.image_count.store(0, Relaxed);
         self.ram_count.store(0, Relaxed);
+        self.boot_arg.store(0, Relaxed);
         self.set_kind(VmKind::Protected);
         self.set_state(VmState::Unused);
     }

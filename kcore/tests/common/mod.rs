@@ -112,7 +112,8 @@ pub fn abstract_vms(k: &KCore<SimMachine>) -> BTreeMap<u16, AbsVm> {
             .collect();
         let vcpus = std::array::from_fn(|v| info.vcpu(v));
         let ram = info.ram_regions().collect();
-        vms.insert(i as u16 + 1, AbsVm { state: info.state(), vcpus, images, kind: info.kind(), ram });
+        let boot_arg = info.boot_arg();
+        vms.insert(i as u16 + 1, AbsVm { state: info.state(), vcpus, images, kind: info.kind(), ram, boot_arg });
     }
     vms
 }

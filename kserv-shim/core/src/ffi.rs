@@ -153,6 +153,59 @@ pub unsafe extern "C" fn kserv_core_vgic_pending(p: *mut Vgic, vcpu: u32) -> boo
     g.has_pending(vcpu as usize)
 }
 
+/// The page at `p` (4096 bytes the caller has mapped) as a [`crate::boot::Page`].
+///
+/// # Safety
+/// `p` points to 4096 readable bytes that stay mapped and unchanged by this thread while the
+/// returned reference lives (another CPU may write them: only a wrong answer follows, which
+/// KCore's own check of what it took catches).
+unsafe fn page<'a>(p: *const u8) -> &'a crate::boot::Page {
+    // SAFETY: the caller's promise; any bytes are a valid `[u8; 4096]`.
+    unsafe { &*(p as *const crate::boot::Page) }
+}
+
+/// [`crate::boot::trailer_search_pages`] for the image's first page at `first`.
+///
+/// # Safety
+/// See [`page`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_trailer_search_pages(first: *const u8) -> u64 {
+    // SAFETY: forwarded.
+    crate::boot::trailer_search_pages(unsafe { page(first) })
+}
+
+/// [`crate::boot::trailer_at`]: the signed image's size in bytes, or 0 if page `index` at `p`
+/// is not its trailer.
+///
+/// # Safety
+/// See [`page`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_trailer_at(p: *const u8, index: u64, load_ipa: u64) -> u64 {
+    // SAFETY: forwarded.
+    crate::boot::trailer_at(unsafe { page(p) }, index, load_ipa).unwrap_or(0)
+}
+
+/// [`crate::boot::decode_boot_stub`]: true with `*entry` and `*x0` set if the page at `p`
+/// holds QEMU's boot stub at `offset`.
+///
+/// # Safety
+/// See [`page`]; `entry` and `x0` are valid `u64`s the caller owns.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_boot_stub(p: *const u8, offset: u64, entry: *mut u64, x0: *mut u64) -> bool {
+    // SAFETY: forwarded.
+    match crate::boot::decode_boot_stub(unsafe { page(p) }, offset as usize) {
+        Some((e, a)) => {
+            // SAFETY: the caller's promise.
+            unsafe {
+                *entry = e;
+                *x0 = a;
+            }
+            true
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

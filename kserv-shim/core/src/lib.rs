@@ -4,6 +4,7 @@
 //! KCore's list-register interface.
 #![cfg_attr(not(test), no_std)]
 
+pub mod boot;
 pub mod ffi;
 pub mod regs;
 pub mod vgic;

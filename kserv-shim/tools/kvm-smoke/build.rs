@@ -1,15 +1,21 @@
-//! Assemble kvm-smoke's guests for their load address (0x40000000) as flat binaries.
+//! Assemble kvm-smoke's guests for their load addresses (0x40000000; the protected one, an
+//! arm64 Image in form, 0x40200000) as flat binaries.
 use std::path::PathBuf;
 
 fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    for name in ["guest-hello", "guest-irq", "guest-bench"] {
+    for (name, base) in [
+        ("guest-hello", "0x40000000"),
+        ("guest-irq", "0x40000000"),
+        ("guest-bench", "0x40000000"),
+        ("guest-protected", "0x40200000"),
+    ] {
         println!("cargo:rerun-if-changed={name}.S");
         let elf = out.join(format!("{name}.elf"));
         let bin = out.join(format!("{name}.bin"));
         let ok = std::process::Command::new("aarch64-linux-gnu-gcc")
-            .args(["-nostdlib", "-static", "-Wl,-Ttext=0x40000000", "-Wl,--build-id=none", "-o"])
+            .args(["-nostdlib", "-static", &format!("-Wl,-Ttext={base}"), "-Wl,--build-id=none", "-o"])
             .arg(&elf)
             .arg(dir.join(format!("{name}.S")))
             .status()

@@ -4,12 +4,22 @@
 //! kcore-sign pubkey SEED_FILE                      print the public key (hex) for KCORE_VM_PUBKEY
 //! kcore-sign sign SEED_FILE LOAD_IPA IMAGE SIG     write IMAGE's 64-byte signature for LOAD_IPA
 //! kcore-sign verify PUBKEY_HEX LOAD_IPA IMAGE SIG  check a signature as KCore will
+//! kcore-sign sign-file SEED_FILE LOAD_IPA IMAGE OUT write OUT, a signed kernel file: IMAGE,
+//!                                                  zeros to 4 KiB, the trailer page with the
+//!                                                  signature (what a protected VM boots, given
+//!                                                  to QEMU as -kernel)
+//! kcore-sign check-file PUBKEY_HEX OUT             check a signed kernel file
 //! ```
+//!
+//! LOAD_IPA is where the VMM puts the image: QEMU's `virt` machine loads a Linux arm64 Image
+//! (text offset 0) 2 MiB into RAM, at 0x40200000. The layout of a signed kernel file is
+//! `kcore::vm::bootaux::SIGNED_FILE_MAGIC`'s.
 //!
 //! A seed file holds 64 hex digits (32 bytes); keep it secret. What is signed is defined once,
 //! in `kcore::vm::bootaux::signed_header`.
 
 use ed25519_compact::{KeyPair, PublicKey, Seed, Signature};
+use kcore::vm::bootaux;
 use std::process::ExitCode;
 
 fn hex32(s: &str) -> Result<[u8; 32], String> {
@@ -68,10 +78,38 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("ok");
             Ok(())
         }
-        _ => {
-            Err("usage: kcore-sign pubkey SEED | sign SEED LOAD_IPA IMAGE SIG | verify PUBKEY LOAD_IPA IMAGE SIG"
-                .into())
+        [cmd, seed, ipa, image, out] if cmd == "sign-file" => {
+            let kp = key_pair(seed)?;
+            let mut img = std::fs::read(image).map_err(|e| format!("{image}: {e}"))?;
+            if img.is_empty() {
+                return Err(format!("{image}: empty"));
+            }
+            let load_ipa = number(ipa)?;
+            if load_ipa % 4096 != 0 {
+                return Err(format!("load IPA {load_ipa:#x} is not page aligned"));
+            }
+            let bytes = img.len() as u64;
+            let s = kp.sk.sign(message(load_ipa, &img), None);
+            img.resize(img.len().next_multiple_of(4096), 0);
+            img.extend_from_slice(&bootaux::signed_file_trailer_page(&s, bytes, load_ipa));
+            std::fs::write(out, img).map_err(|e| format!("{out}: {e}"))
         }
+        [cmd, pk, file] if cmd == "check-file" => {
+            let pk = PublicKey::new(hex32(pk)?);
+            let f = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
+            let trailer = f.len().checked_sub(4096).filter(|t| t % 4096 == 0).map(|t| &f[t..]);
+            let Some((bytes, load_ipa)) = trailer.and_then(bootaux::signed_file_trailer) else {
+                return Err(format!("{file}: not a signed kernel file (no trailer page at its end)"));
+            };
+            let img = f.get(..bytes as usize).ok_or(format!("{file}: the trailer's size is beyond the file"))?;
+            let s = Signature::from_slice(&f[f.len() - 4096..f.len() - 4032]).map_err(|e| e.to_string())?;
+            pk.verify(message(load_ipa, img), &s).map_err(|_| "signature does not verify".to_string())?;
+            println!("ok: {bytes} bytes signed for load IPA {load_ipa:#x}");
+            Ok(())
+        }
+        _ => Err("usage: kcore-sign pubkey SEED | sign SEED LOAD_IPA IMAGE SIG | verify PUBKEY LOAD_IPA IMAGE SIG \
+             | sign-file SEED LOAD_IPA IMAGE OUT | check-file PUBKEY FILE"
+            .into()),
     }
 }
 

@@ -73,6 +73,11 @@ const GUEST_HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-hello
 const GUEST_IRQ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-irq.bin"));
 /// The benchmark guest (guest-bench.S) for scripts/bench-vm.sh, given to QEMU.
 const GUEST_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-bench.bin"));
+/// The protected guest (guest-protected.S), an arm64 Image in form for 0x4020_0000; signed by
+/// the build (kcore-sign sign-file) into a signed kernel file.
+const GUEST_PROTECTED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-protected.bin"));
+/// KVM_CREATE_VM's type bit for a protected VM (upstream's KVM_VM_TYPE_ARM_PROTECTED).
+const VM_TYPE_PROTECTED: libc::c_ulong = 1 << 31;
 const GUEST_RAM: u64 = 0x4000_0000;
 const GUEST_RAM_SIZE: usize = 2 << 20;
 /// Capabilities offered: what QEMU 10 requires on arm64 with an in-kernel GICv3 (USER_MEMORY,
@@ -118,10 +123,15 @@ fn main() {
             Some("hello") => GUEST_HELLO,
             Some("irq") => GUEST_IRQ,
             Some("bench") => GUEST_BENCH,
-            _ => fail("--guest takes hello, irq or bench"),
+            Some("protected") => GUEST_PROTECTED,
+            _ => fail("--guest takes hello, irq, bench or protected"),
         };
         std::io::stdout().write_all(image).unwrap_or_else(|_| fail("writing the guest"));
         return;
+    }
+    if let Some(mode @ ("--protected" | "--unprotected")) = std::env::args().nth(1).as_deref() {
+        let file = std::env::args().nth(2).unwrap_or_else(|| fail("--protected takes a signed kernel file"));
+        protected(&file, mode == "--protected");
     }
     let loops: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
     let kvm = OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap_or_else(|_| fail("open /dev/kvm"));
@@ -505,4 +515,117 @@ fn run_irq(kvm: &std::fs::File) {
     println!(
         "KVM-SMOKE: an irqfd interrupted a guest and an ioeventfd heard its acknowledgement without an exit, in {runs} runs"
     );
+}
+
+/// `kvm-smoke --protected FILE`: FILE, a signed kernel file of the protected guest
+/// (guest-protected.S), as a protected VM (KVM_VM_TYPE_ARM_PROTECTED), loaded as QEMU loads a
+/// kernel (2 MiB into RAM) with x0 pointing at a device tree's magic. Once the guest says it
+/// planted its secret, this VMM, which mapped that RAM itself, tries to read it (in a child
+/// process: the read must die with SIGBUS) and to read the vCPU's PC (EPERM after the first
+/// run). Prints one KVM-SMOKE line for each; a kernel KCore refuses ends KVM_RUN with the
+/// errno printed. `--unprotected FILE`: the same guest as an ordinary VM, whose secret and
+/// registers the host reads (the control).
+fn protected(path: &str, protect: bool) -> ! {
+    const RAM_SIZE: usize = 4 << 20;
+    let kvm = OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap_or_else(|_| fail("open /dev/kvm"));
+    let file = std::fs::read(path).unwrap_or_else(|e| fail(&format!("{path}: {e}")));
+    if file.len() > RAM_SIZE / 2 {
+        fail("the signed kernel file is too big");
+    }
+    let vm_type = if protect { VM_TYPE_PROTECTED } else { 0 };
+    let kind = if protect { "protected" } else { "unprotected" };
+    let vm = fd(ioctl(&kvm, KVM_CREATE_VM, vm_type).unwrap_or_else(|e| fail(&format!("KVM_CREATE_VM: {e}"))));
+    let vcpu = fd(ioctl(&vm, KVM_CREATE_VCPU, 0).unwrap_or_else(|_| fail("KVM_CREATE_VCPU")));
+    let mut init = [0u32; 8];
+    init[0] = 5; // KVM_ARM_TARGET_GENERIC_V8
+    init[1] = 1 << 2; // KVM_ARM_VCPU_PSCI_0_2
+    ioctl_ptr(&vcpu, KVM_ARM_VCPU_INIT, &mut init).unwrap_or_else(|_| fail("KVM_ARM_VCPU_INIT"));
+    // Shared memory (a memfd), as a protected VM's must be (a fork copies no page of it), so
+    // the reader below, a forked child, reaches the guest's pages from user mode.
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is checked and owned below.
+    let memfd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), 0) };
+    if memfd < 0 {
+        fail("memfd_create");
+    }
+    // SAFETY: a file descriptor memfd_create just returned, owned by us.
+    let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
+    // SAFETY: sizing our own memfd.
+    if unsafe { libc::ftruncate(memfd.as_raw_fd(), RAM_SIZE as libc::off_t) } != 0 {
+        fail("ftruncate");
+    }
+    let ram = map(RAM_SIZE, Some(&memfd));
+    // SAFETY: both copies land inside the RAM_SIZE bytes just mapped (the file is at most half).
+    unsafe {
+        std::ptr::copy_nonoverlapping(file.as_ptr(), ram.add(0x20_0000), file.len());
+        std::ptr::copy_nonoverlapping([0xd0u8, 0x0d, 0xfe, 0xed].as_ptr(), ram.add(0x10_0000), 4);
+    }
+    let mut region = [0u64, GUEST_RAM, RAM_SIZE as u64, ram as u64];
+    ioctl_ptr(&vm, KVM_SET_USER_MEMORY_REGION, &mut region).unwrap_or_else(|e| fail(&format!("memory: {e}")));
+    let size = ioctl(&kvm, KVM_GET_VCPU_MMAP_SIZE, 0).unwrap_or_else(|_| fail("KVM_GET_VCPU_MMAP_SIZE")) as usize;
+    let run = map(size, Some(&vcpu));
+    let guest = Guest { vm, vcpu, ram, run };
+    guest.set(REG_PSTATE, 0x3c5); // EL1h, DAIF masked (what KCore starts a protected vCPU in)
+    guest.set(REG_PC, GUEST_RAM + 0x20_0000);
+    guest.set(REG_X0, GUEST_RAM + 0x10_0000);
+    let mut out = String::new();
+    let mut checked = false;
+    for _ in 0..200 {
+        if let Err(e) = ioctl(&guest.vcpu, KVM_RUN, 0) {
+            let msg = std::io::Error::from_raw_os_error(e);
+            println!("KVM-SMOKE: {kind}: KVM_RUN refused: errno {e} ({msg}); guest output '{}'", out.trim_end());
+            std::process::exit(2);
+        }
+        match guest.rd(RUN_EXIT_REASON, 4) as u32 {
+            KVM_EXIT_MMIO if guest.rd(RUN_MMIO_ADDR, 8) == 0x0900_0000 && guest.rd(RUN_MMIO_WRITE, 1) == 1 => {
+                out.push(guest.rd(RUN_MMIO_DATA, 1) as u8 as char);
+                if out.ends_with("planted ") && !checked {
+                    checked = true;
+                    peek_protected(&guest, kind);
+                }
+            }
+            KVM_EXIT_MMIO => {
+                if guest.rd(RUN_MMIO_WRITE, 1) == 0 {
+                    guest.wr(RUN_MMIO_DATA, 0);
+                }
+            }
+            KVM_EXIT_SYSTEM_EVENT if guest.rd(RUN_MMIO_ADDR, 4) as u32 == KVM_SYSTEM_EVENT_SHUTDOWN => {
+                println!("KVM-SMOKE: {kind}: guest output '{}'", out.trim_end());
+                std::process::exit(0);
+            }
+            other => fail(&format!("protected: unexpected exit {other}")),
+        }
+    }
+    fail("protected: the guest did not power off in 200 runs")
+}
+
+/// The host's side of the protected guest's secret: its page read through this VMM's own
+/// mapping (in a child, which the injected abort kills), and its PC through KVM_GET_ONE_REG.
+fn peek_protected(guest: &Guest, kind: &str) {
+    // SAFETY: fork has no preconditions here (one thread); the child only reads memory and
+    // exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: 0x30_0000 is inside the guest RAM mapping; a volatile read of a u64 there.
+        let v = unsafe { std::ptr::read_volatile(guest.ram.add(0x30_0000) as *const u64) };
+        println!("KVM-SMOKE: {kind}: the host read the guest's secret page: {v:#x}");
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if libc::WIFSIGNALED(status) {
+        println!(
+            "KVM-SMOKE: {kind}: reading the guest's secret page killed the reader with signal {}",
+            libc::WTERMSIG(status)
+        );
+    } else {
+        println!("KVM-SMOKE: {kind}: reading the guest's secret page did not fault (status {status:#x})");
+    }
+    let mut v = 0u64;
+    let mut reg = [REG_PC, &mut v as *mut u64 as u64];
+    match ioctl_ptr(&guest.vcpu, KVM_GET_ONE_REG, &mut reg) {
+        Err(e) => println!("KVM-SMOKE: {kind}: KVM_GET_ONE_REG of its PC after the first run: errno {e}"),
+        Ok(_) => println!("KVM-SMOKE: {kind}: KVM_GET_ONE_REG of its PC after the first run gave {v:#x}"),
+    }
 }
