@@ -18,10 +18,12 @@ fi
 
 total_pass=0
 total_fail=0
-tier() { # tier NAME PASSED FAILED
-    echo "== $1: $2 passed, $3 failed"
+tier_start=$SECONDS
+tier() { # tier NAME PASSED FAILED (and how long it took since the last one ended)
+    echo "== $1: $2 passed, $3 failed ($((SECONDS - tier_start)) s)"
     total_pass=$((total_pass + $2))
     total_fail=$((total_fail + $3))
+    tier_start=$SECONDS
 }
 # Run a tier script and add its "N passed, N failed" line to the totals.
 run_tier() {
