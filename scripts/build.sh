@@ -160,6 +160,19 @@ if [ -x "$hq/usr/bin/qemu-system-aarch64" ] &&
     (cd "$qstage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -6 > "$OUT/host-qemu.cpio.gz"
 fi
 
+# The protected guest's kernel (scripts/build-guest-kernel.sh: Debian's 7.3 source with the
+# pKVM guest driver), signed with the test key into a signed kernel file for QEMU's -kernel,
+# as /guest/Image-pkvm.signed (scripts/run.sh --with-qemu appends it; run-guest --protected).
+if pkvm="$(bash "$ROOT/scripts/build-guest-kernel.sh" --print-path 2> /dev/null)" && [ -f "$pkvm" ] &&
+   { [ ! -f "$OUT/guest-pkvm.cpio.gz" ] || [ "$pkvm" -nt "$OUT/guest-pkvm.cpio.gz" ] ||
+     [ "$ROOT/target/release/kcore-sign" -nt "$OUT/guest-pkvm.cpio.gz" ]; }; then
+    pstage="$OUT/guest-pkvm"
+    rm -rf "$pstage"
+    mkdir -p "$pstage/guest"
+    "$ROOT/target/release/kcore-sign" sign-file "$ROOT/tests/keys/test-vm.seed" 0x40200000 "$pkvm" "$pstage/guest/Image-pkvm.signed"
+    (cd "$pstage" && find guest | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -6 > "$OUT/guest-pkvm.cpio.gz"
+fi
+
 # A Linux guest for the host's QEMU (scripts/run.sh --with-qemu puts it at /guest): Debian's
 # 6.12 cloud kernel Image (virtio-pci and the virtio console built in), a busybox initramfs
 # with the virtio disk and network modules, whose /init (kserv-shim/guest/init) checks the

@@ -75,6 +75,7 @@ if [ "$with_qemu" = 1 ]; then
     [ -f "$OUT/host-qemu.cpio.gz" ] || { echo "run.sh: no QEMU for the host (scripts/setup.sh fetches it)" >&2; exit 2; }
     cat "$OUT/host-qemu.cpio.gz" >> "$initrd"
     [ -f "$OUT/guest-linux.cpio.gz" ] && cat "$OUT/guest-linux.cpio.gz" >> "$initrd"
+    [ -f "$OUT/guest-pkvm.cpio.gz" ] && cat "$OUT/guest-pkvm.cpio.gz" >> "$initrd"
 fi
 if [ "$vm" = 1 ] && [ "$have_exec" = 0 ]; then
     # /kserv-vm: what the host's /init runs on the console before its own shell.

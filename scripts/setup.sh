@@ -192,4 +192,10 @@ if ! have_host_qemu; then
     have_host_qemu || { echo "setup: QEMU for the host incomplete" >&2; exit 1; }
 fi
 
+# ---------------------------------------------------------------- the protected guest's kernel
+# Debian's linux-source-7.3 built with the pKVM guest driver (no Debian kernel package has it):
+# scripts/build-guest-kernel.sh, cached outside the work tree (about 11 minutes on 2 cores the
+# first time, nothing after).
+bash "$ROOT/scripts/build-guest-kernel.sh" > /dev/null
+
 say "ok: $(qemu-system-aarch64 --version | head -1); kernel $(basename "$(ls "$SYSROOT"/boot/vmlinuz-6.1.*-cloud-arm64 | sort -V | tail -1)")"

@@ -182,6 +182,8 @@ protected_checks() {
     check "$tag: stock QEMU with kserv.protected_vms=1 boots the signed kernel (QEMU's boot stub decoded)" grep -qx "qemu-signed-status 0 output PROTECTED dtb ok planted kept" "$OUT/$n.out"
     check "$tag: stock QEMU: a tampered kernel is refused, QEMU says why" grep -qx "qemu-tampered-stderr: error: kvm run failed Key was rejected by service" "$OUT/$n.out"
     check "$tag: stock QEMU: an unsigned kernel is refused, QEMU says why" grep -qx "qemu-unsigned-stderr: error: kvm run failed Required key not available" "$OUT/$n.out"
+    check "$tag: a Linux kernel built from Debian's 7.3 source with the pKVM guest driver boots signed as a protected VM to userspace, 2 vCPUs" grep -q "^pkvm: GUEST-LINUX: userspace up, 2 CPUs, 7[.]" "$OUT/$n.out"
+    check "$tag: pKVM guest: both vCPUs online, sleep 1 returns, it powers off and QEMU exits 0" bash -c "grep -q '^pkvm: GUEST-LINUX: online CPUs 0-1' '$OUT/$n.out' && grep -q '^pkvm: GUEST-LINUX: sleep 1 returned' '$OUT/$n.out' && grep -q '^pkvm: GUEST-LINUX: powering off' '$OUT/$n.out' && grep -qx 'pkvm-status 0 killed 0' '$OUT/$n.out'"
     check "$tag: dmesg says why" bash -c "grep -q 'does not verify with KCore.s key: refused' '$OUT/$n.out' && grep -q 'is not a signed kernel file (kcore-sign sign-file): refused' '$OUT/$n.out'"
     check "$tag: KCore holds no VM after them, the memory is back, no kernel complaint" bash -c "grep -qx 'vms-after-protected 0' '$OUT/$n.out' && grep -qx 'host-kernel-complaints 0' '$OUT/$n.out' && v=\$(sed -n 's/^mem-lost-kb //p' '$OUT/$n.out') && [ \"\$v\" -lt 16384 ]"
 }

@@ -28,6 +28,11 @@ q() {
 q 120 qemu-signed /guest-protected.signed
 q 30 qemu-tampered /tmp/tampered
 q 30 qemu-unsigned /tmp/unsigned
+# A Linux guest as a protected VM: the kernel built from Debian's 7.3 source with the pKVM
+# guest driver (signed), 2 vCPUs, the busybox initramfs; no devices yet.
+timeout 300 run-guest --protected --smp 2 --serial /tmp/pkvm.txt 2> /tmp/pkvm.err
+echo "pkvm-status $? killed $(grep -c terminating /tmp/pkvm.err)"
+grep "^GUEST-LINUX: \(userspace\|online\|sleep\|powering\)" /tmp/pkvm.txt | sed 's/^/pkvm: /'
 echo 0 > /sys/module/kserv/parameters/protected_vms
 dmesg | sed -n 's/^\[[^]]*\] \(kserv: protected VM\)/\1/p'
 echo "vms-after-protected $(vms)"
