@@ -29,10 +29,18 @@ q 120 qemu-signed /guest-protected.signed
 q 30 qemu-tampered /tmp/tampered
 q 30 qemu-unsigned /tmp/unsigned
 # A Linux guest as a protected VM: the kernel built from Debian's 7.3 source with the pKVM
-# guest driver (signed), 2 vCPUs, the busybox initramfs; no devices yet.
-timeout 300 run-guest --protected --smp 2 --serial /tmp/pkvm.txt 2> /tmp/pkvm.err
+# guest driver (signed), 2 vCPUs, the busybox initramfs, virtio disk, network and console
+# (ACCESS_PLATFORM: its DMA bounces through memory it shares).
+mkdir -p /tmp/www
+head -c 300000 /dev/urandom > /tmp/www/file
+echo "host-file-md5 $(md5sum < /tmp/www/file | cut -d' ' -f1)"
+echo "host-disk-md5 $(md5sum < /guest/disk.img | cut -d' ' -f1)"
+httpd -p 127.0.0.1:8080 -h /tmp/www
+rm -f /tmp/vc-*.txt
+timeout 300 run-guest --protected --smp 2 --devices --serial /tmp/pkvm.txt 2> /tmp/pkvm.err
 echo "pkvm-status $? killed $(grep -c terminating /tmp/pkvm.err)"
-grep "^GUEST-LINUX: \(userspace\|online\|sleep\|powering\)" /tmp/pkvm.txt | sed 's/^/pkvm: /'
+grep "^GUEST-LINUX: " /tmp/pkvm.txt | sed 's/^/pkvm: /'
+echo "pkvm-vc: $(cat /tmp/vc-*.txt)"
 echo 0 > /sys/module/kserv/parameters/protected_vms
 dmesg | sed -n 's/^\[[^]]*\] \(kserv: protected VM\)/\1/p'
 echo "vms-after-protected $(vms)"

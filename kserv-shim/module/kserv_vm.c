@@ -737,12 +737,15 @@ static long kserv_create_device(struct file *vm_file, void __user *argp)
 #define PLACE_COUNTER 5
 
 /*
- * KVM_GET/SET_ONE_REG of a protected vCPU's state (KCore's register number `n`): none after
- * the VM's first run (its registers never leave KCore). Before it, the vCPU is in the state
- * KCore will start it in: vCPU 0 at its kernel with x0 = the boot argument, which the VMM
- * sets (PC and x0; QEMU points PC at its boot stub, which kserv decodes); every other value
- * reads as KCore's reset value and a write of it is accepted and has no effect (the VMM's
- * reset writes them all). The reply goes to v[0] (v[1] for a 128-bit register's high half).
+ * KVM_GET/SET_ONE_REG of a protected vCPU's state (KCore's register number `n`): its
+ * registers never leave KCore, so the VMM sees the state KCore starts the vCPU in: vCPU 0 at
+ * its kernel with x0 = the boot argument, which the VMM sets before the first run (PC and
+ * x0; QEMU points PC at its boot stub, which kserv decodes); every other register reads as
+ * KCore's reset value, and a write is accepted and has no effect (the VMM's reset writes
+ * them all). After the first run nothing changes any more, and nothing of the guest's is
+ * shown: stock QEMU reads the registers on every guest-initiated virtio reset (to learn the
+ * guest's endianness: SCTLR_EL1.EE reads 0, little-endian) and writes them back, and stops
+ * the VM if either is refused. The reply goes to v[0] (v[1]: a 128-bit register's high half).
  */
 static long kserv_protected_reg(struct kserv_vcpu *vcpu, unsigned int n, unsigned long v[2], bool set)
 {
@@ -750,8 +753,8 @@ static long kserv_protected_reg(struct kserv_vcpu *vcpu, unsigned int n, unsigne
 	long r = 0;
 
 	mutex_lock(&vm->lock);
-	if (vm->verified) {
-		r = -EPERM;
+	if (set && vm->verified) {
+		/* Accepted, no effect: the vCPU is KCore's. */
 	} else if (set) {
 		if (vcpu->id == 0 && n == 32)
 			vm->boot_pc = v[0];

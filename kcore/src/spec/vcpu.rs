@@ -162,8 +162,15 @@ impl AbsVcpus {
             return Err(Error::InvalidParameter);
         }
         if let (33, Some(p)) = (reg, value) {
-            let flags =
-                (0xf << 28) | (1 << 24) | (1 << 23) | (1 << 22) | (1 << 21) | (1 << 12) | (0b11 << 10) | (0xf << 6);
+            let flags = (0xf << 28)
+                | (1 << 24)
+                | (1 << 23)
+                | (1 << 22)
+                | (1 << 21)
+                | (1 << 13)
+                | (1 << 12)
+                | (0b11 << 10)
+                | (0xf << 6);
             if p & !(flags | 0x1f) != 0 || ![0b0000, 0b0100, 0b0101].contains(&(p & 0x1f)) {
                 return Err(Error::InvalidParameter);
             }

@@ -714,11 +714,14 @@ pub fn reg_slot(reg: u64) -> Option<u64> {
 }
 
 /// May a host give a guest this PSTATE? AArch64 (M[4] = 0) EL0t, EL1t or EL1h, and only the
-/// flags a guest may hold (NZCV, DIT, UAO, PAN, SS, SSBS, BTYPE, D, A, I, F).
+/// flags a guest may hold (NZCV, DIT, UAO, PAN, SS, ALLINT, SSBS, BTYPE, D, A, I, F). ALLINT
+/// (bit 13, FEAT_NMI) masks the guest's own interrupts like DAIF; a CPU that has it keeps
+/// what the guest set there (a Linux 7.3 guest does), so a VMM writing back the PSTATE it
+/// read must not be refused.
 pub const fn valid_guest_pstate(v: u64) -> bool {
     use crate::arch::mode;
     const ALLOWED: u64 =
-        (0xf << 28) | (1 << 24) | (1 << 23) | (1 << 22) | (1 << 21) | (1 << 12) | (0b11 << 10) | (0xf << 6);
+        (0xf << 28) | (1 << 24) | (1 << 23) | (1 << 22) | (1 << 21) | (1 << 13) | (1 << 12) | (0b11 << 10) | (0xf << 6);
     let m = v & 0x1f;
     v & !(ALLOWED | 0x1f) == 0 && (m == mode::EL0T || m == mode::EL1T || m == mode::EL1H)
 }

@@ -628,4 +628,10 @@ fn peek_protected(guest: &Guest, kind: &str) {
         Err(e) => println!("KVM-SMOKE: {kind}: KVM_GET_ONE_REG of its PC after the first run: errno {e}"),
         Ok(_) => println!("KVM-SMOKE: {kind}: KVM_GET_ONE_REG of its PC after the first run gave {v:#x}"),
     }
+    // Written back (as QEMU does after reading): for a protected vCPU accepted with no effect.
+    let mut reg = [REG_PC, &mut v as *mut u64 as u64];
+    match ioctl_ptr(&guest.vcpu, KVM_SET_ONE_REG, &mut reg) {
+        Err(e) => println!("KVM-SMOKE: {kind}: KVM_SET_ONE_REG of its PC after the first run: errno {e}"),
+        Ok(_) => println!("KVM-SMOKE: {kind}: KVM_SET_ONE_REG of its PC after the first run accepted"),
+    }
 }
