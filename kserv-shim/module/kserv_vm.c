@@ -253,8 +253,11 @@ static long kserv_set_memory(struct kserv_vm *vm, void __user *argp)
 	return 0;
 }
 
-/* The guest touched `ipa` (a page fault exit): pin the VMM's page and lend it. */
-/* The VMM's page at guest address `ipa`, pinned (and kept in its slot). Caller holds vm->lock. */
+/*
+ * The VMM's page at guest address `ipa`, pinned and kept in its slot: a page kept there is
+ * one KCore was given at that address (lent at a fault, or an image page). Caller holds
+ * vm->lock.
+ */
 static struct page *kserv_slot_page(struct kserv_vm *vm, u64 ipa)
 {
 	struct kserv_slot *s = kserv_slot_of(vm, ipa);
@@ -270,6 +273,17 @@ static struct page *kserv_slot_page(struct kserv_vm *vm, u64 ipa)
 		s->pages[idx] = page;
 	}
 	return s->pages[idx];
+}
+
+/* The VMM's page at `ipa`, pinned for a moment to be read (unpin_user_page after). */
+static struct page *kserv_pin_page(struct kserv_vm *vm, u64 ipa)
+{
+	struct kserv_slot *s = kserv_slot_of(vm, ipa);
+	struct page *page;
+
+	if (!s || pin_user_pages_fast(s->uaddr + ((ipa - s->gpa) & PAGE_MASK), 1, 0, &page) != 1)
+		return NULL;
+	return page;
 }
 
 /* A KCore call that may need a table page from the VM's pool: donate and retry. */
@@ -298,7 +312,8 @@ static long kserv_protected_boot(struct kserv_vm *vm)
 	void *p;
 	long r;
 
-	page = kserv_slot_page(vm, entry & PAGE_MASK);
+	/* Pages only read here are pinned for the moment; the image's are kept (KCore's). */
+	page = kserv_pin_page(vm, entry);
 	if (!page) {
 		pr_err("kserv: protected VM %lu: vCPU 0 starts at %#llx, outside its memory\n", vm->vmid, entry);
 		return -ENOEXEC;
@@ -306,7 +321,8 @@ static long kserv_protected_boot(struct kserv_vm *vm)
 	p = kmap_local_page(page);
 	kserv_core_boot_stub(p, entry & ~PAGE_MASK, &entry, &x0);
 	kunmap_local(p);
-	if (entry & ~PAGE_MASK || !(page = kserv_slot_page(vm, entry))) {
+	unpin_user_page(page);
+	if (entry & ~PAGE_MASK || !(page = kserv_pin_page(vm, entry))) {
 		pr_err("kserv: protected VM %lu: its kernel's entry %#llx is not a page in its memory\n",
 		       vm->vmid, entry);
 		return -ENOEXEC;
@@ -314,21 +330,25 @@ static long kserv_protected_boot(struct kserv_vm *vm)
 	p = kmap_local_page(page);
 	limit = kserv_core_trailer_search_pages(p);
 	kunmap_local(p);
+	unpin_user_page(page);
 	for (k = 1; k <= limit && !bytes; k++) {
-		page = kserv_slot_page(vm, entry + (k << PAGE_SHIFT));
+		page = kserv_pin_page(vm, entry + (k << PAGE_SHIFT));
 		if (!page)
 			break;
 		p = kmap_local_page(page);
 		bytes = kserv_core_trailer_at(p, k, entry);
 		kunmap_local(p);
+		if (!bytes)
+			unpin_user_page(page);
 	}
 	if (!bytes) {
 		pr_err("kserv: protected VM %lu: the kernel at %#llx is not a signed kernel file (kcore-sign sign-file): refused\n",
 		       vm->vmid, entry);
 		return -ENOKEY;
 	}
-	/* Page k - 1 is the trailer; the signature is its first 64 bytes. */
+	/* `page` is the trailer, still pinned; the signature is its first 64 bytes (copied). */
 	r = kcore_call4(KCORE_SET_BOOT_INFO, vm->vmid, entry, bytes, page_to_pfn(page), NULL);
+	unpin_user_page(page);
 	n = DIV_ROUND_UP(bytes, PAGE_SIZE);
 	for (k = 0; r == KCORE_E_SUCCESS && k < n; k++) {
 		page = kserv_slot_page(vm, entry + (k << PAGE_SHIFT));
@@ -357,29 +377,18 @@ static long kserv_back_page(struct kserv_vcpu *vcpu, u64 ipa)
 	struct kserv_vm *vm = vcpu->vm;
 	struct kserv_slot *s;
 	struct page *page;
-	unsigned long idx;
 	bool lent;
 	long r;
 
 	mutex_lock(&vm->lock);
 	s = kserv_slot_of(vm, ipa);
-	if (!s) {
+	lent = s && s->pages[(ipa - s->gpa) >> PAGE_SHIFT];
+	page = kserv_slot_page(vm, ipa);
+	if (!page) {
 		mutex_unlock(&vm->lock);
 		return -EFAULT;
 	}
-	idx = (ipa - s->gpa) >> PAGE_SHIFT;
-	page = s->pages[idx];
-	lent = page != NULL;
-	if (!page) {
-		if (pin_user_pages_fast(s->uaddr + (idx << PAGE_SHIFT), 1, FOLL_WRITE | FOLL_LONGTERM, &page) != 1) {
-			mutex_unlock(&vm->lock);
-			return -EFAULT;
-		}
-		s->pages[idx] = page;
-	}
-	r = kcore_call(KCORE_MAP_VM_PAGE, vm->vmid, vcpu->id, page_to_pfn(page), NULL);
-	while (r == KCORE_E_NO_MEMORY && !kserv_donate(vm))
-		r = kcore_call(KCORE_MAP_VM_PAGE, vm->vmid, vcpu->id, page_to_pfn(page), NULL);
+	r = kcore_call_donating(vm, KCORE_MAP_VM_PAGE, vm->vmid, vcpu->id, page_to_pfn(page), 0, NULL);
 	mutex_unlock(&vm->lock);
 	/*
 	 * Two vCPUs faulted on the same page at once and the other one lent it first: KCore
@@ -747,10 +756,9 @@ static long kserv_create_device(struct file *vm_file, void __user *argp)
  * guest's endianness: SCTLR_EL1.EE reads 0, little-endian) and writes them back, and stops
  * the VM if either is refused. The reply goes to v[0] (v[1]: a 128-bit register's high half).
  */
-static long kserv_protected_reg(struct kserv_vcpu *vcpu, unsigned int n, unsigned long v[2], bool set)
+static void kserv_protected_reg(struct kserv_vcpu *vcpu, unsigned int n, unsigned long v[2], bool set)
 {
 	struct kserv_vm *vm = vcpu->vm;
-	long r = 0;
 
 	mutex_lock(&vm->lock);
 	if (set && vm->verified) {
@@ -774,7 +782,6 @@ static long kserv_protected_reg(struct kserv_vcpu *vcpu, unsigned int n, unsigne
 			v[0] = 0;
 	}
 	mutex_unlock(&vm->lock);
-	return r;
 }
 
 static long kserv_one_reg(struct kserv_vcpu *vcpu, void __user *argp, bool set)
@@ -796,10 +803,7 @@ static long kserv_one_reg(struct kserv_vcpu *vcpu, void __user *argp, bool set)
 	if (set && copy_from_user(v, (void __user *)(unsigned long)reg.addr, size))
 		return -EFAULT;
 	if (vcpu->vm->protected && (place >> 56 == PLACE_KCORE || place >> 56 == PLACE_KCORE128)) {
-		long e = kserv_protected_reg(vcpu, lo, v, set);
-
-		if (e)
-			return e;
+		kserv_protected_reg(vcpu, lo, v, set);
 		goto reply;
 	}
 	switch (place >> 56) {

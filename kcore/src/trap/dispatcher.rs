@@ -6,7 +6,6 @@ use crate::abi;
 use crate::error::{Error, Result};
 use crate::kcore::KCore;
 use crate::machine::Machine;
-use crate::vcpu::vcpuops::RUN_LRS_IN_REGS;
 use crate::vm::MAX_VCPUS;
 use crate::vm::vmpower::check_vmid;
 
@@ -27,7 +26,7 @@ pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
         let inject = [x[5], x[6], x[7]];
         return match k.prepare_run_with(x[1], x[2], x[3], x[4], &inject) {
             Ok((vmid, vcpu, page)) => {
-                HostCall::Run { vmid, vcpu, page: page.pa, report_lrs: x[4] & RUN_LRS_IN_REGS != 0 }
+                HostCall::Run { vmid, vcpu, page: page.pa, report_lrs: x[4] & abi::RUN_LRS_IN_REGS != 0 }
             }
             Err(e) => {
                 x[0] = e.code() as u64;

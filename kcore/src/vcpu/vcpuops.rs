@@ -89,7 +89,7 @@ pub enum Trap {
     Interrupt,
 }
 
-pub use crate::abi::RUN_LRS_IN_REGS;
+use crate::abi::RUN_LRS_IN_REGS;
 
 /// The list registers the host fills, one per VCPU_RUN injection word (x5..x7).
 pub const RUN_INJECTIONS: usize = super::TIMER_LR;
