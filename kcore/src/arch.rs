@@ -23,6 +23,8 @@ pub mod desc {
     pub const S2_MEMATTR_DEVICE: u64 = 0b0001 << 2;
     /// Stage 2: S2AP[7:6] = 0b11, read/write.
     pub const S2AP_RW: u64 = 0b11 << 6;
+    /// Stage 2: S2AP[7:6] = 0b01, read-only.
+    pub const S2AP_RO: u64 = 0b01 << 6;
     /// Stage 2: XN[54:53] = 0b10, not executable at EL1 or EL0.
     pub const S2_XN: u64 = 0b10 << 53;
     /// Stage 1 (EL2): AttrIndx[4:2].
@@ -62,6 +64,19 @@ pub const fn s2_normal_leaf(pa: u64, level: u8) -> u64 {
 /// A stage-2 leaf for device memory at `level`: Device-nGnRE, RW, never executable.
 pub const fn s2_device_leaf(pa: u64, level: u8) -> u64 {
     leaf_type(level) | (pa & desc::ADDR_MASK) | desc::AF | desc::S2AP_RW | desc::S2_MEMATTR_DEVICE | desc::S2_XN
+}
+
+/// The host's level-3 leaf for a page a VM owns that the host kernel tried to read: KCore's
+/// zero page at `zero_pa`, read-only, never executable. The kernel reads zeros (and survives);
+/// a write or an instruction fetch is a permission fault, which KCore refuses.
+pub const fn s2_zero_leaf(zero_pa: u64) -> u64 {
+    leaf_type(3)
+        | (zero_pa & desc::ADDR_MASK)
+        | desc::AF
+        | desc::SH_INNER
+        | desc::S2AP_RO
+        | desc::S2_MEMATTR_NORMAL_WB
+        | desc::S2_XN
 }
 
 /// The type bits of a leaf: page (0b11) at level 3, block (0b01) above.

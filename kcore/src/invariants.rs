@@ -4,7 +4,9 @@
 //!
 //! 1. KCore's pages (image, metadata, table pools, every table page) are mapped in no stage-2.
 //! 2. The host stage-2 is an identity map of device space, host-owned pages (including those
-//!    it lent to a non-protected VM), and pages a VM shared (count > 0).
+//!    it lent to a non-protected VM), and pages a VM shared (count > 0); the one other leaf it
+//!    may hold is KCore's zero page (all zeros), read-only and never executable, at a page a
+//!    VM owns and does not share (what the host kernel reads there).
 //! 3. A VM's stage-2 maps RAM only where that VM owns the page, or (a non-protected VM) the
 //!    host lent it the page, and the page's gfn is that address (so a page is mapped at one
 //!    gfn at most, and in one VM at most). A protected VM never maps a lent page.
@@ -26,6 +28,9 @@ pub enum Violation {
     TablePageNotKCore { vmid: u16, table: u64 },
     /// A host leaf maps `ipa` somewhere else.
     HostNotIdentity { ipa: u64, pa: u64 },
+    /// The host maps KCore's zero page other than read-only and non-executable at a page a
+    /// VM owns and does not share, or the zero page is not zero.
+    HostZeroPageMisused { ipa: u64 },
     /// The host maps a RAM page it may not use.
     HostMapsForeign { pfn: Pfn, owner: Owner },
     /// A host device-typed leaf covers RAM, or a normal leaf covers non-RAM.
@@ -60,6 +65,9 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
     if owner(0).is_some() {
         return Err(Violation::PageZeroIsRam);
     }
+    if owner(k.zero_page >> PAGE_SHIFT) != Some(Owner::KCore) || (0..512).any(|w| k.m.load(k.zero_page + w * 8) != 0) {
+        return Err(Violation::HostZeroPageMisused { ipa: k.zero_page });
+    }
     let mut err = None;
     let mut note = |v: Violation| {
         err.get_or_insert(v);
@@ -69,6 +77,17 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
     }
     if let Some(npt) = k.host.npt() {
         npt.for_each_leaf(&k.m, |ipa, leaf| {
+            if leaf.output(ipa) == k.zero_page && ipa != k.zero_page {
+                let want = crate::arch::s2_zero_leaf(k.zero_page);
+                let vm_private = k
+                    .meta
+                    .get(&k.m, &k.mb, ipa >> PAGE_SHIFT)
+                    .is_some_and(|i| matches!(i.owner, Owner::Vm(_)) && i.count == 0);
+                if leaf.level != 3 || leaf.desc != want || !vm_private {
+                    note(Violation::HostZeroPageMisused { ipa });
+                }
+                return;
+            }
             if leaf.output(ipa) != ipa {
                 note(Violation::HostNotIdentity { ipa, pa: leaf.output(ipa) });
                 return;

@@ -98,6 +98,9 @@ pub struct KCore<M: Machine> {
     pub runs: CpuRuns,
     /// The CPU as guests see it (layer 27): features and sanitised ID registers.
     pub guest_cpu: GuestCpu,
+    /// KCore's zero page (from the host's table pool, never written): what the host kernel
+    /// reads in place of a page a VM owns (see [`MemAux::map_zero_host`]).
+    pub zero_page: u64,
 }
 
 impl<M: Machine> KCore<M> {
@@ -136,14 +139,25 @@ impl<M: Machine> KCore<M> {
             vm_key,
             runs,
             guest_cpu: GuestCpu::default(),
+            zero_page: 0,
         };
         k.host.init_root(&k.m, &k.locks)?;
-        Ok(k)
+        // Zeroed by the pool; KCore-owned like every pool page, and never written again.
+        let zero_page = k.host.pool.alloc(&k.m)?;
+        Ok(KCore { zero_page, ..k })
     }
 
     /// Layers 16-17 over this state.
     pub fn mem(&self) -> MemAux<'_, M> {
-        MemAux { m: &self.m, locks: &self.locks, mb: &self.mb, meta: &self.meta, host: &self.host, vms: &self.vms }
+        MemAux {
+            m: &self.m,
+            locks: &self.locks,
+            mb: &self.mb,
+            meta: &self.meta,
+            host: &self.host,
+            vms: &self.vms,
+            zero_page: self.zero_page,
+        }
     }
 }
 

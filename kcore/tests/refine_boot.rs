@@ -104,6 +104,7 @@ fn refine(ops: &[BootOp]) -> Result<(), TestCaseError> {
         let abs = abstraction(&k, &next.mem.pools);
         prop_assert_eq!(&abs.pages, &next.mem.pages, "records after step {}: {:?}", step, op);
         prop_assert_eq!(&abs.vm_maps, &next.mem.vm_maps, "VM maps after step {}: {:?}", step, op);
+        prop_assert_eq!(&abs.host_zero, &next.mem.host_zero, "host zero-page leaves after step {}: {:?}", step, op);
         prop_assert_eq!(&abs.vm_tables, &next.mem.vm_tables);
         for &p in &abs.host_mapped {
             prop_assert!(next.mem.host_may_map(p));

@@ -76,6 +76,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (lend_vmid(), paired()).prop_map(|(vmid, (gfn, pfn))| Op::Lend { vmid, gfn, pfn }),
         2 => (prop_oneof![3 => lend_vmid(), 1 => Just(1u16)], gfn()).prop_map(|(vmid, gfn)| Op::Reclaim { vmid, gfn }),
         4 => ipa().prop_map(|ipa| Op::HostFault { ipa }),
+        3 => ipa().prop_map(|ipa| Op::HostKernelRead { ipa }),
         1 => (vmid(), pfn()).prop_map(|(vmid, pfn)| Op::Donate { vmid, pfn }),
         1 => prop_oneof![Just(3u16), Just(1), Just(0), Just(64)].prop_map(|vmid| Op::CreateVm { vmid }),
         3 => (vmid(), paired()).prop_map(|(vmid, (gfn, pfn))| Op::Assign { vmid, gfn, pfn }),
@@ -104,6 +105,7 @@ fn refine(ops: &[Op]) -> Result<(), TestCaseError> {
         let abs = abstraction(&k, &next.pools);
         prop_assert_eq!(&abs.pages, &next.pages, "records after step {}: {:?}", step, op);
         prop_assert_eq!(&abs.vm_maps, &next.vm_maps, "VM maps after step {}: {:?}", step, op);
+        prop_assert_eq!(&abs.host_zero, &next.host_zero, "host zero-page leaves after step {}: {:?}", step, op);
         prop_assert_eq!(&abs.vm_tables, &next.vm_tables);
         prop_assert_eq!(&abs.vm_split, &next.vm_split, "VM tables after step {}: {:?}", step, op);
         prop_assert_eq!(&abs.vm_table_pages, &next.vm_table_pages, "VM table pages after step {}: {:?}", step, op);
@@ -154,12 +156,15 @@ fn a_page_through_every_transition() {
         Op::HostFault { ipa: p << 12 },
         Op::ProtMap { vmid: 1, gfn: 512, pfn: p, level: 2 },
         Op::HostFault { ipa: p << 12 },
+        Op::HostKernelRead { ipa: (p + 3) << 12 },
+        Op::HostKernelRead { ipa: (p + 3) << 12 },
         Op::Grant { vmid: 1, pfn: p + 3 },
         Op::HostFault { ipa: (p + 3) << 12 },
         Op::ShareRange { vmid: 1, gpa: 512 << 12, size: 4 * PAGE_SIZE, up: true },
         Op::ShareRange { vmid: 1, gpa: 512 << 12, size: 4 * PAGE_SIZE, up: false },
         Op::Revoke { vmid: 1, pfn: p + 3 },
         Op::HostFault { ipa: (p + 3) << 12 },
+        Op::HostKernelRead { ipa: (p + 7) << 12 },
         Op::Scrub { vmid: 1, pfn: p + 7 },
         Op::ProtMap { vmid: 2, gfn: 0, pfn: p + 7, level: 3 },
         Op::ClearRange { vmid: 1, pfn: p, n: 512 },

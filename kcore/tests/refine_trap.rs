@@ -258,6 +258,7 @@ fn check_state(k: &KCore<SimMachine>, spec: &AbsTop, live: Option<&TrapFrame>, n
     let abs = abstraction(k, &spec.boot.mem.pools);
     prop_assert_eq!(&abs.pages, &spec.boot.mem.pages, "page records after event {}", n);
     prop_assert_eq!(&abs.vm_maps, &spec.boot.mem.vm_maps, "VM maps after event {}", n);
+    prop_assert_eq!(&abs.host_zero, &spec.boot.mem.host_zero, "host zero-page leaves after event {}", n);
     for &p in &abs.host_mapped {
         prop_assert!(spec.boot.mem.host_may_map(p), "host maps {:#x} after event {}", p, n);
     }

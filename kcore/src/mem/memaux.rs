@@ -8,10 +8,11 @@
 //! | transition | precondition | effect |
 //! |---|---|---|
 //! | `map_page_host` | RAM owned by the host, or a VM page it shared; or device space | identity-mapped in the host stage-2 |
+//! | `map_zero_host` | a VM page the VM does not share (count 0) | KCore's zero page mapped there read-only, never executable (the host kernel reads zeros) |
 //! | `donate_to_pool` | host page, share count 0 | KCore-owned, unmapped from the host, a page of a table pool |
 //! | `assign_pfn_to_vm` | host page with count 0 (no DMA), or already the VM's at that gfn | VM-owned at gfn; unmapped from the host |
 //! | `map_pfn_vm` | the VM owns every page at the matching gfn; nothing mapped there | mapped in the VM stage-2 (4 KiB, or a 2 MiB block) |
-//! | `grant_vm_page` / `revoke_vm_page` | VM page; count below the cap / above 0 | count +1 / -1 (at 0 unmapped from the host) |
+//! | `grant_vm_page` / `revoke_vm_page` | VM page; count below the cap / above 0 | count +1 (from 0: the zero page unmapped) / -1 (at 0 unmapped from the host) |
 //! | `clear_vm_page` | VM page | unmapped from the VM and host, zeroed and cleaned to PoC, host-owned |
 //! | `map_vm_io` | the physical address is not RAM; nothing mapped there | device mapping in the VM stage-2 |
 //! | `lend_pfn_to_vm` | host page, count 0, lent to no VM; nothing mapped at gfn | lent to the (non-protected) VM at gfn and mapped there; the host keeps its access |
@@ -53,6 +54,8 @@ pub struct MemAux<'a, M: Machine> {
     pub host: &'a S2Table,
     /// VM stage-2 tables (vmid 1 at index 0).
     pub vms: &'a [S2Table],
+    /// KCore's zero page, the host kernel's view of a page a VM owns.
+    pub zero_page: u64,
 }
 
 /// Pages a leaf at `level` (2 or 3) covers.
@@ -156,6 +159,34 @@ impl<M: Machine> MemAux<'_, M> {
         let d = if device { arch::s2_device_leaf(base, level) } else { arch::s2_normal_leaf(base, level) };
         self.host.map_locked(self.m, base, level, d)?;
         Ok(HostMapping { base, level, device, already: false })
+    }
+
+    /// `map_zero_host`: the host kernel read a page a VM owns and does not share. Instead of an
+    /// abort (which kills the kernel: Linux treats a kernel-mode external abort as fatal to the
+    /// task, and a read through `/proc/PID/mem`, `process_vm_readv` or `/proc/kcore` would
+    /// oops the host), map KCore's zero page read-only and never executable at that IPA: the
+    /// host reads zeros and learns nothing. A write or a fetch then takes a permission fault,
+    /// which KCore refuses. The leaf goes when the page changes hands (shared, or scrubbed back
+    /// to the host). Fails with `Denied` for any other page.
+    pub fn map_zero_host(&self, ipa: u64) -> Result<HostMapping> {
+        let npt = self.host.expect_npt();
+        if !npt.covers(ipa) {
+            return Err(Error::InvalidParameter);
+        }
+        let cpu = self.m.cpu_index();
+        let _s2 = self.lock_s2page();
+        let _pt = self.locks.acquire(LockId::Pt(self.host.vmid), cpu);
+        match self.meta.get(self.m, self.mb, ipa >> PAGE_SHIFT) {
+            Some(info) if matches!(info.owner, Owner::Vm(_)) && info.count == 0 => {}
+            _ => return Err(Error::Denied),
+        }
+        let base = align_down(ipa, PAGE_SIZE);
+        if npt.walk(self.m, ipa).is_some() {
+            // Mapped by another CPU between the fault and now.
+            return Ok(HostMapping { base, level: 3, device: false, already: true });
+        }
+        self.host.map_locked(self.m, base, 3, arch::s2_zero_leaf(self.zero_page))?;
+        Ok(HostMapping { base, level: 3, device: false, already: false })
     }
 
     /// The largest level (>= `min_level`) whose block around `ipa` is RAM of one region with
@@ -328,6 +359,10 @@ impl<M: Machine> MemAux<'_, M> {
         let info = self.page(pfn).expect("checked");
         let count = if up { info.count + 1 } else { info.count - 1 };
         self.meta.set(self.m, self.mb, pfn, PageInfo { count, ..info });
+        if up && count == 1 {
+            // The host may have KCore's zero page there (map_zero_host); it gets the page.
+            self.host.clear_pfn_host(self.m, self.locks, pfn);
+        }
         if count == 0 {
             self.host.clear_pfn_host(self.m, self.locks, pfn);
         }

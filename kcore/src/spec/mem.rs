@@ -30,6 +30,8 @@ pub struct AbsMem {
     pub pages: BTreeMap<Pfn, PageInfo>,
     /// RAM pages the host stage-2 maps (identity).
     pub host_mapped: BTreeSet<Pfn>,
+    /// VM pages where the host stage-2 maps KCore's zero page (a host kernel read was there).
+    pub host_zero: BTreeSet<Pfn>,
     /// VMs with a stage-2 table.
     pub vm_tables: BTreeSet<u16>,
     /// Pool pages left for each VM's tables (root and intermediate tables come from it).
@@ -48,6 +50,8 @@ pub struct AbsMem {
 #[allow(missing_docs)]
 pub enum Op {
     HostFault { ipa: u64 },
+    // A host stage-2 translation fault on a plain data read by the host kernel (EL1).
+    HostKernelRead { ipa: u64 },
     Donate { vmid: u16, pfn: Pfn },
     CreateVm { vmid: u16 },
     Assign { vmid: u16, gfn: u64, pfn: Pfn },
@@ -222,6 +226,10 @@ impl AbsMem {
         if r.is_err() {
             return (r, self.clone());
         }
+        // The zero page stays only where a VM owns the page and does not share it: any change
+        // that gives the host the page (a share, a scrub) takes the zero page away with it.
+        let pages = &s.pages;
+        s.host_zero.retain(|p| pages.get(p).is_some_and(|i| matches!(i.owner, Owner::Vm(_)) && i.count == 0));
         (r, s)
     }
 
@@ -232,6 +240,21 @@ impl AbsMem {
                     return Err(Error::InvalidParameter);
                 }
                 if self.host_may_map(ipa >> PAGE_SHIFT) { Ok(0) } else { Err(Error::Denied) }
+            }
+            Op::HostKernelRead { ipa } => {
+                // Mapped as any host fault would be; a VM's unshared page reads as zeros (1).
+                match self.apply(Op::HostFault { ipa }) {
+                    Err(Error::Denied) => {}
+                    r => return r,
+                }
+                let pfn = ipa >> PAGE_SHIFT;
+                match self.pages.get(&pfn) {
+                    Some(i) if matches!(i.owner, Owner::Vm(_)) && i.count == 0 => {
+                        self.host_zero.insert(pfn);
+                        Ok(1)
+                    }
+                    _ => Err(Error::Denied),
+                }
             }
             Op::Donate { vmid, pfn } => {
                 self.table(vmid)?;
@@ -387,6 +410,10 @@ pub fn run<M: Machine>(k: &KCore<M>, op: Op) -> Result<u64> {
     let mem = k.mem();
     match op {
         Op::HostFault { ipa } => mem.map_page_host(ipa).map(|_| 0),
+        Op::HostKernelRead { ipa } => match mem.map_page_host(ipa) {
+            Err(Error::Denied) => mem.map_zero_host(ipa).map(|_| 1),
+            r => r.map(|_| 0),
+        },
         Op::Donate { vmid, pfn } => mem.donate_to_pool(vmid, pfn).map(|_| 0),
         Op::CreateVm { vmid } => mem.create_vm_table(vmid).map(|_| 0),
         Op::Assign { vmid, gfn, pfn } => mem.assign_pfn_to_vm(vmid, gfn, pfn).map(|_| 0),
@@ -414,8 +441,11 @@ pub fn abstraction<M: Machine>(k: &KCore<M>, pools: &BTreeMap<u16, u64>) -> AbsM
     }
     let device = |d: u64| d & (0b1111 << 2) == desc::S2_MEMATTR_DEVICE;
     let mut host_mapped = BTreeSet::new();
+    let mut host_zero = BTreeSet::new();
     k.host.expect_npt().for_each_leaf(&k.m, |ipa, leaf| {
-        if !device(leaf.desc) {
+        if leaf.output(ipa) == k.zero_page && ipa != k.zero_page {
+            host_zero.insert(ipa >> PAGE_SHIFT);
+        } else if !device(leaf.desc) {
             let first = leaf.output(ipa) >> PAGE_SHIFT;
             host_mapped.extend(first..first + (leaf.size() >> PAGE_SHIFT));
         }
@@ -446,6 +476,7 @@ pub fn abstraction<M: Machine>(k: &KCore<M>, pools: &BTreeMap<u16, u64>) -> AbsM
         ia_bits: k.host.ia_bits,
         pages,
         host_mapped,
+        host_zero,
         vm_tables,
         pools: pools.clone(),
         vm_maps,

@@ -316,8 +316,13 @@ impl AbsTop {
                     | (1 << 25)
                     | ((write && data) as u64) << 6
                     | if translation { 0b00_0111 } else { 0b00_1111 };
+                // A plain read by the host kernel (not from EL0t or AArch32 User mode) of a VM's
+                // page reads KCore's zero page; everything else is a host fault as before.
+                let kernel = !matches!(r.pstate & 0x1f, 0b0_0000 | 0b1_0000);
+                let op =
+                    if data && !write && kernel { MemOp::HostKernelRead { ipa } } else { MemOp::HostFault { ipa } };
                 let ok = translation && {
-                    let (res, mem) = s.boot.mem.step(MemOp::HostFault { ipa });
+                    let (res, mem) = s.boot.mem.step(op);
                     s.boot.mem = mem;
                     res.is_ok()
                 };

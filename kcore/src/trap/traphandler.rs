@@ -105,8 +105,13 @@ impl<M: Machine> KCore<M> {
                 Outcome::HostSmc
             }
             ec::DABT_LOW | ec::IABT_LOW => {
-                match faulthandler::host_stage2_fault(self, s.esr, s.far, s.hpfar) {
+                let from_el1 = !matches!(frame.spsr & arch::spsr::MODE_MASK, arch::mode::EL0T | arch::mode::A32_USR);
+                match faulthandler::host_stage2_fault(self, s.esr, s.far, s.hpfar, from_el1) {
                     HostFault::Resume => {}
+                    HostFault::ReadsZero => {
+                        let ipa = arch::fault_ipa(s.hpfar, s.far);
+                        log::info!("host kernel read of VM page {ipa:#x}: it reads KCore's zero page");
+                    }
                     HostFault::InjectAbort(why) => {
                         let ipa = arch::fault_ipa(s.hpfar, s.far);
                         log::warn!("host access to {ipa:#x} refused ({why:?}); external abort injected");
