@@ -5,8 +5,8 @@
 //! 1. KCore's pages (image, metadata, table pools, every table page) are mapped in no stage-2.
 //! 2. The host stage-2 is an identity map of device space, host-owned pages (including those
 //!    it lent to a non-protected VM), and pages a VM shared (count > 0); the one other leaf it
-//!    may hold is KCore's zero page (all zeros), read-only and never executable, at a page a
-//!    VM owns and does not share (what the host kernel reads there).
+//!    may hold is KCore's zero page (all zeros), read-only and never executable, at a RAM page
+//!    the host may not map (what the host kernel reads there).
 //! 3. A VM's stage-2 maps RAM only where that VM owns the page, or (a non-protected VM) the
 //!    host lent it the page, and the page's gfn is that address (so a page is mapped at one
 //!    gfn at most, and in one VM at most). A protected VM never maps a lent page.
@@ -14,6 +14,9 @@
 //! 5. VMs: a vCPU context page is KCore's; only a verified VM has an active vCPU; a verified
 //!    VM's boot images are its own pages at their load addresses; at most as many vCPUs are
 //!    active as there are CPUs (each runs on one CPU: VCPU_RUN makes it active only from ready).
+//! 6. MMIO guard: only a protected VM has enrolled MMIO, at most `MMIO_GUARD_RANGES` ranges;
+//!    while none of its vCPUs runs (only a running vCPU enrols), they are sorted, non-empty,
+//!    page aligned, apart (touching ranges are one), inside the IPA space and outside its RAM.
 
 use crate::kcore::KCore;
 use crate::machine::Machine;
@@ -28,8 +31,8 @@ pub enum Violation {
     TablePageNotKCore { vmid: u16, table: u64 },
     /// A host leaf maps `ipa` somewhere else.
     HostNotIdentity { ipa: u64, pa: u64 },
-    /// The host maps KCore's zero page other than read-only and non-executable at a page a
-    /// VM owns and does not share, or the zero page is not zero.
+    /// The host maps KCore's zero page other than read-only and non-executable at RAM it may
+    /// not map, or the zero page is not zero or not KCore's.
     HostZeroPageMisused { ipa: u64 },
     /// The host maps a RAM page it may not use.
     HostMapsForeign { pfn: Pfn, owner: Owner },
@@ -53,6 +56,8 @@ pub enum Violation {
     TooManyActiveVcpus { active: usize },
     /// A protected VM maps a page the host lent (the host could read the VM's memory).
     LentToProtectedVm { vmid: u16, gfn: u64 },
+    /// VM `vmid`'s MMIO-guard table is malformed, or held by a VM that may not have one.
+    MmioGuardMalformed { vmid: u16 },
 }
 
 fn is_device_leaf(d: u64) -> bool {
@@ -77,13 +82,10 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
     }
     if let Some(npt) = k.host.npt() {
         npt.for_each_leaf(&k.m, |ipa, leaf| {
-            if leaf.output(ipa) == k.zero_page && ipa != k.zero_page {
+            if leaf.output(ipa) == k.zero_page {
                 let want = crate::arch::s2_zero_leaf(k.zero_page);
-                let vm_private = k
-                    .meta
-                    .get(&k.m, &k.mb, ipa >> PAGE_SHIFT)
-                    .is_some_and(|i| matches!(i.owner, Owner::Vm(_)) && i.count == 0);
-                if leaf.level != 3 || leaf.desc != want || !vm_private {
+                let not_hosts = k.meta.get(&k.m, &k.mb, ipa >> PAGE_SHIFT).is_some_and(|i| !i.host_may_map());
+                if leaf.level != 3 || leaf.desc != want || !not_hosts {
                     note(Violation::HostZeroPageMisused { ipa });
                 }
                 return;
@@ -177,6 +179,8 @@ fn check_vms<M: Machine>(k: &KCore<M>, note: &mut impl FnMut(Violation)) {
                 }
             }
         }
+        let running = (0..MAX_VCPUS).any(|v| info.vcpu(v) == VcpuState::Active);
+        check_mmio_guard(k, vmid, info, running, note);
         if state == VmState::Verified
             && let Some(npt) = k.vms[i].npt()
         {
@@ -198,6 +202,45 @@ fn check_vms<M: Machine>(k: &KCore<M>, note: &mut impl FnMut(Violation)) {
     }
     if active > crate::locks::locks::MAX_CPUS {
         note(Violation::TooManyActiveVcpus { active });
+    }
+}
+
+/// Invariant 6 for VM `vmid` (`running`: one of its vCPUs is in the guest, which may be in
+/// the middle of an enrolment: only the bound is checked then).
+fn check_mmio_guard<M: Machine>(
+    k: &KCore<M>,
+    vmid: u16,
+    info: &crate::vm::VmInfo,
+    running: bool,
+    note: &mut impl FnMut(Violation),
+) {
+    use crate::vm::{VmKind, VmState, mmioguard::MMIO_GUARD_RANGES};
+    let g = info.mmio_guard();
+    let may_have = info.state() != VmState::Unused && info.kind() == VmKind::Protected;
+    if g.stored_len() > MMIO_GUARD_RANGES || (!may_have && g.in_use()) {
+        note(Violation::MmioGuardMalformed { vmid });
+    }
+    if running {
+        return;
+    }
+    let limit = 1u64 << k.host.ia_bits;
+    let mut prev_end = None;
+    for (start, end) in g.ranges() {
+        let aligned = start.is_multiple_of(crate::PAGE_SIZE) && end.is_multiple_of(crate::PAGE_SIZE);
+        let ordered = start < end && end <= limit && prev_end.is_none_or(|p| p < start);
+        // Sampled at every page would cost a walk of each range; its ends and the regions'
+        // edges decide it: a RAM region overlapping the range has a page at one of its ends,
+        // or starts inside it.
+        let ram = aligned
+            && ordered
+            && (info.is_ram(start)
+                || info.is_ram(end - crate::PAGE_SIZE)
+                || info.ram_regions().any(|(base, _)| start <= base && base < end)
+                || (info.ram_regions().count() == 0 && end > crate::vm::LEGACY_RAM_START));
+        if !aligned || !ordered || ram {
+            note(Violation::MmioGuardMalformed { vmid });
+        }
+        prev_end = Some(end);
     }
 }
 

@@ -153,6 +153,33 @@ fn destroy_scrubs_everything_and_the_vmid_is_reused() {
     assert_eq!(k.verify_vm(vmid2), Ok(()));
 }
 
+/// The host kernel read a VM's image page, its root table, a spare pool page and its vCPU
+/// page (KCore's zero page got mapped at each); when the VM goes, every one of them is the
+/// host's again, mapped by the host as its own: no zero page is left behind.
+#[test]
+fn destroy_takes_back_the_zero_page_the_host_kernel_read() {
+    let (k, kp) = bare_kcore();
+    let img = image();
+    let vmid = load_vm(&k, &img, &sign_image(&kp, LOAD, &img));
+    k.verify_vm(vmid).unwrap();
+    k.mem().donate_to_pool(vmid as u16, P0 + 400).unwrap();
+    let vcpu = k.vminfo[vmid as usize - 1].vcpu_page(0) >> PAGE_SHIFT;
+    let read = [IMG_PFN, ROOT_PFN, P0 + 400, vcpu];
+    for p in read {
+        assert_eq!(k.mem().map_page_host(p << PAGE_SHIFT).map(|_| ()), Err(Error::Denied));
+        assert!(k.mem().map_zero_host(p << PAGE_SHIFT).is_ok(), "pfn {p:#x}");
+        let leaf = k.host.expect_npt().walk(&k.m, p << PAGE_SHIFT).unwrap();
+        assert_eq!(leaf.output(p << PAGE_SHIFT), k.zero_page);
+    }
+    invariants::check(&k).unwrap();
+    assert_eq!(k.destroy_vm(vmid), Ok(()));
+    for p in read {
+        assert_eq!(k.mem().page(p).unwrap().owner, Owner::Host, "pfn {p:#x}");
+        assert!(k.host.expect_npt().walk(&k.m, p << PAGE_SHIFT).is_none(), "pfn {p:#x} still maps the zero page");
+    }
+    invariants::check(&k).unwrap();
+}
+
 #[test]
 fn malformed_requests_are_refused_with_nothing_changed() {
     let (k, kp) = bare_kcore();

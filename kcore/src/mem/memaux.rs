@@ -8,7 +8,7 @@
 //! | transition | precondition | effect |
 //! |---|---|---|
 //! | `map_page_host` | RAM owned by the host, or a VM page it shared; or device space | identity-mapped in the host stage-2 |
-//! | `map_zero_host` | a VM page the VM does not share (count 0) | KCore's zero page mapped there read-only, never executable (the host kernel reads zeros) |
+//! | `map_zero_host` | RAM the host may not map (a VM's unshared page, KCore's) | KCore's zero page mapped there read-only, never executable (the host kernel reads zeros) |
 //! | `donate_to_pool` | host page, share count 0 | KCore-owned, unmapped from the host, a page of a table pool |
 //! | `assign_pfn_to_vm` | host page with count 0 (no DMA), or already the VM's at that gfn | VM-owned at gfn; unmapped from the host |
 //! | `map_pfn_vm` | the VM owns every page at the matching gfn; nothing mapped there | mapped in the VM stage-2 (4 KiB, or a 2 MiB block) |
@@ -161,13 +161,14 @@ impl<M: Machine> MemAux<'_, M> {
         Ok(HostMapping { base, level, device, already: false })
     }
 
-    /// `map_zero_host`: the host kernel read a page a VM owns and does not share. Instead of an
+    /// `map_zero_host`: the host kernel read RAM it may not map (a VM's page the VM does not
+    /// share, or KCore's: a vCPU context, a table, a pool page it donated). Instead of an
     /// abort (which kills the kernel: Linux treats a kernel-mode external abort as fatal to the
     /// task, and a read through `/proc/PID/mem`, `process_vm_readv` or `/proc/kcore` would
     /// oops the host), map KCore's zero page read-only and never executable at that IPA: the
     /// host reads zeros and learns nothing. A write or a fetch then takes a permission fault,
     /// which KCore refuses. The leaf goes when the page changes hands (shared, or scrubbed back
-    /// to the host). Fails with `Denied` for any other page.
+    /// to the host, a KCore page given back). Fails with `Denied` for any other page.
     pub fn map_zero_host(&self, ipa: u64) -> Result<HostMapping> {
         let npt = self.host.expect_npt();
         if !npt.covers(ipa) {
@@ -177,7 +178,7 @@ impl<M: Machine> MemAux<'_, M> {
         let _s2 = self.lock_s2page();
         let _pt = self.locks.acquire(LockId::Pt(self.host.vmid), cpu);
         match self.meta.get(self.m, self.mb, ipa >> PAGE_SHIFT) {
-            Some(info) if matches!(info.owner, Owner::Vm(_)) && info.count == 0 => {}
+            Some(info) if !info.host_may_map() => {}
             _ => return Err(Error::Denied),
         }
         let base = align_down(ipa, PAGE_SIZE);
@@ -187,6 +188,17 @@ impl<M: Machine> MemAux<'_, M> {
         }
         self.host.map_locked(self.m, base, 3, arch::s2_zero_leaf(self.zero_page))?;
         Ok(HostMapping { base, level: 3, device: false, already: false })
+    }
+
+    /// Remove the zero page from every host page the host may map again (KCore pages a VM's
+    /// teardown gave back, which leave KCore in bulk). Caller holds `s2page`.
+    pub fn drop_stale_zero_leaves(&self, s2: &LockGuard<'_>) {
+        self.check_s2page(s2);
+        let zero = self.zero_page;
+        self.host.clear_leaves(self.m, self.locks, |ipa, leaf| {
+            leaf.output(ipa) == zero
+                && self.meta.get(self.m, self.mb, ipa >> PAGE_SHIFT).is_some_and(|i| i.host_may_map())
+        });
     }
 
     /// The largest level (>= `min_level`) whose block around `ipa` is RAM of one region with

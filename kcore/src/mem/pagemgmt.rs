@@ -86,6 +86,14 @@ pub struct PageInfo {
     pub gfn: Gfn,
 }
 
+impl PageInfo {
+    /// May the host's stage-2 map the page (identity)? Its own pages, lent ones included (the
+    /// host keeps access), and pages a VM shares with it.
+    pub fn host_may_map(&self) -> bool {
+        self.owner.is_hosts() || (matches!(self.owner, Owner::Vm(_)) && self.count > 0)
+    }
+}
+
 /// The metadata array: `total_pages` records starting at physical address `base`.
 #[derive(Clone, Copy, Debug)]
 pub struct PageMeta {

@@ -91,6 +91,18 @@ impl S2Table {
         self.unmap(m, locks, pfn << PAGE_SHIFT).is_some()
     }
 
+    /// Remove every leaf for which `drop(input address, leaf)` holds, then invalidate this
+    /// VMID's TLB entries if any went (before the lock is released, as for [`S2Table::unmap`]).
+    pub fn clear_leaves<M: Machine>(&self, m: &M, locks: &Locks, drop: impl FnMut(u64, Leaf) -> bool) -> u64 {
+        let _pt = locks.acquire(LockId::Pt(self.vmid), m.cpu_index());
+        let Some(npt) = self.npt() else { return 0 };
+        let cleared = npt.clear_leaves(m, drop);
+        if cleared > 0 {
+            m.tlb_flush_vmid(self.vmid);
+        }
+        cleared
+    }
+
     /// Tear the table down: every table page (root included) and every page left in the pool
     /// goes to `give_back`, the TLBs of this VMID are invalidated, and the table has no root
     /// any more. Caller holds `s2page` (the pages change owner).

@@ -118,6 +118,39 @@ impl Npt {
         self.visit(m, self.root, 0, 0, &mut f, &mut |_, _, _| {});
     }
 
+    /// Clear every leaf for which `drop(input address, leaf)` holds; returns how many went.
+    /// The caller invalidates the TLBs of this table's VMID afterwards if any did.
+    pub fn clear_leaves<M: Machine>(&self, m: &M, mut drop: impl FnMut(u64, Leaf) -> bool) -> u64 {
+        let mut cleared = 0;
+        self.sweep(m, self.root, 0, 0, &mut drop, &mut cleared);
+        cleared
+    }
+
+    fn sweep<M: Machine>(
+        &self,
+        m: &M,
+        table: u64,
+        level: u8,
+        base: u64,
+        drop: &mut impl FnMut(u64, Leaf) -> bool,
+        cleared: &mut u64,
+    ) {
+        let span = 1u64 << (12 + 9 * (3 - level as u32));
+        for i in 0..super::ptwalk::ENTRIES {
+            let addr = base + i * span;
+            if !self.covers(addr) {
+                break;
+            }
+            let d = m.load(table + 8 * i);
+            if arch::is_table(d, level) {
+                self.sweep(m, d & desc::ADDR_MASK, level + 1, addr, drop, cleared);
+            } else if level > 0 && arch::is_leaf(d, level) && drop(addr, Leaf { level, desc: d }) {
+                write_entry(m, table, level, addr, 0);
+                *cleared += 1;
+            }
+        }
+    }
+
     /// Visit every table page as `(table address, level, input address it starts at)`,
     /// the root included.
     pub fn for_each_table<M: Machine>(&self, m: &M, mut f: impl FnMut(u64, u8, u64)) {

@@ -30,7 +30,8 @@ pub struct AbsMem {
     pub pages: BTreeMap<Pfn, PageInfo>,
     /// RAM pages the host stage-2 maps (identity).
     pub host_mapped: BTreeSet<Pfn>,
-    /// VM pages where the host stage-2 maps KCore's zero page (a host kernel read was there).
+    /// RAM pages the host may not map where its stage-2 maps KCore's zero page (a host kernel
+    /// read was there).
     pub host_zero: BTreeSet<Pfn>,
     /// VMs with a stage-2 table.
     pub vm_tables: BTreeSet<u16>,
@@ -226,10 +227,10 @@ impl AbsMem {
         if r.is_err() {
             return (r, self.clone());
         }
-        // The zero page stays only where a VM owns the page and does not share it: any change
-        // that gives the host the page (a share, a scrub) takes the zero page away with it.
-        let pages = &s.pages;
-        s.host_zero.retain(|p| pages.get(p).is_some_and(|i| matches!(i.owner, Owner::Vm(_)) && i.count == 0));
+        // The zero page stays only where the host may not map the page: any change that gives
+        // the host the page (a share, a scrub, a KCore page given back) takes it away.
+        let keep = s.host_zero.iter().copied().filter(|p| s.pages.contains_key(p) && !s.host_may_map(*p)).collect();
+        s.host_zero = keep;
         (r, s)
     }
 
@@ -242,19 +243,13 @@ impl AbsMem {
                 if self.host_may_map(ipa >> PAGE_SHIFT) { Ok(0) } else { Err(Error::Denied) }
             }
             Op::HostKernelRead { ipa } => {
-                // Mapped as any host fault would be; a VM's unshared page reads as zeros (1).
+                // Mapped as any host fault would be; RAM the host may not map reads as zeros (1).
                 match self.apply(Op::HostFault { ipa }) {
                     Err(Error::Denied) => {}
                     r => return r,
                 }
-                let pfn = ipa >> PAGE_SHIFT;
-                match self.pages.get(&pfn) {
-                    Some(i) if matches!(i.owner, Owner::Vm(_)) && i.count == 0 => {
-                        self.host_zero.insert(pfn);
-                        Ok(1)
-                    }
-                    _ => Err(Error::Denied),
-                }
+                self.host_zero.insert(ipa >> PAGE_SHIFT);
+                Ok(1)
             }
             Op::Donate { vmid, pfn } => {
                 self.table(vmid)?;
@@ -443,7 +438,7 @@ pub fn abstraction<M: Machine>(k: &KCore<M>, pools: &BTreeMap<u16, u64>) -> AbsM
     let mut host_mapped = BTreeSet::new();
     let mut host_zero = BTreeSet::new();
     k.host.expect_npt().for_each_leaf(&k.m, |ipa, leaf| {
-        if leaf.output(ipa) == k.zero_page && ipa != k.zero_page {
+        if leaf.output(ipa) == k.zero_page {
             host_zero.insert(ipa >> PAGE_SHIFT);
         } else if !device(leaf.desc) {
             let first = leaf.output(ipa) >> PAGE_SHIFT;

@@ -89,11 +89,16 @@ mod tests {
     fn kcore_memory_fault_injects_an_abort_and_maps_nothing() {
         let k = kcore();
         let ipa = KMEM + 0x2000;
-        assert_eq!(
-            host_stage2_fault(&k, DABT_TRANSLATION, ipa, hpfar(ipa), true),
-            HostFault::InjectAbort(Error::Denied)
-        );
-        assert!(k.host.expect_npt().walk(&k.m, ipa).is_none());
+        // From a user process (a SIGBUS there), and any write.
+        let write = DABT_TRANSLATION | (1 << 6);
+        for (esr, el1) in [(DABT_TRANSLATION, false), (write, true)] {
+            assert_eq!(host_stage2_fault(&k, esr, ipa, hpfar(ipa), el1), HostFault::InjectAbort(Error::Denied));
+            assert!(k.host.expect_npt().walk(&k.m, ipa).is_none());
+        }
+        // The host kernel reading it reads zeros.
+        assert_eq!(host_stage2_fault(&k, DABT_TRANSLATION, ipa, hpfar(ipa), true), HostFault::ReadsZero);
+        assert_eq!(k.host.expect_npt().walk(&k.m, ipa).unwrap().output(ipa), k.zero_page);
+        crate::invariants::check(&k).unwrap();
     }
 
     /// A VM's page (gfn 0 of VM 1), not shared.

@@ -218,6 +218,7 @@ impl<M: Machine> KCore<M> {
         }
         info.set_state(VmState::PowerOff);
         self.release_vm_memory(vmid);
+        info.mmio_guard().report(vmid);
         info.clear();
         Ok(())
     }
@@ -250,6 +251,8 @@ impl<M: Machine> KCore<M> {
             self.m.zero_page(pa);
             self.meta.set(&self.m, &self.mb, pa >> PAGE_SHIFT, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
         });
+        // The host kernel may have read some of those pages as KCore's zero page.
+        mem.drop_stale_zero_leaves(&s2);
         drop(s2);
     }
 }
