@@ -14,6 +14,9 @@
 //! 5. VMs: a vCPU context page is KCore's; only a verified VM has an active vCPU; a verified
 //!    VM's boot images are its own pages at their load addresses; at most as many vCPUs are
 //!    active as there are CPUs (each runs on one CPU: VCPU_RUN makes it active only from ready).
+//! 6. MMIO guard: only a protected VM has enrolled MMIO, at most `MMIO_GUARD_RANGES` ranges;
+//!    while none of its vCPUs runs (only a running vCPU enrols), they are sorted, non-empty,
+//!    page aligned, apart (touching ranges are one), inside the IPA space and outside its RAM.
 
 use crate::kcore::KCore;
 use crate::machine::Machine;
@@ -53,6 +56,8 @@ pub enum Violation {
     TooManyActiveVcpus { active: usize },
     /// A protected VM maps a page the host lent (the host could read the VM's memory).
     LentToProtectedVm { vmid: u16, gfn: u64 },
+    /// VM `vmid`'s MMIO-guard table is malformed, or held by a VM that may not have one.
+    MmioGuardMalformed { vmid: u16 },
 }
 
 fn is_device_leaf(d: u64) -> bool {
@@ -174,6 +179,8 @@ fn check_vms<M: Machine>(k: &KCore<M>, note: &mut impl FnMut(Violation)) {
                 }
             }
         }
+        let running = (0..MAX_VCPUS).any(|v| info.vcpu(v) == VcpuState::Active);
+        check_mmio_guard(k, vmid, info, running, note);
         if state == VmState::Verified
             && let Some(npt) = k.vms[i].npt()
         {
@@ -195,6 +202,44 @@ fn check_vms<M: Machine>(k: &KCore<M>, note: &mut impl FnMut(Violation)) {
     }
     if active > crate::locks::locks::MAX_CPUS {
         note(Violation::TooManyActiveVcpus { active });
+    }
+}
+
+/// Invariant 6 for VM `vmid` (`running`: one of its vCPUs is in the guest, which may be in
+/// the middle of an enrolment: only the bound is checked then).
+fn check_mmio_guard<M: Machine>(
+    k: &KCore<M>,
+    vmid: u16,
+    info: &crate::vm::VmInfo,
+    running: bool,
+    note: &mut impl FnMut(Violation),
+) {
+    use crate::vm::{VmKind, VmState, mmioguard::MMIO_GUARD_RANGES};
+    let g = info.mmio_guard();
+    let may_have = info.state() != VmState::Unused && info.kind() == VmKind::Protected;
+    if g.stored_len() > MMIO_GUARD_RANGES || (!may_have && g.in_use()) {
+        note(Violation::MmioGuardMalformed { vmid });
+    }
+    if running {
+        return;
+    }
+    let limit = 1u64 << k.host.ia_bits;
+    let mut prev_end = None;
+    for (start, end) in g.ranges() {
+        let aligned = start.is_multiple_of(crate::PAGE_SIZE) && end.is_multiple_of(crate::PAGE_SIZE);
+        let ordered = start < end && end <= limit && prev_end.is_none_or(|p| p < start);
+        // Overlap with RAM, decided without walking the range page by page: a RAM region
+        // that overlaps it holds one of its end pages or starts inside it.
+        let ram = aligned
+            && ordered
+            && (info.is_ram(start)
+                || info.is_ram(end - crate::PAGE_SIZE)
+                || info.ram_regions().any(|(base, _)| start <= base && base < end)
+                || (info.ram_regions().count() == 0 && end > crate::vm::LEGACY_RAM_START));
+        if !aligned || !ordered || ram {
+            note(Violation::MmioGuardMalformed { vmid });
+        }
+        prev_end = Some(end);
     }
 }
 

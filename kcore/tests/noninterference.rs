@@ -5,7 +5,9 @@
 //! guest traps drives both runs. The guest's private data includes its EL1 system registers,
 //! its FP/SIMD registers and its live debug state (MDSCR_EL1), and its traps include accesses
 //! to the hidden and emulated registers (ID, debug, PMU, pointer authentication) and the
-//! ones whose values do leave (SGI writes, the EL1 physical timer) with public operands.
+//! ones whose values do leave (SGI writes, the EL1 physical timer) with public operands, and
+//! MMIO_GUARD enrolments with a secret stored to a device page the guest never enrolled
+//! (refused: it must not reach the host).
 
 mod common;
 
@@ -59,6 +61,11 @@ enum GuestTrap {
     /// A trapped MSR/MRS of (op0, op1, CRn, CRm, op2) through register `rt` (1: public, 5 and
     /// 6: secret).
     SysReg((u64, u64, u64, u64, u64), u64, bool),
+    /// MMIO_GUARD of device page `n` from the UART's (0: the UART).
+    Guard(u64),
+    /// The guest enrols the UART's page (it uses the MMIO guard), then stores a secret (x5)
+    /// to a device page it never enrols: refused, the host hears nothing of it.
+    StrayWrite,
 }
 
 fn esr_dabt(write: bool, rt: u64) -> u64 {
@@ -177,6 +184,23 @@ impl Run {
                     }
                     GuestTrap::Wfi => Trap::Sync { esr: 0x01 << 26 | 1 << 25, far: 0, hpfar: 0 },
                     GuestTrap::SysReg(reg, rt, read) => Trap::Sync { esr: esr_sysreg(reg, rt, read), far: 0, hpfar: 0 },
+                    GuestTrap::Guard(n) => {
+                        page.set_x(&k.m, 0, abi::GUEST_MMIO_GUARD as u64);
+                        page.set_x(&k.m, 1, 0x0900_0000 + n * 4096);
+                        page.set_x(&k.m, 2, 0);
+                        page.set_x(&k.m, 3, 0);
+                        Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 }
+                    }
+                    GuestTrap::StrayWrite => {
+                        for (r, v) in [abi::GUEST_MMIO_GUARD as u64, 0x0900_0000, 0, 0].into_iter().enumerate() {
+                            page.set_x(&k.m, r as u64, v);
+                        }
+                        let hvc = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
+                        let mut regs = kcore::vcpu::vcpuopsaux::PageRegs { page, m: &k.m };
+                        assert_eq!(k.handle_vm_trap(vmid, &mut regs, &page, hvc), ExitAction::Resume);
+                        assert_eq!(page.x(&k.m, 0), 0, "the UART's page enrolled");
+                        Trap::Sync { esr: esr_dabt(true, 5), far: 0x0a00_0000, hpfar: 0x0a00_0000 >> 8 }
+                    }
                 };
                 let mut regs = kcore::vcpu::vcpuopsaux::PageRegs { page, m: &k.m };
                 let action = k.handle_vm_trap(vmid, &mut regs, &page, trap);
@@ -234,6 +258,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Guest(GuestTrap::PsciVersion)),
         2 => ((0u64..6), any::<bool>()).prop_map(|(n, up)| Step::Guest(GuestTrap::Share(n, up))),
         1 => Just(Step::Guest(GuestTrap::Wfi)),
+        1 => (0u64..3).prop_map(|n| Step::Guest(GuestTrap::Guard(n))),
+        1 => Just(Step::Guest(GuestTrap::StrayWrite)),
         3 => prop_oneof![
             Just(GuestTrap::SysReg((3, 0, 0, 4, 0), 5, true)),   // ID_AA64PFR0_EL1
             Just(GuestTrap::SysReg((2, 0, 0, 0, 5), 5, false)),  // DBGBCR0_EL1
@@ -297,4 +323,30 @@ fn an_unshared_buffer_carries_no_secret_to_the_host() {
     }
     // And the buffer really was shared in between (the scenario did what it says).
     assert_eq!(a.k.mem().page(WINDOW.start + 5).unwrap().owner, Owner::Host, "scrubbed back to the host");
+}
+
+/// A guest that uses the MMIO guard stores a secret to a device page it did not enrol: the
+/// access is refused in KCore (an external abort for the guest) and the host's observations
+/// are the same whatever the secret; the store to the enrolled UART still reaches the host.
+#[test]
+fn a_refused_mmio_write_carries_no_secret_to_the_host() {
+    let steps = [
+        Step::Guest(GuestTrap::MmioWrite),
+        Step::Guest(GuestTrap::StrayWrite),
+        Step::Guest(GuestTrap::MmioWrite),
+        Step::Guest(GuestTrap::Guard(1)),
+        Step::Guest(GuestTrap::StrayWrite),
+    ];
+    let a = Run::new(0x1111_2222_3333_4444);
+    let b = Run::new(0x9999_8888_7777_6666);
+    let (mut va, mut vb) = (0, 0);
+    let mut seen = vec![];
+    for (i, s) in steps.iter().enumerate() {
+        let oa = a.step(*s, &mut va);
+        assert_eq!(oa, b.step(*s, &mut vb), "step {i}: {s:?}");
+        seen.push(oa[8]); // the exit reason the host got
+    }
+    // MMIO exits (1) for the UART before and after the guard, nothing (the placeholder host
+    // interrupt, 4) for the refused stores and the enrolment.
+    assert_eq!(seen, [1, 4, 1, 4, 4]);
 }

@@ -2,8 +2,11 @@
 //! (VCPU_RUN preparation with host-supplied MMIO values, guest traps of every kind, PSCI
 //! CPU_ON/OFF/AFFINITY_INFO, SYSTEM_OFF, MAP_VM_PAGE) through the code and through
 //! `kcore::spec::vcpu`. After every step: equal results and exit actions, equal registers,
-//! PC, run states and pending exchanges, and the invariants. The same for a non-protected VM
-//! (RAM region from the host, pages lent on faults, registers read and set by the host).
+//! PC, run states and pending exchanges, the MMIO the guest enrolled with MMIO_GUARD, and the
+//! invariants. The same for a non-protected VM (RAM region from the host, pages lent on
+//! faults, registers read and set by the host) and for a protected VM with a RAM region.
+//! MMIO_GUARD comes one call at a time and in bursts that fill the enrolment table, join
+//! ranges and probe enrolled and un-enrolled pages.
 
 mod common;
 
@@ -26,12 +29,36 @@ const LEN: u64 = 8192;
 
 #[derive(Clone, Copy, Debug)]
 enum Step {
-    Run { vcpu: usize, value: u64 },
+    Run {
+        vcpu: usize,
+        value: u64,
+    },
     Trap(GuestTrap),
-    MapVmPage { vcpu: u64 },
-    GetReg { vcpu: u64, reg: u64 },
-    SetReg { vcpu: u64, reg: u64, value: u64 },
+    MapVmPage {
+        vcpu: u64,
+    },
+    GetReg {
+        vcpu: u64,
+        reg: u64,
+    },
+    SetReg {
+        vcpu: u64,
+        reg: u64,
+        value: u64,
+    },
+    /// The running vCPU enrols `count` pages with MMIO_GUARD, every `stride` pages from page
+    /// `first` of the window at [`BURST_BASE`] (stride 2 and up leave gaps: separate ranges,
+    /// enough of them to fill the table), then accesses page `probe` of the window.
+    GuardBurst {
+        first: u64,
+        stride: u64,
+        count: u64,
+        probe: u64,
+    },
 }
+
+/// Where [`Step::GuardBurst`] enrols: device space away from the UART's window.
+const BURST_BASE: u64 = 0x1000_0000;
 
 /// The non-protected VM's RAM: the image's place and above (16 MiB), everything else MMIO.
 const NP_RAM: (u64, u64) = (LOAD, 16 << 20);
@@ -84,6 +111,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (vcpu_arg(), reg()).prop_map(|(vcpu, reg)| Step::GetReg { vcpu, reg }),
         2 => (vcpu_arg(), reg(), prop_oneof![2 => any::<u64>(), 1 => Just(LOAD + 0x40), 1 => pstate()])
             .prop_map(|(vcpu, reg, value)| Step::SetReg { vcpu, reg, value }),
+        1 => (0u64..4, 1u64..4, prop_oneof![1 => 1u64..8, 1 => 8u64..40], 0u64..120)
+            .prop_map(|(first, stride, count, probe)| Step::GuardBurst { first, stride, count, probe }),
     ]
 }
 
@@ -119,7 +148,16 @@ fn refine(steps: &[Step]) -> Result<(), TestCaseError> {
 }
 
 fn refine_kind(steps: &[Step], protected: bool) -> Result<(), TestCaseError> {
+    refine_layout(steps, protected, !protected)
+}
+
+/// The check for a protected or non-protected VM, with a RAM region from the host
+/// ([`NP_RAM`]: everything else of the IPA space is MMIO) or without (RAM from 1 GiB up).
+fn refine_layout(steps: &[Step], protected: bool, region: bool) -> Result<(), TestCaseError> {
     let (k, vmid) = if protected { setup() } else { setup_np() };
+    if protected && region {
+        k.add_ram_region(vmid as u64, NP_RAM.0, NP_RAM.1).unwrap();
+    }
     k.verify_vm(vmid as u64).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
     let fresh = AbsVcpu { run: Run::Off, x: [0; 31], pc: 0, pending: Pending::None };
     let mut spec = AbsVcpus {
@@ -131,7 +169,10 @@ fn refine_kind(steps: &[Step], protected: bool) -> Result<(), TestCaseError> {
         ids: configure_guest_cpu(&k),
         mdscr: 0,
         protected,
-        ram: if protected { vec![] } else { vec![NP_RAM] },
+        ram: if region { vec![NP_RAM] } else { vec![] },
+        ipa_limit: 1 << 40,
+        guard: Default::default(),
+        guard_used: false,
     };
     let mut active: Option<usize> = None;
     let mut mapped = BTreeSet::new();
@@ -192,6 +233,34 @@ fn refine_kind(steps: &[Step], protected: bool) -> Result<(), TestCaseError> {
                     i
                 );
                 // The run ends here (at once for a host exit; "later" otherwise).
+                k.finish_run(vmid, v);
+                next.finish(v);
+                spec = next;
+                active = None;
+            }
+            Step::GuardBurst { first, stride, count, probe } => {
+                let Some(v) = active else { continue };
+                let page = VcpuPage { pa: k.vminfo[vmid as usize - 1].vcpu_page(v) };
+                let hvc = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
+                for n in 0..count {
+                    let x = [0xC600_0007, BURST_BASE + (first + n * stride) * 4096, 0, 0];
+                    for (r, val) in x.iter().enumerate() {
+                        page.set_x(&k.m, r as u64, *val);
+                        spec.vcpus[v].x[r] = *val;
+                    }
+                    let (want, next) = spec.trap(v, GuestTrap::Hvc(x));
+                    let got = k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, hvc);
+                    prop_assert_eq!(got, want, "step {}: {:?}: call {}", i, s, n);
+                    spec = next;
+                    prop_assert_eq!(page.x(&k.m, 0), spec.vcpus[v].x[0], "step {}: {:?}: call {}", i, s, n);
+                }
+                // Then a store of x1 to the probed page: enrolled or refused.
+                let ipa = BURST_BASE + probe * 4096 + 8;
+                let t = GuestTrap::MmioWrite { ipa, rt: 1, size_log2: 3 };
+                let trap = Trap::Sync { esr: esr_dabt(true, 1, 3, false, true), far: ipa, hpfar: (ipa >> 12) << 4 };
+                let (want, mut next) = spec.trap(v, t);
+                let got = k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap);
+                prop_assert_eq!(got, want, "step {}: {:?}: the access", i, s);
                 k.finish_run(vmid, v);
                 next.finish(v);
                 spec = next;
@@ -269,6 +338,13 @@ proptest! {
     fn vcpu_layers_refine_their_specification_non_protected(steps in prop::collection::vec(step(), 1..40)) {
         refine_kind(&steps, false)?;
     }
+
+    /// A protected VM with a RAM region from the host: the rest of its IPA space, up to its
+    /// end, is device space it may enrol.
+    #[test]
+    fn vcpu_layers_refine_their_specification_protected_with_layout(steps in prop::collection::vec(step(), 1..40)) {
+        refine_layout(&steps, true, true)?;
+    }
 }
 
 #[test]
@@ -327,4 +403,82 @@ fn trapped_system_registers() {
         sysreg((3, 3, 9, 12, 0), 1, true),
     ];
     refine(&steps).unwrap();
+}
+
+/// MMIO_GUARD end to end on the code, with the answers written out: protected VMs see it in
+/// FEATURES; before the first enrolment every device access is forwarded; after it only the
+/// enrolled pages are, the rest is refused (an external abort, no exit); RAM, unaligned and
+/// malformed calls are INVALID_PARAMETER; the table takes `MMIO_GUARD_RANGES` separate ranges
+/// and refuses the next with NO_MEMORY, while pages that touch a range still go in; a
+/// non-protected VM is not offered the call; a destroyed VM's vmid comes back with nothing
+/// enrolled.
+#[test]
+fn mmio_guard_enrols_refuses_and_is_bounded() {
+    use kcore::abi;
+    use kcore::vcpu::vcpuops::{Exit, ExitAction};
+    use kcore::vm::mmioguard::MMIO_GUARD_RANGES;
+    let (k, vmid) = setup();
+    k.verify_vm(vmid as u64).unwrap();
+    let (_, _, page) = k.prepare_run(vmid as u64, 0, 0).unwrap();
+    let hvc = |x: [u64; 4]| {
+        for (r, v) in x.into_iter().enumerate() {
+            page.set_x(&k.m, r as u64, v);
+        }
+        let trap = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
+        assert_eq!(k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap), ExitAction::Resume);
+        page.x(&k.m, 0) as i64
+    };
+    let store = |ipa: u64| {
+        let trap = Trap::Sync { esr: esr_dabt(true, 1, 2, false, true), far: ipa, hpfar: (ipa >> 12) << 4 };
+        let pc = page.get(&k.m, kcore::vcpu::slot::PC);
+        let a = k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap);
+        page.set(&k.m, kcore::vcpu::slot::PC, pc);
+        a
+    };
+    let guard = |ipa: u64| hvc([abi::GUEST_MMIO_GUARD as u64, ipa, 0, 0]);
+    let forwarded = |a: ExitAction| matches!(a, ExitAction::ToHost(Exit::Mmio { write: true, .. }));
+    assert_eq!(hvc([abi::GUEST_KVM_FEATURES as u64, 0, 0, 0]), 0b1001_1101, "bits 0, 2, 3, 4 and 7");
+    assert!(forwarded(store(0x0a00_0000)), "no guard in use yet: forwarded");
+    assert_eq!(guard(0x0900_0000), abi::SUCCESS);
+    assert_eq!(guard(0x0900_0000), abi::SUCCESS, "again: fine");
+    assert!(forwarded(store(0x0900_0000)));
+    assert!(forwarded(store(0x0900_0ffc)));
+    assert_eq!(store(0x0900_1000), ExitAction::InjectAbort, "the next page was not enrolled");
+    assert_eq!(store(0x0a00_0000), ExitAction::InjectAbort);
+    let load = Trap::Sync { esr: esr_dabt(false, 2, 2, false, true), far: 0x0a00_0010, hpfar: 0x0a00_0000 >> 8 };
+    assert_eq!(k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, load), ExitAction::InjectAbort);
+    for bad in [[LOAD, 0, 0], [0x0900_0010, 0, 0], [0x0900_2000, 1, 0], [0x0900_2000, 0, 1], [1 << 40, 0, 0]] {
+        assert_eq!(hvc([abi::GUEST_MMIO_GUARD as u64, bad[0], bad[1], bad[2]]), abi::INVALID_PARAMETER, "{bad:x?}");
+    }
+    let table = k.vminfo[vmid as usize - 1].mmio_guard();
+    assert_eq!(table.ranges().collect::<Vec<_>>(), [(0x0900_0000, 0x0900_1000)]);
+    // Separate ranges up to the bound (one held by the UART's page already), then no more.
+    for i in 1..MMIO_GUARD_RANGES as u64 {
+        assert_eq!(guard(0x1000_0000 + 2 * i * 4096), abi::SUCCESS);
+    }
+    assert_eq!(guard(0x2000_0000), abi::NO_MEMORY);
+    assert_eq!(store(0x2000_0000), ExitAction::InjectAbort, "refused, not silently enrolled");
+    assert_eq!(guard(0x1000_0000 + 3 * 4096), abi::SUCCESS, "joins two ranges");
+    assert_eq!(guard(0x2000_0000), abi::SUCCESS, "in the slot that freed");
+    assert!(forwarded(store(0x2000_0000)));
+    assert_eq!(table.len(), MMIO_GUARD_RANGES);
+    // Destroyed, its vmid reused: nothing enrolled, MMIO forwarded again.
+    k.finish_run(vmid, 0);
+    k.destroy_vm(vmid as u64).unwrap();
+    assert!(table.is_empty() && !table.in_use() && table.calls() == 0);
+    assert_eq!(k.register_vm(P0 + 20), Ok(vmid), "the vmid comes back");
+    assert!(k.vminfo[vmid as usize - 1].mmio_guard().is_empty());
+    let (k2, vmid2) = setup_np();
+    k2.verify_vm(vmid2 as u64).unwrap();
+    let (_, _, page) = k2.prepare_run(vmid2 as u64, 0, 0).unwrap();
+    let hvc = |x: [u64; 4]| {
+        for (r, v) in x.into_iter().enumerate() {
+            page.set_x(&k2.m, r as u64, v);
+        }
+        let trap = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
+        k2.handle_vm_trap(vmid2, &mut PageRegs { page, m: &k2.m }, &page, trap);
+        page.x(&k2.m, 0) as i64
+    };
+    assert_eq!(hvc([abi::GUEST_KVM_FEATURES as u64, 0, 0, 0]), 1, "non-protected: no pKVM services");
+    assert_eq!(hvc([abi::GUEST_MMIO_GUARD as u64, 0x0900_0000, 0, 0]), abi::NOT_SUPPORTED);
 }

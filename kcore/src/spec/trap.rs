@@ -493,6 +493,9 @@ impl AbsTop {
             mdscr: 0,
             protected: true,
             ram: vec![],
+            ipa_limit: 1 << self.boot.mem.ia_bits,
+            guard: Default::default(),
+            guard_used: false,
         };
         self.vcpus.insert(vmid, vcpus);
         self.mdscr.retain(|k, _| k.0 != vmid);
@@ -614,9 +617,15 @@ impl AbsTop {
                 Route::Return
             }
             ExitAction::InjectAbort => {
-                let Some(GuestTrap::RamFault { ipa }) = t else { unreachable!("only RAM faults are refused") };
-                // The trap generator's RAM faults are data aborts (a write) at `ipa`.
-                let esr_el1 = refused_access_esr((0x24 << 26) | (1 << 6), r.pstate);
+                // Refused: a RAM fault outside RAM, or MMIO the guest did not enrol while it
+                // uses the MMIO guard. The trap generator's RAM faults are data aborts (a
+                // write) at `ipa`; its MMIO accesses are data aborts at `ipa`, WnR as they go.
+                let (ipa, write) = match t {
+                    Some(GuestTrap::RamFault { ipa } | GuestTrap::MmioWrite { ipa, .. }) => (ipa, true),
+                    Some(GuestTrap::MmioRead { ipa, .. }) => (ipa, false),
+                    _ => unreachable!("only data aborts are refused"),
+                };
+                let esr_el1 = refused_access_esr((0x24 << 26) | ((write as u64) << 6), r.pstate);
                 e.deliver(&mut r, esr_el1, Some(ipa));
                 Route::Return
             }

@@ -6,6 +6,8 @@ use crate::abi;
 use crate::error::{Error, Result};
 use crate::psci;
 use crate::vcpu::vcpuops::{Exit, ExitAction, GUEST_MMIO_LIMIT};
+use crate::vm::mmioguard::MMIO_GUARD_RANGES;
+use std::collections::BTreeSet;
 
 /// The value a load of `8 << size_log2` bits puts in a register: the low bits of `value`,
 /// sign- or zero-extended (written independently of the code it checks).
@@ -96,6 +98,25 @@ pub struct AbsVcpus {
     pub protected: bool,
     /// The RAM regions the host declared (none: RAM from 1 GiB up).
     pub ram: Vec<(u64, u64)>,
+    /// The VM's IPA space ends here.
+    pub ipa_limit: u64,
+    /// The pages (their IPAs) a protected VM enrolled as MMIO with MMIO_GUARD.
+    pub guard: BTreeSet<u64>,
+    /// It uses the MMIO guard (it enrolled a page): MMIO it did not enrol is refused.
+    pub guard_used: bool,
+}
+
+/// How many separate runs of consecutive pages `pages` makes: the enrolment table's ranges.
+pub fn page_runs(pages: &BTreeSet<u64>) -> usize {
+    let mut prev: Option<u64> = None;
+    let mut runs = 0;
+    for &p in pages {
+        if prev.is_none_or(|q| q + 4096 != p) {
+            runs += 1;
+        }
+        prev = Some(p);
+    }
+    runs
 }
 
 impl AbsVcpus {
@@ -105,6 +126,33 @@ impl AbsVcpus {
             return ipa >= GUEST_MMIO_LIMIT;
         }
         self.ram.iter().any(|&(b, s)| ipa >= b && ipa - b < s)
+    }
+
+    /// Is a guest access at `ipa` outside its RAM refused (an external abort, the host never
+    /// hears of it)? Once the guest uses the MMIO guard, everything it did not enrol.
+    pub fn mmio_refused(&self, ipa: u64) -> bool {
+        self.guard_used && !self.guard.contains(&(ipa & !0xfff))
+    }
+
+    /// MMIO_GUARD of the page at `ipa` (x2, x3 = `rest`): 0, INVALID_PARAMETER (-3) for
+    /// anything but an aligned page of the VM's IPA space outside its RAM (or non-zero
+    /// `rest`), NO_MEMORY (-5) if it would make one range too many; NOT_SUPPORTED for a
+    /// non-protected VM.
+    fn mmio_guard(&mut self, ipa: u64, rest: [u64; 2]) -> i64 {
+        if !self.protected {
+            return abi::NOT_SUPPORTED;
+        }
+        if rest != [0, 0] || !ipa.is_multiple_of(4096) || ipa >= self.ipa_limit || self.is_ram(ipa) {
+            return abi::INVALID_PARAMETER;
+        }
+        let mut with = self.guard.clone();
+        with.insert(ipa);
+        if page_runs(&with) > MMIO_GUARD_RANGES {
+            return abi::NO_MEMORY;
+        }
+        self.guard = with;
+        self.guard_used = true;
+        abi::SUCCESS
     }
 
     /// The context word a GET/SET_VCPU_REG register number names (`docs/ABI.md`): x0..x30,
@@ -246,6 +294,11 @@ impl AbsVcpus {
                 ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff })
             }
             GuestTrap::RamFault { .. } => ExitAction::InjectAbort,
+            GuestTrap::MmioWrite { ipa, .. } | GuestTrap::MmioRead { ipa, .. }
+                if !self.is_ram(ipa) && self.mmio_refused(ipa) =>
+            {
+                ExitAction::InjectAbort
+            }
             GuestTrap::MmioWrite { ipa, rt, size_log2 } if !self.is_ram(ipa) => {
                 let v = &mut self.vcpus[vcpu];
                 let reg = if rt < 31 { v.x[rt as usize] } else { 0 };
@@ -371,16 +424,21 @@ impl AbsVcpus {
                 ret(self, if known.contains(&x[1]) || more.contains(&x[1]) { 0 } else { -1 })
             }
             psci::MIGRATE_INFO_TYPE => ret(self, 2),
-            // pKVM's services: its memory-protection calls for protected VMs only.
+            // pKVM's services: its memory-protection calls (2, 3, 4) and the MMIO guard (7)
+            // for protected VMs only.
             0x8600_0000 => {
                 let v = &mut self.vcpus[vcpu];
-                v.x[0] = if self.protected { 0b1_1101 } else { 1 };
+                v.x[0] = if self.protected { 0b1001_1101 } else { 1 };
                 v.x[1..4].fill(0);
                 ExitAction::Resume
             }
             0xC600_0002 if !self.protected => ret(self, abi::NOT_SUPPORTED),
             0xC600_0002 => ret(self, if x[1..4] == [0, 0, 0] { 4096 } else { abi::INVALID_PARAMETER }),
             abi::SMCCC_ARCH_FEATURES => ret(self, if x[1] == 0x8000_0001 { 0 } else { -1 }),
+            0xC600_0007 => {
+                let r = self.mmio_guard(x[1], [x[2], x[3]]);
+                ret(self, r)
+            }
             _ => ret(self, abi::NOT_SUPPORTED),
         }
     }

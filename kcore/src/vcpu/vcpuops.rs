@@ -288,6 +288,9 @@ impl<M: Machine> KCore<M> {
                     page.set(m, slot::FLAGS, flags::PAGE_FAULT_PENDING);
                     return ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff });
                 }
+                if self.mmio_refused(vmid, ipa) {
+                    return ExitAction::InjectAbort;
+                }
                 match decode_mmio(esr) {
                     Some(a) => self.mmio_exit(regs, page, ipa, &a),
                     None => ExitAction::InjectAbort,
@@ -331,6 +334,20 @@ impl<M: Machine> KCore<M> {
         }
         regs.skip();
         ExitAction::Resume
+    }
+
+    /// pKVM's MMIO guard: once a guest has enrolled MMIO (MMIO_GUARD), only what it enrolled
+    /// is MMIO for it. An access anywhere else outside its RAM is refused (the caller injects
+    /// an external abort) and never reaches the host. A guest that never enrolled anything
+    /// has all of its device space forwarded.
+    fn mmio_refused(&self, vmid: u16, ipa: u64) -> bool {
+        let guard = self.vminfo[vmid as usize - 1].mmio_guard();
+        // Never empties while the VM lives: an empty table needs no lock.
+        if !guard.in_use() {
+            return false;
+        }
+        let _vm = self.lock_vm(vmid);
+        !guard.contains(ipa)
     }
 
     fn mmio_exit(&self, regs: &mut impl GuestRegs, page: &VcpuPage, ipa: u64, a: &MmioAccess) -> ExitAction {
@@ -419,10 +436,10 @@ impl<M: Machine> KCore<M> {
                 ExitAction::Resume
             }
             abi::GUEST_KVM_FEATURES => {
-                // pKVM offers its memory-protection calls to protected VMs only. MMIO_GUARD (7)
-                // is answered but not advertised: KCore does not yet refuse MMIO a guest did
-                // not enrol, and upstream advertises it only where it is enforced.
-                let fns: &[u32] = if protected { &[0, 2, 3, 4] } else { &[0] };
+                // pKVM offers its memory-protection calls to protected VMs only: HYP_MEMINFO
+                // (2), MEM_SHARE (3), MEM_UNSHARE (4), and MMIO_GUARD (7), which KCore
+                // enforces (a Linux guest registers its ioremap hook only when bit 7 is set).
+                let fns: &[u32] = if protected { &[0, 2, 3, 4, 7] } else { &[0] };
                 regs.set_x(0, fns.iter().fold(0, |b, f| b | 1 << f));
                 for r in 1..4 {
                     regs.set_x(r, 0);
@@ -463,9 +480,19 @@ impl<M: Machine> KCore<M> {
                 self.guest_share(vmid, regs, page, ipa, size / crate::PAGE_SIZE, id == abi::GUEST_SEKVM_GRANT, false)
             }
             abi::GUEST_MMIO_GUARD => {
+                // pKVM's "map one granule as emulated MMIO": a page of the VM's device space
+                // (aligned, inside its IPA space, outside its RAM), kept for the VM's life. A
+                // full table is NO_MEMORY (the guest sees the failure; nothing is dropped).
                 let ipa = regs.x(1);
-                let ok = ipa.is_multiple_of(crate::PAGE_SIZE) && !self.vminfo[vmid as usize - 1].is_ram(ipa);
-                ret!(if ok { 0 } else { abi::INVALID_PARAMETER })
+                let info = &self.vminfo[vmid as usize - 1];
+                if !ipa.is_multiple_of(crate::PAGE_SIZE) || ipa >> self.host.ia_bits != 0 || info.is_ram(ipa) {
+                    return ret!(abi::INVALID_PARAMETER);
+                }
+                let _vm = self.lock_vm(vmid);
+                ret!(match info.mmio_guard().enrol(ipa) {
+                    Ok(()) => abi::SUCCESS,
+                    Err(e) => e.code(),
+                })
             }
             _ => ret!(abi::NOT_SUPPORTED),
         }

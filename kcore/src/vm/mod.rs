@@ -9,6 +9,7 @@
 pub mod bootaux;
 pub mod bootcore;
 pub mod bootops;
+pub mod mmioguard;
 pub mod vmpower;
 
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
@@ -155,6 +156,7 @@ pub struct VmInfo {
     ram_base: [AtomicU64; MAX_RAM_REGIONS],
     ram_size: [AtomicU64; MAX_RAM_REGIONS],
     boot_arg: AtomicU64,
+    mmio_guard: mmioguard::MmioGuard,
 }
 
 impl VmInfo {
@@ -166,6 +168,10 @@ impl VmInfo {
     /// See [`VmInfo::boot_arg`].
     pub(crate) fn set_boot_arg(&self, arg: u64) {
         self.boot_arg.store(arg, Relaxed);
+    }
+    /// The MMIO the guest enrolled with MMIO_GUARD (a protected VM's; empty otherwise).
+    pub fn mmio_guard(&self) -> &mmioguard::MmioGuard {
+        &self.mmio_guard
     }
     /// The VM's kind.
     pub fn kind(&self) -> VmKind {
@@ -261,6 +267,7 @@ impl VmInfo {
         self.image_count.store(0, Relaxed);
         self.ram_count.store(0, Relaxed);
         self.boot_arg.store(0, Relaxed);
+        self.mmio_guard.clear();
         self.set_kind(VmKind::Protected);
         self.set_state(VmState::Unused);
     }

@@ -164,12 +164,54 @@ pub fn vcpus_of(k: &KCore<SimMachine>, vmid: u16, spec: &AbsVcpus, live: Option<
             AbsVcpu { run, x, pc, pending }
         })
         .collect();
-    AbsVcpus { vcpus, off: info.state() == kcore::vm::VmState::PowerOff, ..spec.clone() }
+    // The enrolment table as the set of pages it covers (tests enrol a few pages at most).
+    let table = info.mmio_guard();
+    let guard = table.ranges().flat_map(|(start, end)| (start..end).step_by(4096)).collect();
+    AbsVcpus {
+        vcpus,
+        off: info.state() == kcore::vm::VmState::PowerOff,
+        guard,
+        guard_used: table.in_use(),
+        ..spec.clone()
+    }
+}
+
+/// The device pages the generated guests enrol with MMIO_GUARD and access: the UART's and
+/// the eleven after it.
+pub const GUARD_BASE: u64 = 0x0900_0000;
+pub const GUARD_PAGES: u64 = 12;
+
+/// MMIO_GUARD calls: mostly pages of the window (so some are enrolled twice and neighbours
+/// join), and the refused kinds: unaligned, RAM, the IPA space's last page and beyond, x2 or
+/// x3 not zero.
+pub fn mmio_guard_call(load: u64) -> impl Strategy<Value = GuestTrap> {
+    let ipa = prop_oneof![
+        8 => (0..GUARD_PAGES).prop_map(|k| GUARD_BASE + k * 4096),
+        1 => Just(GUARD_BASE + 0x18),
+        1 => Just(load),
+        1 => Just(0u64),
+        1 => Just((1u64 << 40) - 4096),
+        1 => Just(1u64 << 40),
+        1 => Just(!0xfffu64),
+    ];
+    let rest = prop_oneof![8 => Just([0u64, 0]), 1 => Just([1, 0]), 1 => Just([0, 1])];
+    (ipa, rest).prop_map(|(ipa, r)| GuestTrap::Hvc([0xC600_0007, ipa, r[0], r[1]]))
+}
+
+/// A device address for an MMIO access: the UART's registers mostly, else anywhere in the
+/// enrolment window.
+fn mmio_ipa() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => Just(GUARD_BASE),
+        2 => Just(GUARD_BASE + 0x18),
+        3 => (0..GUARD_PAGES, 0u64..512).prop_map(|(k, w)| GUARD_BASE + k * 4096 + w * 8),
+    ]
 }
 
 /// Guest traps of every kind the vCPU specification knows, for a VM whose one image lies at
-/// `[load, load + len)`: PSCI and unknown hypercalls, MMIO stores and loads, RAM faults
-/// (backed, refused and in the device window), WFI, trapped system registers.
+/// `[load, load + len)`: PSCI and unknown hypercalls, MMIO_GUARD enrolments, MMIO stores and
+/// loads (enrolled or not), RAM faults (backed, refused and in the device window), WFI,
+/// trapped system registers.
 pub fn guest_trap(load: u64, len: u64) -> impl Strategy<Value = GuestTrap> {
     let hvc_id = prop_oneof![
         Just(psci::PSCI_VERSION as u64),
@@ -197,8 +239,9 @@ pub fn guest_trap(load: u64, len: u64) -> impl Strategy<Value = GuestTrap> {
     prop_oneof![
         4 => (hvc_id, 0u64..3, entry, any::<u64>()).prop_map(|(id, a, e, c)| GuestTrap::Hvc([id, a, e, c])),
         1 => (query_id, query).prop_map(|(id, q)| GuestTrap::Hvc([id, q, 0, 0])),
-        3 => (0u64..32, 0u64..4).prop_map(|(rt, size_log2)| GuestTrap::MmioWrite { ipa: 0x0900_0000, rt, size_log2 }),
-        2 => (0u64..32, 0u64..4, any::<bool>()).prop_map(|(rt, size_log2, sign)| GuestTrap::MmioRead { ipa: 0x0900_0018, rt, size_log2, sign }),
+        2 => mmio_guard_call(load),
+        3 => (mmio_ipa(), 0u64..32, 0u64..4).prop_map(|(ipa, rt, size_log2)| GuestTrap::MmioWrite { ipa, rt, size_log2 }),
+        2 => (mmio_ipa(), 0u64..32, 0u64..4, any::<bool>()).prop_map(|(ipa, rt, size_log2, sign)| GuestTrap::MmioRead { ipa, rt, size_log2, sign }),
         2 => prop_oneof![Just(load + 0x10_0000), Just(load + 0x10_0000 + 0x123), Just(load + 0x20_0000), Just(0x0800_0000u64),
             Just(0x9000_0000u64), Just(load + (16 << 20))]
             .prop_map(|ipa| GuestTrap::RamFault { ipa }),
