@@ -99,16 +99,24 @@ if ! cmp -s "$kmods/protected.signed.new" "$kmods/protected.signed"; then
 else
     rm -f "$kmods/protected.signed.new"
 fi
+# The same for its MMIO-guard guest (guest-mmio-guard.S), /guest-mmio-guard.signed in the host.
+mguest="$(ls -t "$ROOT"/target/aarch64-unknown-linux-musl/release/build/kvm-smoke-*/out/guest-mmio-guard.bin | head -1)"
+"$ROOT/target/release/kcore-sign" sign-file "$ROOT/tests/keys/test-vm.seed" 0x40200000 "$mguest" "$kmods/mmio-guard.signed.new"
+if ! cmp -s "$kmods/mmio-guard.signed.new" "$kmods/mmio-guard.signed"; then
+    mv "$kmods/mmio-guard.signed.new" "$kmods/mmio-guard.signed"
+else
+    rm -f "$kmods/mmio-guard.signed.new"
+fi
 
 # Host initramfs: busybox (static, arm64), the project's /init, the kserv module of each
-# host kernel (/lib/modules/VERSION/kserv.ko), kvm-smoke and its signed protected guest
-# (/guest-protected.signed).
+# host kernel (/lib/modules/VERSION/kserv.ko), kvm-smoke and its signed protected guests
+# (/guest-protected.signed, /guest-mmio-guard.signed).
 stage="$OUT/initramfs"
 
 busybox="$ROOT/.cache/arm64/bin/busybox"
 [ -x "$busybox" ] || { echo "build: busybox missing; run scripts/setup.sh" >&2; exit 1; }
 if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz" ] ||
-   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 2 \( -name '*.ko' -o -name kvm-smoke -o -name protected.signed -o -name init -o -name run-guest \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
+   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 2 \( -name '*.ko' -o -name kvm-smoke -o -name protected.signed -o -name mmio-guard.signed -o -name init -o -name run-guest \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
     rm -rf "$stage"
     mkdir -p "$stage/bin" "$stage/dev" "$stage/proc" "$stage/sys" "$stage/tmp"
     cp "$busybox" "$stage/bin/busybox"
@@ -116,6 +124,7 @@ if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz
     cp "$ROOT/kserv-shim/initramfs/run-guest" "$stage/bin/run-guest"
     cp "$kmods/kvm-smoke" "$stage/bin/kvm-smoke"
     cp "$kmods/protected.signed" "$stage/guest-protected.signed"
+    cp "$kmods/mmio-guard.signed" "$stage/guest-mmio-guard.signed"
     for ko in "$kmods"/*/kserv.ko; do
         [ -f "$ko" ] || continue
         v="$(basename "$(dirname "$ko")")"

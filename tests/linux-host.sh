@@ -171,6 +171,18 @@ check "KCore never halted" bash -c "! grep -qE 'KCore halted|invariant broken' '
 # protected VM of kvm-smoke and of Debian's QEMU (kserv.protected_vms=1); the host cannot read
 # its memory or registers; tampered and unsigned kernels are refused before they run, with
 # the reason in the VMM's error and in dmesg. The same guest as an ordinary VM is the control.
+# pKVM's MMIO guard for protected VMs (tests/vm-mmio-guard.sh): kvm-smoke's MMIO-guard guest
+# (guest-mmio-guard.S, signed) finds MMIO_GUARD in KVM_FEATURES, enrols its UART's page and
+# keeps printing; its store to a device page it did not enrol takes a synchronous external
+# abort in the guest and never reaches the VMM; RAM cannot be enrolled. The same guest as an
+# ordinary VM is offered none of it and its store reaches the VMM (the control).
+host mmio-guard --cpus 1 --timeout 120 --exec "$(cat "$ROOT/tests/vm-mmio-guard.sh")"
+check "MMIO guard: a protected VM sees MMIO_GUARD offered (KVM_FEATURES 0x9d: bits 0, 2, 3, 4, 7), enrols its UART's page (0) and prints through it" grep -q "^KVM-SMOKE: protected: guest output 'MMIO-GUARD features 0x9d enrol 0 " "$OUT/mmio-guard.out"
+check "MMIO guard: its store to a page it did not enrol takes a synchronous external abort at that address (ESR_EL1 0x96000050: EC 0x25, WnR, FSC 0x10) and it runs on; enrolling RAM is refused (-3)" grep -qx "KVM-SMOKE: protected: guest output 'MMIO-GUARD features 0x9d enrol 0 SEA at 0xa000000 esr 0x96000050 ram -3'" "$OUT/mmio-guard.out"
+check "MMIO guard: the refused store never reached the VMM (its MMIO exits name the UART's page only)" grep -qx "KVM-SMOKE: protected: MMIO pages the VMM saw: 0x9000000" "$OUT/mmio-guard.out"
+check "MMIO guard: KCore held the one enrolment and reported it when the VM was destroyed" console_has mmio-guard "MMIO guard: [0x9000000, 0x9001000) 1 pages"
+check "MMIO guard control: as an ordinary VM the guest is offered none of it (-1) and its store reaches the VMM" bash -c "grep -qx \"KVM-SMOKE: unprotected: guest output 'MMIO-GUARD features 0x1 enrol -1 ram -1'\" '$OUT/mmio-guard.out' && grep -qx 'KVM-SMOKE: unprotected: MMIO pages the VMM saw: 0x9000000 0xa000000' '$OUT/mmio-guard.out'"
+check "MMIO guard: both VMs power off, KCore holds no VM after them, no kernel complaint, KCore never halted" bash -c "grep -qx 'guard-protected-status 0' '$OUT/mmio-guard.out' && grep -qx 'guard-control-status 0' '$OUT/mmio-guard.out' && grep -qx 'vms-after-guard 0' '$OUT/mmio-guard.out' && grep -qx 'host-kernel-complaints 0' '$OUT/mmio-guard.out' && ! grep -qE 'KCore halted|invariant broken' '$OUT/mmio-guard.log'"
 protected_checks() {
     local n="$1" tag="$2"
     check "$tag: a signed kernel runs as a protected VM (x0 = its device tree, its secret planted and kept)" grep -qx "KVM-SMOKE: protected: guest output 'PROTECTED dtb ok planted kept'" "$OUT/$n.out"

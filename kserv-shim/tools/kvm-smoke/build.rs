@@ -1,5 +1,5 @@
-//! Assemble kvm-smoke's guests for their load addresses (0x40000000; the protected one, an
-//! arm64 Image in form, 0x40200000) as flat binaries.
+//! Assemble kvm-smoke's guests for their load addresses (0x40000000; the protected ones,
+//! arm64 Images in form, 0x40200000) as flat binaries.
 use std::path::PathBuf;
 
 fn main() {
@@ -10,6 +10,7 @@ fn main() {
         ("guest-irq", "0x40000000"),
         ("guest-bench", "0x40000000"),
         ("guest-protected", "0x40200000"),
+        ("guest-mmio-guard", "0x40200000"),
     ] {
         println!("cargo:rerun-if-changed={name}.S");
         let elf = out.join(format!("{name}.elf"));

@@ -1,4 +1,4 @@
-//! `kvm-smoke [LOOPS]` (or `kvm-smoke --guest hello|irq|bench > FILE`: a guest for another VMM): what a VMM does with `/dev/kvm`, checked against the KVM API
+//! `kvm-smoke [LOOPS]` (or `kvm-smoke --guest hello|irq|bench|protected|mmio-guard > FILE`: a guest for another VMM): what a VMM does with `/dev/kvm`, checked against the KVM API
 //! (Documentation/virt/kvm/api.rst), run in the host under KCore: the API version, VM
 //! creation, vCPU creation (with the refusals a VMM can hit), and teardown by closing the fds,
 //! LOOPS times (default 1), so vmids and pages are seen to come back; then a tiny guest runs
@@ -76,6 +76,9 @@ const GUEST_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-bench
 /// The protected guest (guest-protected.S), an arm64 Image in form for 0x4020_0000; signed by
 /// the build (kcore-sign sign-file) into a signed kernel file.
 const GUEST_PROTECTED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-protected.bin"));
+/// The MMIO-guard guest (guest-mmio-guard.S), the same form: enrols the UART with pKVM's
+/// MMIO_GUARD and reports the external abort its store to a page it did not enrol takes.
+const GUEST_MMIO_GUARD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-mmio-guard.bin"));
 /// KVM_CREATE_VM's type bit for a protected VM (upstream's KVM_VM_TYPE_ARM_PROTECTED).
 const VM_TYPE_PROTECTED: libc::c_ulong = 1 << 31;
 const GUEST_RAM: u64 = 0x4000_0000;
@@ -124,7 +127,8 @@ fn main() {
             Some("irq") => GUEST_IRQ,
             Some("bench") => GUEST_BENCH,
             Some("protected") => GUEST_PROTECTED,
-            _ => fail("--guest takes hello, irq, bench or protected"),
+            Some("mmio-guard") => GUEST_MMIO_GUARD,
+            _ => fail("--guest takes hello, irq, bench, protected or mmio-guard"),
         };
         std::io::stdout().write_all(image).unwrap_or_else(|_| fail("writing the guest"));
         return;
@@ -518,13 +522,14 @@ fn run_irq(kvm: &std::fs::File) {
 }
 
 /// `kvm-smoke --protected FILE`: FILE, a signed kernel file of the protected guest
-/// (guest-protected.S), as a protected VM (KVM_VM_TYPE_ARM_PROTECTED), loaded as QEMU loads a
-/// kernel (2 MiB into RAM) with x0 pointing at a device tree's magic. Once the guest says it
-/// planted its secret, this VMM, which mapped that RAM itself, tries to read it (in a child
-/// process: the read must die with SIGBUS) and to read the vCPU's PC (EPERM after the first
-/// run). Prints one KVM-SMOKE line for each; a kernel KCore refuses ends KVM_RUN with the
-/// errno printed. `--unprotected FILE`: the same guest as an ordinary VM, whose secret and
-/// registers the host reads (the control).
+/// (guest-protected.S, or guest-mmio-guard.S), as a protected VM (KVM_VM_TYPE_ARM_PROTECTED),
+/// loaded as QEMU loads a kernel (2 MiB into RAM) with x0 pointing at a device tree's magic.
+/// Once the guest says it planted its secret, this VMM, which mapped that RAM itself, tries to
+/// read it (in a child process: the read must die with SIGBUS) and to read the vCPU's PC
+/// (EPERM after the first run). Prints one KVM-SMOKE line for each; a kernel KCore refuses
+/// ends KVM_RUN with the errno printed; at power-off, the guest's UART output and every
+/// device page an MMIO exit named. `--unprotected FILE`: the same guest as an ordinary VM,
+/// whose secret and registers the host reads (the control).
 fn protected(path: &str, protect: bool) -> ! {
     const RAM_SIZE: usize = 4 << 20;
     let kvm = OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap_or_else(|_| fail("open /dev/kvm"));
@@ -569,13 +574,19 @@ fn protected(path: &str, protect: bool) -> ! {
     guest.set(REG_X0, GUEST_RAM + 0x10_0000);
     let mut out = String::new();
     let mut checked = false;
+    // Every page an MMIO exit named: what of the guest's device accesses reached this VMM.
+    let mut pages = std::collections::BTreeSet::new();
     for _ in 0..200 {
         if let Err(e) = ioctl(&guest.vcpu, KVM_RUN, 0) {
             let msg = std::io::Error::from_raw_os_error(e);
             println!("KVM-SMOKE: {kind}: KVM_RUN refused: errno {e} ({msg}); guest output '{}'", out.trim_end());
             std::process::exit(2);
         }
-        match guest.rd(RUN_EXIT_REASON, 4) as u32 {
+        let reason = guest.rd(RUN_EXIT_REASON, 4) as u32;
+        if reason == KVM_EXIT_MMIO {
+            pages.insert(guest.rd(RUN_MMIO_ADDR, 8) & !0xfff);
+        }
+        match reason {
             KVM_EXIT_MMIO if guest.rd(RUN_MMIO_ADDR, 8) == 0x0900_0000 && guest.rd(RUN_MMIO_WRITE, 1) == 1 => {
                 out.push(guest.rd(RUN_MMIO_DATA, 1) as u8 as char);
                 if out.ends_with("planted ") && !checked {
@@ -590,6 +601,8 @@ fn protected(path: &str, protect: bool) -> ! {
             }
             KVM_EXIT_SYSTEM_EVENT if guest.rd(RUN_MMIO_ADDR, 4) as u32 == KVM_SYSTEM_EVENT_SHUTDOWN => {
                 println!("KVM-SMOKE: {kind}: guest output '{}'", out.trim_end());
+                let seen: Vec<String> = pages.iter().map(|p| format!("{p:#x}")).collect();
+                println!("KVM-SMOKE: {kind}: MMIO pages the VMM saw: {}", seen.join(" "));
                 std::process::exit(0);
             }
             other => fail(&format!("protected: unexpected exit {other}")),
