@@ -462,6 +462,7 @@ fn mmio_guard_enrols_refuses_and_is_bounded() {
     assert_eq!(guard(0x2000_0000), abi::SUCCESS, "in the slot that freed");
     assert!(forwarded(store(0x2000_0000)));
     assert_eq!(table.len(), MMIO_GUARD_RANGES);
+    assert_eq!((table.calls(), table.refused()), (MMIO_GUARD_RANGES as u64 + 3, 6), "calls counted for the report");
     // Destroyed, its vmid reused: nothing enrolled, MMIO forwarded again.
     k.finish_run(vmid, 0);
     k.destroy_vm(vmid as u64).unwrap();

@@ -465,6 +465,9 @@ impl<M: Machine> KCore<M> {
             abi::GUEST_MEM_SHARE | abi::GUEST_MEM_UNSHARE | abi::GUEST_MMIO_GUARD
                 if regs.x(2) != 0 || regs.x(3) != 0 =>
             {
+                if id == abi::GUEST_MMIO_GUARD {
+                    self.vminfo[vmid as usize - 1].mmio_guard().note_refused();
+                }
                 ret!(abi::INVALID_PARAMETER)
             }
             abi::GUEST_MEM_SHARE | abi::GUEST_MEM_UNSHARE => {
@@ -486,12 +489,16 @@ impl<M: Machine> KCore<M> {
                 let ipa = regs.x(1);
                 let info = &self.vminfo[vmid as usize - 1];
                 if !ipa.is_multiple_of(crate::PAGE_SIZE) || ipa >> self.host.ia_bits != 0 || info.is_ram(ipa) {
+                    info.mmio_guard().note_refused();
                     return ret!(abi::INVALID_PARAMETER);
                 }
                 let _vm = self.lock_vm(vmid);
                 ret!(match info.mmio_guard().enrol(ipa) {
                     Ok(()) => abi::SUCCESS,
-                    Err(e) => e.code(),
+                    Err(e) => {
+                        info.mmio_guard().note_refused();
+                        e.code()
+                    }
                 })
             }
             _ => ret!(abi::NOT_SUPPORTED),

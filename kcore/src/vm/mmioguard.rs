@@ -31,6 +31,8 @@ pub struct MmioGuard {
     end: [AtomicU64; MMIO_GUARD_RANGES],
     /// Successful MMIO_GUARD calls, repeats included (reported when the VM is destroyed).
     calls: AtomicU64,
+    /// Refused MMIO_GUARD calls (reported too).
+    refused: AtomicU64,
 }
 
 impl MmioGuard {
@@ -57,6 +59,16 @@ impl MmioGuard {
     /// Successful enrolments so far, repeats included.
     pub fn calls(&self) -> u64 {
         self.calls.load(Relaxed)
+    }
+
+    /// Count a refused MMIO_GUARD call (a bad argument, or the table full).
+    pub fn note_refused(&self) {
+        self.refused.fetch_add(1, Relaxed);
+    }
+
+    /// Refused MMIO_GUARD calls so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Relaxed)
     }
 
     /// Range `i` (< [`MmioGuard::len`]) as `(start, end)`.
@@ -132,12 +144,17 @@ impl MmioGuard {
     }
 
     /// Say on KCore's console what VM `vmid`, about to be destroyed, enrolled (nothing if it
-    /// never used the guard): how many calls, and the ranges they made.
+    /// never called MMIO_GUARD): how many calls, how many refused, and the ranges they made.
     pub(crate) fn report(&self, vmid: u16) {
-        if !self.in_use() {
+        if self.calls() == 0 && self.refused() == 0 {
             return;
         }
-        log::info!("VM {vmid} destroyed: {} MMIO_GUARD enrolments in {} ranges", self.calls(), self.len());
+        log::info!(
+            "VM {vmid} destroyed: {} MMIO_GUARD enrolments ({} calls refused) in {} ranges",
+            self.calls(),
+            self.refused(),
+            self.len()
+        );
         for (start, end) in self.ranges() {
             log::info!("VM {vmid} MMIO guard: [{start:#x}, {end:#x}) {} pages", (end - start) / PAGE_SIZE);
         }
@@ -147,6 +164,7 @@ impl MmioGuard {
     pub(crate) fn clear(&self) {
         self.count.store(0, Relaxed);
         self.calls.store(0, Relaxed);
+        self.refused.store(0, Relaxed);
         for (s, e) in self.start.iter().zip(&self.end) {
             s.store(0, Relaxed);
             e.store(0, Relaxed);
@@ -215,8 +233,10 @@ mod tests {
         g.enrol(1 << 40).unwrap();
         assert_eq!(g.range(MMIO_GUARD_RANGES - 1), (1 << 40, (1 << 40) + P));
         assert_eq!(g.calls(), MMIO_GUARD_RANGES as u64 + 5);
+        g.note_refused();
+        assert_eq!(g.refused(), 1);
         g.clear();
-        assert!(!g.in_use() && g.calls() == 0 && !g.contains(0));
+        assert!(!g.in_use() && g.calls() == 0 && g.refused() == 0 && !g.contains(0));
     }
 
     /// Against a set of pages: after each enrolment of a pseudo-random page, the table is the
