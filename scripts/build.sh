@@ -182,6 +182,27 @@ if pkvm="$(bash "$ROOT/scripts/build-guest-kernel.sh" --print-path 2> /dev/null)
     (cd "$pstage" && find guest | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -6 > "$OUT/guest-pkvm.cpio.gz"
 fi
 
+# The SeKVM demo (scripts/build-demo-disk.sh, run by setup): its kernel (the pKVM guest kernel
+# with the unlock initramfs built in) signed the same way, its LUKS2 disk, and strings.hex
+# (the passphrase, login, password and plaintext marker, hex-encoded, for the tests), as
+# /guest/demo in the host: scripts/run.sh --demo or --with-demo appends this uncompressed
+# archive (the disk is ciphertext: gzip would not shrink it).
+if demo="$(bash "$ROOT/scripts/build-demo-disk.sh" --print-dir 2> /dev/null)" &&
+   { [ ! -f "$OUT/guest-demo.cpio" ] || [ "$demo/.complete" -nt "$OUT/guest-demo.cpio" ] ||
+     [ "$ROOT/target/release/kcore-sign" -nt "$OUT/guest-demo.cpio" ]; }; then
+    dstage="$OUT/guest-demo"
+    rm -rf "$dstage"
+    mkdir -p "$dstage/guest/demo"
+    "$ROOT/target/release/kcore-sign" sign-file "$ROOT/tests/keys/test-vm.seed" 0x40200000 "$demo/Image" "$dstage/guest/demo/Image.signed"
+    cp "$demo/disk.img" "$dstage/guest/demo/disk.img"
+    hex() { printf %s "$1" | od -An -tx1 | tr -d ' \n'; }
+    (. "$demo/demo.env"
+     printf 'passphrase %s\nuser %s\npassword %s\nmarker %s\n' "$(hex "$DEMO_PASSPHRASE")" "$(hex "$DEMO_USER")" \
+         "$(hex "$DEMO_PASSWORD")" "$(hex "$DEMO_MARKER")") > "$dstage/guest/demo/strings.hex"
+    (cd "$dstage" && find guest | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$OUT/guest-demo.cpio.tmp"
+    mv "$OUT/guest-demo.cpio.tmp" "$OUT/guest-demo.cpio"
+fi
+
 # A Linux guest for the host's QEMU (scripts/run.sh --with-qemu puts it at /guest): Debian's
 # 6.12 cloud kernel Image (virtio-pci and the virtio console built in), a busybox initramfs
 # with the virtio disk and network modules, whose /init (kserv-shim/guest/init) checks the

@@ -8,6 +8,10 @@
 #                                       on /dev/kvm (2 vCPUs, virtio disk, network and console):
 #                                       the guest's shell on this terminal; 'poweroff -f' in the
 #                                       guest returns to the host's shell
+#   scripts/run.sh --demo               the SeKVM demo: boot the host, then a protected Debian
+#                                       guest (2 vCPUs) whose root is a LUKS2 disk: type the
+#                                       passphrase on its console, log in, fetch a file from the
+#                                       host over virtio-net (see README)
 #
 # Options:
 #   --cpus N            CPUs (default 2)
@@ -28,12 +32,16 @@
 #                       30 MB more initramfs)
 #   --vm                --with-qemu, and the host starts the guest at once on the console
 #                       (run-guest --smp 2 --devices --shell; see README)
+#   --with-demo         --with-qemu, and the demo at /guest/demo (scripts/build-demo-disk.sh: the
+#                       signed demo kernel and the LUKS2 disk, about 40 MB more)
+#   --demo              --with-demo, and the host starts the demo at once on the console
+#                       (run-guest --demo), with an HTTP server for it on 127.0.0.1:8080
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/out"
 
 cpus=2 mem=1G cpu=max host_kernel="" exec_cmd="" have_exec=0 append="" timeout_s=600
-verbose=0 direct=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0 vm=0
+verbose=0 direct=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0 vm=0 with_demo=0 demo=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpus) cpus="$2"; shift 2 ;;
@@ -51,6 +59,8 @@ while [ $# -gt 0 ]; do
         --qemu-arg) qemu_extra+=("$2"); shift 2 ;;
         --with-qemu) with_qemu=1; shift ;;
         --vm) with_qemu=1; vm=1; shift ;;
+        --with-demo) with_qemu=1; with_demo=1; shift ;;
+        --demo) with_qemu=1; with_demo=1; demo=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -76,6 +86,24 @@ if [ "$with_qemu" = 1 ]; then
     cat "$OUT/host-qemu.cpio.gz" >> "$initrd"
     [ -f "$OUT/guest-linux.cpio.gz" ] && cat "$OUT/guest-linux.cpio.gz" >> "$initrd"
     [ -f "$OUT/guest-pkvm.cpio.gz" ] && cat "$OUT/guest-pkvm.cpio.gz" >> "$initrd"
+fi
+if [ "$with_demo" = 1 ]; then
+    [ -f "$OUT/guest-demo.cpio" ] || { echo "run.sh: no demo (scripts/setup.sh builds it with scripts/build-demo-disk.sh)" >&2; exit 2; }
+    # An uncompressed archive must start 4-byte aligned in the initrd.
+    truncate -s %4 "$initrd"
+    cat "$OUT/guest-demo.cpio" >> "$initrd"
+fi
+if [ "$demo" = 1 ] && [ "$have_exec" = 0 ]; then
+    # The demo's secrets are fixed and public (scripts/build-demo-disk.sh).
+    demo_env="$(bash "$ROOT/scripts/build-demo-disk.sh" --print-dir 2> /dev/null)/demo.env"
+    [ -f "$demo_env" ] || { echo "run.sh: no demo.env of the demo (scripts/build-demo-disk.sh)" >&2; exit 2; }
+    hint="$(. "$demo_env"; echo "passphrase '$DEMO_PASSPHRASE', then log in as '$DEMO_USER' with password '$DEMO_PASSWORD'; in the guest: wget -O - http://10.0.2.2:8080/hello; 'exit' logs out and powers the VM off")"
+    echo "run.sh: SeKVM demo: $hint" >&2
+    extra="$(mktemp -d)"
+    printf '%s\n' "mkdir -p /tmp/www; echo 'hello from the host, over virtio-net' > /tmp/www/hello" \
+        "httpd -p 127.0.0.1:8080 -h /tmp/www" "echo \"KSERV: SeKVM demo: $hint\"" "run-guest --demo" > "$extra/kserv-vm"
+    (cd "$extra" && echo kserv-vm | cpio -o -H newc --quiet -R 0:0) | gzip -9 >> "$initrd"
+    rm -rf "$extra"
 fi
 if [ "$vm" = 1 ] && [ "$have_exec" = 0 ]; then
     # /kserv-vm: what the host's /init runs on the console before its own shell.

@@ -5,7 +5,8 @@
 #   - qemu-system-arm 10.x from Debian bookworm-backports (bookworm's 7.2 lacks SMMUv3 stage-2),
 #     the backports suite being added by reusing the URIs of the machine's Debian source entry;
 #   - the aarch64 cross binutils/gcc (objcopy for the KCore Image, the kserv module), dtc, cpio, make,
-#     xz (the guest's modules) and mke2fs (its disk image);
+#     xz (the guest's modules), mke2fs and debugfs (disk images) and openssl (the demo's
+#     password hash);
 #   - the Rust targets named in rust-toolchain.toml;
 # and downloads (not installs) arm64 packages into .cache/debs, extracted under .cache/arm64:
 #   - the current Debian 6.1 cloud arm64 kernel (resolved through the metapackage, never pinned);
@@ -84,7 +85,8 @@ qemu_ok() {
 need=()
 qemu_ok || need+=(qemu-system-arm)
 for pkg_bin in gcc-aarch64-linux-gnu:aarch64-linux-gnu-gcc binutils-aarch64-linux-gnu:aarch64-linux-gnu-objcopy \
-               device-tree-compiler:dtc cpio:cpio bc:bc make:make xz-utils:xz e2fsprogs:mke2fs; do
+               device-tree-compiler:dtc cpio:cpio bc:bc make:make xz-utils:xz e2fsprogs:mke2fs \
+               e2fsprogs:debugfs openssl:openssl; do
     PATH="$PATH:/usr/sbin:/sbin" command -v "${pkg_bin#*:}" >/dev/null || need+=("${pkg_bin%%:*}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -197,5 +199,11 @@ fi
 # scripts/build-guest-kernel.sh, cached outside the work tree (about 11 minutes on 2 cores the
 # first time, nothing after).
 bash "$ROOT/scripts/build-guest-kernel.sh" > /dev/null
+
+# ---------------------------------------------------------------- the SeKVM demo
+# A Debian root on a LUKS2 disk and the kernel that unlocks it (scripts/build-demo-disk.sh:
+# Debian arm64 packages, the disk filled in a short TCG VM, the kernel relinked with its
+# initramfs built in; cached outside the work tree, nothing to do the second time).
+bash "$ROOT/scripts/build-demo-disk.sh" > /dev/null
 
 say "ok: $(qemu-system-aarch64 --version | head -1); kernel $(basename "$(ls "$SYSROOT"/boot/vmlinuz-6.1.*-cloud-arm64 | sort -V | tail -1)")"

@@ -207,6 +207,25 @@ host protected --with-qemu --cpus 2 --timeout 600 --exec "$(cat "$ROOT/tests/vm-
 protected_checks protected "protected VMs (6.1 host, max)"
 host protected-a57 --with-qemu --cpus 2 --cpu cortex-a57 --host-kernel "$bpo_kernel" --timeout 600 --exec "$(cat "$ROOT/tests/vm-protected.sh")"
 protected_checks protected-a57 "protected VMs (6.12 host, cortex-a57)"
+# The SeKVM demo (tests/vm-demo.sh; scripts/run.sh --demo runs it on the terminal): a
+# protected Debian guest with 2 vCPUs boots the signed demo kernel (the pKVM guest kernel with
+# its unlock initramfs and command line built in), asks on its console for the passphrase of
+# its LUKS2 root disk, refuses a wrong one, opens the disk with the right one (dm-crypt in the
+# guest), switches to the Debian root on it, takes a login with user and password, fetches a
+# file from the host's HTTP server over virtio-net, and powers off when the user logs out.
+# The test types on the guest's console (QEMU's -serial pipe) after each prompt.
+host demo --with-demo --cpus 2 --timeout 600 --exec "$(cat "$ROOT/tests/vm-demo.sh")"
+demo_has() { grep -qE -- "$1" "$OUT/demo.out"; }
+check "demo: the signed demo kernel (its initramfs inside, $(sed -n 's/^demo-kernel-signed-bytes //p' "$OUT/demo.out") bytes signed) is verified by KCore and boots as a protected VM" demo_has "^kserv: protected VM [0-9]+: kernel of [0-9]{8,} bytes at 0x40200000 verified"
+check "demo: the guest asks for the LUKS2 passphrase on its console" demo_has "^demo-passphrase-prompt 1 "
+check "demo: a wrong passphrase is refused, and it asks again" bash -c "grep -q '^demo-wrong-refused 1 ' '$OUT/demo.out' && grep -q '^demo-passphrase-prompt-again 1 ' '$OUT/demo.out'"
+check "demo: the right passphrase opens the disk and the guest's root is the dm-crypt device (ext4)" bash -c "grep -q '^demo-unlocked 1 ' '$OUT/demo.out' && grep -qx 'answer: DEMO-ROOT /dev/mapper/root / ext4' '$OUT/demo.out'"
+check "demo: the Debian root's login prompt takes the user and password, a shell as that user" bash -c "grep -q '^demo-shell 1 ' '$OUT/demo.out' && grep -qE '^answer: DEMO-USER demo 7[.]' '$OUT/demo.out'"
+check "demo: 2 vCPUs online in the guest" demo_has "^answer: DEMO-CPUS 2 0-1$"
+check "demo: the file fetched over virtio-net has the host's md5" bash -c "grep -qx \"answer: DEMO-FETCHED \$(sed -n 's/^host-file-md5 //p' '$OUT/demo.out') 200000\" '$OUT/demo.out'"
+check "demo: the plaintext marker file on the encrypted disk reads back in the guest (md5 as built)" bash -c "grep -qx \"answer: DEMO-MARKER-MD5 \$(sed -n 's/^host-marker-md5 //p' '$OUT/demo.out')\" '$OUT/demo.out'"
+check "demo: logging out powers the VM off and QEMU exits 0 (not timed out)" bash -c "grep -q '^demo-logged-out 1 ' '$OUT/demo.out' && grep -qE '^demo-qemu-status 0 at [0-9]+ s killed 0$' '$OUT/demo.out'"
+check "demo: KCore holds no VM afterwards, no host kernel complaint, KCore never halted" bash -c "grep -qx 'vms-after-demo 0' '$OUT/demo.out' && grep -qx 'host-kernel-complaints 0' '$OUT/demo.out' && ! grep -qE 'KCore halted|invariant broken' '$OUT/demo.log'"
 host linux-a57 --with-qemu --cpus 2 --cpu cortex-a57 --host-kernel "$bpo_kernel" --timeout 900 --exec "MODE=boot
 $(cat "$ROOT/tests/vm-linux.sh")"
 vm_checks linux-a57 "Linux guest (6.12 host, cortex-a57)"
