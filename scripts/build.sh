@@ -184,12 +184,14 @@ fi
 
 # The SeKVM demo (scripts/build-demo-disk.sh, run by setup): its kernel (the pKVM guest kernel
 # with the unlock initramfs built in) signed the same way, its LUKS2 disk, and strings.hex
-# (the passphrase, login, password and plaintext marker, hex-encoded, for the tests), as
+# for the tests (the passphrase, login, password and plaintext marker hex-encoded, and the
+# md5 of the marker file, so that no test needs the marker in the clear in the host), as
 # /guest/demo in the host: scripts/run.sh --demo or --with-demo appends this uncompressed
 # archive (the disk is ciphertext: gzip would not shrink it).
 if demo="$(bash "$ROOT/scripts/build-demo-disk.sh" --print-dir 2> /dev/null)" &&
    { [ ! -f "$OUT/guest-demo.cpio" ] || [ "$demo/.complete" -nt "$OUT/guest-demo.cpio" ] ||
-     [ "$ROOT/target/release/kcore-sign" -nt "$OUT/guest-demo.cpio" ]; }; then
+     [ "$ROOT/target/release/kcore-sign" -nt "$OUT/guest-demo.cpio" ] ||
+     [ "$ROOT/scripts/build.sh" -nt "$OUT/guest-demo.cpio" ]; }; then
     dstage="$OUT/guest-demo"
     rm -rf "$dstage"
     mkdir -p "$dstage/guest/demo"
@@ -197,8 +199,9 @@ if demo="$(bash "$ROOT/scripts/build-demo-disk.sh" --print-dir 2> /dev/null)" &&
     cp "$demo/disk.img" "$dstage/guest/demo/disk.img"
     hex() { printf %s "$1" | od -An -tx1 | tr -d ' \n'; }
     (. "$demo/demo.env"
-     printf 'passphrase %s\nuser %s\npassword %s\nmarker %s\n' "$(hex "$DEMO_PASSPHRASE")" "$(hex "$DEMO_USER")" \
-         "$(hex "$DEMO_PASSWORD")" "$(hex "$DEMO_MARKER")") > "$dstage/guest/demo/strings.hex"
+     printf 'passphrase %s\nuser %s\npassword %s\nmarker %s\nmarker-file-md5 %s\n' "$(hex "$DEMO_PASSPHRASE")" \
+         "$(hex "$DEMO_USER")" "$(hex "$DEMO_PASSWORD")" "$(hex "$DEMO_MARKER")" \
+         "$(printf '%s\n' "$DEMO_MARKER" | md5sum | cut -d' ' -f1)") > "$dstage/guest/demo/strings.hex"
     (cd "$dstage" && find guest | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$OUT/guest-demo.cpio.tmp"
     mv "$OUT/guest-demo.cpio.tmp" "$OUT/guest-demo.cpio"
 fi
