@@ -152,7 +152,8 @@ mkdir -p "$work/debs" "$work/pkgs"
 
 say "apt-get download $(echo "$pkgs" | awk '{ printf "%s ", $1 }')(arm64)"
 # (as root apt warns that the download is unsandboxed: harmless)
-(cd "$work/debs" && apt-get download -q $(echo "$pkgs" | awk '{ print $1 ":arm64=" $2 }') 2>&1) |
+mapfile -t wanted < <(echo "$pkgs" | awk '{ print $1 ":arm64=" $2 }')
+(cd "$work/debs" && apt-get download -q "${wanted[@]}" 2>&1) |
     { grep -vE 'unsandboxed|^Get:|^Fetched' || true; } >&2
 [ "$(find "$work/debs" -name '*.deb' | wc -l)" = "$(echo "$pkgs" | wc -l)" ] || die "download incomplete"
 for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$work/pkgs"; done
