@@ -47,37 +47,37 @@ wait_for() {
 step() {
     if wait_for "$2" "$3" "$4"; then echo "demo-$1 1 at $(($(now) - t0)) s"; else echo "demo-$1 0 at $(($(now) - t0)) s"; return 1; fi
 }
-# type TEXT: a line on the console, as a terminal sends it (Enter is a carriage return). The
+# send TEXT: a line on the console, as a terminal sends it (Enter is a carriage return). The
 # prompt is out, and the program reading the answer may still be about to flush the tty's
 # input (cryptsetup turns echo off with TCSAFLUSH after its prompt): give it a moment.
-type() { sleep 2; printf '%s\r' "$1" >&3; }
+send() { sleep 2; printf '%s\r' "$1" >&3; }
 
 run_demo() {
     step passphrase-prompt 1 'Enter passphrase for /dev/vda:' 400 || return
-    type "not-the-passphrase"
+    send "not-the-passphrase"
     step wrong-refused 1 'No key available with this passphrase' 120 || return
     step passphrase-prompt-again 2 'Enter passphrase for /dev/vda:' 60 || return
-    type "$(unhex passphrase)"
+    send "$(unhex passphrase)"
     step unlocked 1 '^sekvm-demo: root disk unlocked' 120 || return
     step login-prompt 1 'sekvm-demo login:' 180 || return
-    type "$(unhex user)"
+    send "$(unhex user)"
     step password-prompt 1 'Password:' 60 || return
-    type "$(unhex password)"
+    send "$(unhex password)"
     step shell 1 '@sekvm-demo:' 60 || return
     # Each answer starts a line with DEMO-; the echo of the typed command does not (the
     # shell's prompt comes first).
-    type 'echo "DEMO-USER $(id -un) $(uname -r)"'
+    send 'echo "DEMO-USER $(id -un) $(uname -r)"'
     step user 1 '^DEMO-USER ' 60
-    type 'echo "DEMO-CPUS $(grep -c ^processor /proc/cpuinfo) $(cat /sys/devices/system/cpu/online)"'
+    send 'echo "DEMO-CPUS $(grep -c ^processor /proc/cpuinfo) $(cat /sys/devices/system/cpu/online)"'
     step cpus 1 '^DEMO-CPUS ' 60
-    type 'echo "DEMO-ROOT $(grep " / " /proc/mounts | cut -d" " -f1-3)"'
+    send 'echo "DEMO-ROOT $(grep " / " /proc/mounts | cut -d" " -f1-3)"'
     step root 1 '^DEMO-ROOT ' 60
     # The marker file, read into the guest's memory, its plaintext never on the console.
-    type 'echo "DEMO-MARKER-MD5 $(md5sum < ~/plaintext-marker.txt | cut -d" " -f1)"'
+    send 'echo "DEMO-MARKER-MD5 $(md5sum < ~/plaintext-marker.txt | cut -d" " -f1)"'
     step marker 1 '^DEMO-MARKER-MD5 ' 60
-    type 'wget -q -O /tmp/file http://10.0.2.2:8080/file; echo "DEMO-FETCHED $(md5sum < /tmp/file | cut -d" " -f1) $(wc -c < /tmp/file)"'
+    send 'wget -q -O /tmp/file http://10.0.2.2:8080/file; echo "DEMO-FETCHED $(md5sum < /tmp/file | cut -d" " -f1) $(wc -c < /tmp/file)"'
     step fetched 1 '^DEMO-FETCHED ' 120
-    type 'exit'
+    send 'exit'
     step logged-out 1 '^sekvm-demo: logged out' 60
 }
 run_demo
