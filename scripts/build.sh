@@ -80,6 +80,25 @@ for kdir in "$ROOT"/.cache/arm64/usr/src/linux-headers-*-cloud-arm64; do
     cp "$b/kserv.ko" "$ko"
 done
 
+# The project's malicious host module (kserv-shim/attack, tests only: it attacks protected
+# VMs from the host kernel), built the same way, /lib/modules/VERSION/kserv_attack.ko.
+for kdir in "$ROOT"/.cache/arm64/usr/src/linux-headers-*-cloud-arm64; do
+    [ -f "$kdir/Module.symvers" ] || continue
+    v="${kdir##*/linux-headers-}"
+    b="$kmods/attack-$v"
+    ko="$kmods/$v/kserv_attack.ko"
+    if [ -f "$ko" ] && [ -z "$(find "$ROOT/kserv-shim/attack" "$kmods/kcore_abi.h" -newer "$ko" -print -quit)" ]; then
+        continue
+    fi
+    rm -rf "$b"
+    mkdir -p "$b" "$kmods/$v"
+    cp "$ROOT"/kserv-shim/attack/* "$kmods/kcore_abi.h" "$b/"
+    make -s -C "$kdir" M="$b" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- CONFIG_DEBUG_INFO_BTF_MODULES= modules 2>&1 |
+        { grep -v 'Skipping BTF generation' || true; }
+    [ -f "$b/kserv_attack.ko" ] || { echo "build: kserv_attack.ko for $v failed" >&2; exit 1; }
+    cp "$b/kserv_attack.ko" "$ko"
+done
+
 # kvm-smoke, the host-side check of /dev/kvm (static, musl).
 cargo build -q -p kvm-smoke --target aarch64-unknown-linux-musl --release
 aarch64-linux-gnu-strip -o "$kmods/kvm-smoke.new" "$ROOT/target/aarch64-unknown-linux-musl/release/kvm-smoke"
@@ -108,6 +127,15 @@ else
     rm -f "$kmods/mmio-guard.signed.new"
 fi
 
+# And the vault guest (guest-vault.S), the malicious-host tests' target: /guest-vault.signed.
+vguest="$(ls -t "$ROOT"/target/aarch64-unknown-linux-musl/release/build/kvm-smoke-*/out/guest-vault.bin | head -1)"
+"$ROOT/target/release/kcore-sign" sign-file "$ROOT/tests/keys/test-vm.seed" 0x40200000 "$vguest" "$kmods/vault.signed.new"
+if ! cmp -s "$kmods/vault.signed.new" "$kmods/vault.signed"; then
+    mv "$kmods/vault.signed.new" "$kmods/vault.signed"
+else
+    rm -f "$kmods/vault.signed.new"
+fi
+
 # Host initramfs: busybox (static, arm64), the project's /init, the kserv module of each
 # host kernel (/lib/modules/VERSION/kserv.ko), kvm-smoke and its signed protected guests
 # (/guest-protected.signed, /guest-mmio-guard.signed).
@@ -116,7 +144,7 @@ stage="$OUT/initramfs"
 busybox="$ROOT/.cache/arm64/bin/busybox"
 [ -x "$busybox" ] || { echo "build: busybox missing; run scripts/setup.sh" >&2; exit 1; }
 if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz" ] ||
-   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 2 \( -name '*.ko' -o -name kvm-smoke -o -name protected.signed -o -name mmio-guard.signed -o -name init -o -name run-guest \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
+   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 2 \( -name '*.ko' -o -name kvm-smoke -o -name protected.signed -o -name mmio-guard.signed -o -name vault.signed -o -name init -o -name run-guest \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
     rm -rf "$stage"
     mkdir -p "$stage/bin" "$stage/dev" "$stage/proc" "$stage/sys" "$stage/tmp"
     cp "$busybox" "$stage/bin/busybox"
@@ -125,11 +153,13 @@ if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz
     cp "$kmods/kvm-smoke" "$stage/bin/kvm-smoke"
     cp "$kmods/protected.signed" "$stage/guest-protected.signed"
     cp "$kmods/mmio-guard.signed" "$stage/guest-mmio-guard.signed"
+    cp "$kmods/vault.signed" "$stage/guest-vault.signed"
     for ko in "$kmods"/*/kserv.ko; do
         [ -f "$ko" ] || continue
         v="$(basename "$(dirname "$ko")")"
         mkdir -p "$stage/lib/modules/$v"
         cp "$ko" "$stage/lib/modules/$v/kserv.ko"
+        [ -f "$kmods/$v/kserv_attack.ko" ] && cp "$kmods/$v/kserv_attack.ko" "$stage/lib/modules/$v/"
     done
     (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$OUT/initramfs.cpio.gz"
 fi

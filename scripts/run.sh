@@ -148,7 +148,8 @@ if [ "$have_exec" = 0 ]; then
     exec "${qemu[@]}"
 fi
 
-log="$OUT/console.log"
+# RUN_CONSOLE_LOG: another file for the console, so runs side by side keep theirs apart.
+log="${RUN_CONSOLE_LOG:-$OUT/console.log}"
 set +e
 t0=$(date +%s.%N)
 if [ "$verbose" = 1 ]; then

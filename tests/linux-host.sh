@@ -207,6 +207,32 @@ host protected --with-qemu --cpus 2 --timeout 600 --exec "$(cat "$ROOT/tests/vm-
 protected_checks protected "protected VMs (6.1 host, max)"
 host protected-a57 --with-qemu --cpus 2 --cpu cortex-a57 --host-kernel "$bpo_kernel" --timeout 600 --exec "$(cat "$ROOT/tests/vm-protected.sh")"
 protected_checks protected-a57 "protected VMs (6.12 host, cortex-a57)"
+# A malicious host against a protected VM (tests/vm-attack.sh): the project's own attack
+# module (kserv-shim/attack) and root's userspace try every way into the vault guest's secrets
+# (16 pages of RAM and x22..x28) while it runs; the same guest as an ordinary VM is the control,
+# whose secrets the same attacks find (so the search is shown to work).
+attack_checks() {
+    local n="$1" tag="$2" f="$OUT/$1.out"
+    at() { grep -qxE -- "$1" "$f"; }
+    check "$tag: the vault guest plants its secrets as a protected VM; the control as an ordinary VM" bash -c "grep -q \"^protected: KVM-SMOKE: vault protected: pid .* output 'VAULT planted'\" '$f' && grep -q \"^control: KVM-SMOKE: vault unprotected: pid .* output 'VAULT planted'\" '$f'"
+    check "$tag: /dev/mem refuses the guest's secret page (STRICT_DEVMEM)" bash -c "grep -q '^protected-devmem-status 1 devmem: mmap: Operation not permitted' '$f'"
+    check "$tag: the module's unchecked /dev/mem maps the page into a process, whose read dies of SIGBUS; control: it reads the secret" bash -c "grep -q '^protected-unchecked-mmap-status 135 ' '$f' && grep -qx 'control-unchecked-mmap-status 0 0x7F3A91C4D2E85B06 ' '$f'"
+    check "$tag: a write into its verified kernel image through that mapping dies of SIGBUS" grep -q "^protected-image-write-status 135 " "$f"
+    check "$tag: /proc/PID/mem of its VMM (a kernel read) gives zeros, the host survives; control: the secret" bash -c "grep -qx 'protected-procmem 4096 bytes, first 0000000000000000' '$f' && grep -qx 'control-procmem 4096 bytes, first 065be8d2c4913a7f' '$f'"
+    check "$tag: the kernel's linear map over all 1024 pages of its RAM (pages found through its VMM): no secret; control: the RAM secret, 16 pages of it" bash -c "grep -qx 'protected: ATTACK linear-map found ram-secret 0' '$f' && grep -qx 'protected: ATTACK linear-map found reg-secret 0' '$f' && grep -q '^protected: ATTACK linear-map pages 1024 unreadable 0 ' '$f' && v=\$(sed -n 's/^control: ATTACK linear-map found ram-secret //p' '$f') && [ \"\$v\" -ge 8176 ]"
+    check "$tag: its registers: KVM_GET_ONE_REG x22 gives the reset value, never the secret; control: the secret" bash -c "grep -qx 'protected: KVM-SMOKE: vault protected: KVM_GET_ONE_REG x22 0x0000000000000000' '$f' && grep -qx 'control: KVM-SMOKE: vault unprotected: KVM_GET_ONE_REG x22 0x5ce1a7093bf4d862' '$f'"
+    check "$tag: KCore refuses to donate, register on, lend, reclaim or map its page elsewhere (its pool, the host's pool, a VM of the attacker's, protected or not)" bash -c "for a in donate-to-host-pool donate-to-its-pool register-vm-on-it lend-to-it reclaim-from-it own-vm-signature-from-victim own-vm-map-victim-page-as-image own-vm-np-lend-victim-page; do grep -qE \"^protected: ATTACK hvc \$a -> -[0-9]+\$\" '$f' || exit 1; done"
+    check "$tag: after verification its image, boot info, vCPU-0 entry, layout (RAM added, RAM over MMIO) cannot change: refused" bash -c "for a in map-image-page-again map-host-page-into-image set-boot-info-again verify-again map-vm-page add-ram-region add-ram-over-mmio; do grep -qE \"^protected: ATTACK hvc \$a -> -[0-9]+\$\" '$f' || exit 1; done"
+    check "$tag: KCore refuses its registers to the host (GET/SET_VCPU_REG: denied)" bash -c "grep -qx 'protected: ATTACK hvc get-vcpu-reg-x22 -> -4' '$f' && grep -qx 'protected: ATTACK hvc set-vcpu-reg-pc -> -4' '$f'"
+    check "$tag: interrupts it did not ask for (SPI 40, SGI 1) are only put pending; INTID 27 (KCore's) and 1020 are refused" bash -c "grep -qx 'protected: ATTACK hvc inject-intid-27 -> -3' '$f' && grep -qx 'protected: ATTACK hvc inject-intid-1020 -> -3' '$f'"
+    check "$tag: all of the host's RAM searched (every page of System RAM, none unreadable): neither secret anywhere; control: the RAM secret found" bash -c "grep -qE '^protected: SCAN pages [0-9]{6} unreadable 0 ' '$f' && grep -qx 'protected: SCAN found ram-secret 0' '$f' && grep -qx 'protected: SCAN found reg-secret 0' '$f' && v=\$(sed -n 's/^control: SCAN found ram-secret //p' '$f') && [ \"\$v\" -ge 8176 ]"
+    check "$tag: the guest ran through it all and its secrets are whole (RAM and registers), then powered off" bash -c "grep -qx \"protected: KVM-SMOKE: vault protected: guest output 'VAULT planted / VAULT intact'\" '$f' && grep -qx 'protected-vmm-status 0' '$f'"
+    check "$tag: the host survived every attempt: no oops or warning, KCore holds no VM after, KCore never halted" bash -c "grep -qx 'host-kernel-complaints 0' '$f' && grep -qx 'vms-after-attack 0' '$f' && ! grep -qE 'KCore halted|invariant broken' '$OUT/$n.log'"
+}
+host attack --cpus 2 --timeout 300 --exec "$(cat "$ROOT/tests/vm-attack.sh")"
+attack_checks attack "malicious host (6.1 host, max)"
+host attack-a57 --cpus 2 --cpu cortex-a57 --host-kernel "$bpo_kernel" --timeout 300 --exec "$(cat "$ROOT/tests/vm-attack.sh")"
+attack_checks attack-a57 "malicious host (6.12 host, cortex-a57)"
 # The SeKVM demo (tests/vm-demo.sh; scripts/run.sh --demo runs it on the terminal): a
 # protected Debian guest with 2 vCPUs boots the signed demo kernel (the pKVM guest kernel with
 # its unlock initramfs and command line built in), asks on its console for the passphrase of

@@ -15,6 +15,9 @@ use crate::machine::Machine;
 use crate::vcpu::ctxtswitch::HostCtxt;
 use crate::vcpu::vcpuops::{Exit, ExitAction, Trap};
 use crate::vcpu::vcpuopsaux::VcpuPage;
+
+/// Host kernel reads KCore answered with its zero page (only for its log).
+static ZERO_READS: AtomicU64 = AtomicU64::new(0);
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// What `boot/` must do after [`KCore::trap`].
@@ -109,8 +112,16 @@ impl<M: Machine> KCore<M> {
                 match faulthandler::host_stage2_fault(self, s.esr, s.far, s.hpfar, from_el1) {
                     HostFault::Resume => {}
                     HostFault::ReadsZero => {
-                        let ipa = arch::fault_ipa(s.hpfar, s.far);
-                        log::info!("host kernel read of VM page {ipa:#x}: it reads KCore's zero page");
+                        // Said for the first few pages and then every 1024th: a host that
+                        // scans its RAM meets thousands.
+                        let n = ZERO_READS.fetch_add(1, Relaxed);
+                        if n < 4 || n.is_multiple_of(1024) {
+                            let ipa = arch::fault_ipa(s.hpfar, s.far);
+                            log::info!(
+                                "host kernel read {ipa:#x}, not its own: it reads KCore's zero page ({} so far)",
+                                n + 1
+                            );
+                        }
                     }
                     HostFault::InjectAbort(why) => {
                         let ipa = arch::fault_ipa(s.hpfar, s.far);

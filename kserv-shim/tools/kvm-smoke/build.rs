@@ -10,6 +10,7 @@ fn main() {
         ("guest-irq", "0x40000000"),
         ("guest-bench", "0x40000000"),
         ("guest-protected", "0x40200000"),
+        ("guest-vault", "0x40200000"),
         ("guest-mmio-guard", "0x40200000"),
     ] {
         println!("cargo:rerun-if-changed={name}.S");

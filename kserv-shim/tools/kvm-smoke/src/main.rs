@@ -14,6 +14,7 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 mod fuzz;
+mod vault;
 
 /// `_IO(KVMIO, n)` ioctl numbers (KVMIO = 0xAE).
 const KVM_GET_API_VERSION: libc::c_ulong = 0xae00;
@@ -132,6 +133,10 @@ fn main() {
         };
         std::io::stdout().write_all(image).unwrap_or_else(|_| fail("writing the guest"));
         return;
+    }
+    if let Some(mode @ ("--vault" | "--vault-unprotected")) = std::env::args().nth(1).as_deref() {
+        let file = std::env::args().nth(2).unwrap_or_else(|| fail("--vault takes a signed kernel file"));
+        vault::vault(&file, mode == "--vault");
     }
     if let Some(mode @ ("--protected" | "--unprotected")) = std::env::args().nth(1).as_deref() {
         let file = std::env::args().nth(2).unwrap_or_else(|| fail("--protected takes a signed kernel file"));
