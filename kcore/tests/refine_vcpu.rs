@@ -483,3 +483,66 @@ fn mmio_guard_enrols_refuses_and_is_bounded() {
     assert_eq!(hvc([abi::GUEST_KVM_FEATURES as u64, 0, 0, 0]), 1, "non-protected: no pKVM services");
     assert_eq!(hvc([abi::GUEST_MMIO_GUARD as u64, 0x0900_0000, 0, 0]), abi::NOT_SUPPORTED);
 }
+
+/// KCore counts a protected guest's MEM_SHARE and MEM_UNSHARE calls, answered and refused, for
+/// the report at the VM's destruction: a page the host must back first is counted once, when
+/// the retried call is answered; malformed and repeated calls are refused ones; a
+/// non-protected VM's calls are refused; destroying the VM clears the counts.
+#[test]
+fn mem_share_calls_are_counted_for_the_report() {
+    use kcore::abi;
+    use kcore::vcpu::vcpuops::{Exit, ExitAction};
+    let (k, vmid) = setup();
+    k.verify_vm(vmid as u64).unwrap();
+    let (_, _, page) = k.prepare_run(vmid as u64, 0, 0).unwrap();
+    let hvc = |x: [u64; 4]| {
+        for (r, v) in x.into_iter().enumerate() {
+            page.set_x(&k.m, r as u64, v);
+        }
+        let trap = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
+        match k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap) {
+            ExitAction::Resume => Some(page.x(&k.m, 0) as i64),
+            _ => None,
+        }
+    };
+    let (share, unshare) = (abi::GUEST_MEM_SHARE as u64, abi::GUEST_MEM_UNSHARE as u64);
+    let counts = || k.vminfo[vmid as usize - 1].shares().counts();
+    assert_eq!(counts(), (0, 0, 0, 0));
+    assert_eq!(hvc([share, LOAD, 0, 0]), Some(abi::SUCCESS));
+    assert_eq!(hvc([share, LOAD, 0, 0]), Some(abi::INVALID_PARAMETER), "shared already");
+    assert_eq!(hvc([unshare, LOAD, 0, 0]), Some(abi::SUCCESS));
+    assert_eq!(hvc([unshare, LOAD, 0, 0]), Some(abi::INVALID_PARAMETER), "not shared");
+    assert_eq!(hvc([share, LOAD, 1, 0]), Some(abi::INVALID_PARAMETER), "x2 not zero");
+    assert_eq!(hvc([share, 0x0900_0000, 0, 0]), Some(abi::INVALID_PARAMETER), "not RAM");
+    assert_eq!(counts(), (1, 3, 1, 1));
+    // A page the guest never touched: the host backs it, then the call is made again.
+    let fresh = LOAD + 0x10_0000;
+    let before = page.get(&k.m, kcore::vcpu::slot::PC);
+    for (r, v) in [share, fresh, 0, 0].into_iter().enumerate() {
+        page.set_x(&k.m, r as u64, v);
+    }
+    let trap = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
+    let a = k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap);
+    assert_eq!(a, ExitAction::ToHost(Exit::PageFault { ipa: fresh }));
+    assert_eq!(page.get(&k.m, kcore::vcpu::slot::PC), before.wrapping_sub(4), "the HVC is made again");
+    assert_eq!(counts(), (1, 3, 1, 1), "not answered yet: not counted");
+    k.finish_run(vmid, 0);
+    k.map_vm_page(vmid as u64, 0, P0 + 400).unwrap();
+    k.prepare_run(vmid as u64, 0, 0).unwrap();
+    assert_eq!(hvc([share, fresh, 0, 0]), Some(abi::SUCCESS));
+    assert_eq!(counts(), (2, 3, 1, 1));
+    k.finish_run(vmid, 0);
+    k.destroy_vm(vmid as u64).unwrap();
+    assert_eq!(counts(), (0, 0, 0, 0), "cleared with the VM's record");
+    // A non-protected VM is not offered the calls: refused, and counted as such.
+    let (k2, vmid2) = setup_np();
+    k2.verify_vm(vmid2 as u64).unwrap();
+    let (_, _, page) = k2.prepare_run(vmid2 as u64, 0, 0).unwrap();
+    for (r, v) in [share, NP_RAM.0, 0, 0].into_iter().enumerate() {
+        page.set_x(&k2.m, r as u64, v);
+    }
+    let trap = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
+    assert_eq!(k2.handle_vm_trap(vmid2, &mut PageRegs { page, m: &k2.m }, &page, trap), ExitAction::Resume);
+    assert_eq!(page.x(&k2.m, 0) as i64, abi::NOT_SUPPORTED);
+    assert_eq!(k2.vminfo[vmid2 as usize - 1].shares().counts(), (0, 1, 0, 0));
+}

@@ -455,6 +455,9 @@ impl<M: Machine> KCore<M> {
                 if !protected =>
             {
                 // A non-protected VM's memory is the host's already: nothing to share.
+                if id == abi::GUEST_MEM_SHARE || id == abi::GUEST_MEM_UNSHARE {
+                    self.vminfo[vmid as usize - 1].shares().note(id == abi::GUEST_MEM_SHARE, false);
+                }
                 ret!(abi::NOT_SUPPORTED)
             }
             abi::GUEST_HYP_MEMINFO => {
@@ -465,15 +468,24 @@ impl<M: Machine> KCore<M> {
             abi::GUEST_MEM_SHARE | abi::GUEST_MEM_UNSHARE | abi::GUEST_MMIO_GUARD
                 if regs.x(2) != 0 || regs.x(3) != 0 =>
             {
+                let info = &self.vminfo[vmid as usize - 1];
                 if id == abi::GUEST_MMIO_GUARD {
-                    self.vminfo[vmid as usize - 1].mmio_guard().note_refused();
+                    info.mmio_guard().note_refused();
+                } else {
+                    info.shares().note(id == abi::GUEST_MEM_SHARE, false);
                 }
                 ret!(abi::INVALID_PARAMETER)
             }
             abi::GUEST_MEM_SHARE | abi::GUEST_MEM_UNSHARE => {
                 let ipa = regs.x(1);
                 let up = id == abi::GUEST_MEM_SHARE;
-                self.guest_share(vmid, regs, page, ipa, 1, up, true)
+                let action = self.guest_share(vmid, regs, page, ipa, 1, up, true);
+                // Counted once answered (a page the host must back first is retried).
+                if action == ExitAction::Resume {
+                    let ok = regs.x(0) as i64 == abi::SUCCESS;
+                    self.vminfo[vmid as usize - 1].shares().note(up, ok);
+                }
+                action
             }
             abi::GUEST_SEKVM_GRANT | abi::GUEST_SEKVM_REVOKE => {
                 let (ipa, size) = (regs.x(1), regs.x(2));

@@ -218,6 +218,7 @@ impl<M: Machine> KCore<M> {
         }
         info.set_state(VmState::PowerOff);
         self.release_vm_memory(vmid);
+        info.shares().report(vmid);
         info.mmio_guard().report(vmid);
         info.clear();
         Ok(())

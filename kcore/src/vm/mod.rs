@@ -157,6 +157,51 @@ pub struct VmInfo {
     ram_size: [AtomicU64; MAX_RAM_REGIONS],
     boot_arg: AtomicU64,
     mmio_guard: mmioguard::MmioGuard,
+    shares: ShareCalls,
+}
+
+/// How many MEM_SHARE and MEM_UNSHARE calls a VM's guest made, answered and refused, for the
+/// report on KCore's console when the VM is destroyed (how much of its memory a protected guest
+/// shares with the host, and how often it asks). Only for that log: the specification does not
+/// model them, no check compares them, and nothing decides anything by them. Counted with
+/// relaxed atomic adds outside the VM's lock (its vCPUs may call at once on different CPUs).
+#[derive(Debug, Default)]
+pub struct ShareCalls {
+    share: AtomicU64,
+    share_refused: AtomicU64,
+    unshare: AtomicU64,
+    unshare_refused: AtomicU64,
+}
+
+impl ShareCalls {
+    /// Count one MEM_SHARE (`share`) or MEM_UNSHARE call, answered with success (`ok`) or not.
+    pub(crate) fn note(&self, share: bool, ok: bool) {
+        let c = match (share, ok) {
+            (true, true) => &self.share,
+            (true, false) => &self.share_refused,
+            (false, true) => &self.unshare,
+            (false, false) => &self.unshare_refused,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+    /// `(MEM_SHARE answered, refused, MEM_UNSHARE answered, refused)` so far.
+    pub fn counts(&self) -> (u64, u64, u64, u64) {
+        let l = |c: &AtomicU64| c.load(Relaxed);
+        (l(&self.share), l(&self.share_refused), l(&self.unshare), l(&self.unshare_refused))
+    }
+    /// Say on KCore's console how many calls VM `vmid`, about to be destroyed, made (nothing if
+    /// it made none).
+    pub(crate) fn report(&self, vmid: u16) {
+        let (s, sr, u, ur) = self.counts();
+        if s + sr + u + ur != 0 {
+            log::info!("VM {vmid} destroyed: MEM_SHARE {s} ({sr} refused), MEM_UNSHARE {u} ({ur} refused)");
+        }
+    }
+    fn clear(&self) {
+        for c in [&self.share, &self.share_refused, &self.unshare, &self.unshare_refused] {
+            c.store(0, Relaxed);
+        }
+    }
 }
 
 impl VmInfo {
@@ -172,6 +217,10 @@ impl VmInfo {
     /// The MMIO the guest enrolled with MMIO_GUARD (a protected VM's; empty otherwise).
     pub fn mmio_guard(&self) -> &mmioguard::MmioGuard {
         &self.mmio_guard
+    }
+    /// The guest's MEM_SHARE and MEM_UNSHARE calls so far (for the log only).
+    pub fn shares(&self) -> &ShareCalls {
+        &self.shares
     }
     /// The VM's kind.
     pub fn kind(&self) -> VmKind {
@@ -268,6 +317,7 @@ impl VmInfo {
         self.ram_count.store(0, Relaxed);
         self.boot_arg.store(0, Relaxed);
         self.mmio_guard.clear();
+        self.shares.clear();
         self.set_kind(VmKind::Protected);
         self.set_state(VmState::Unused);
     }
