@@ -52,6 +52,22 @@ step() {
 # input (cryptsetup turns echo off with TCSAFLUSH after its prompt): give it a moment.
 send() { sleep 2; printf '%s\r' "$1" >&3; }
 
+# shift_hex HEX: each byte plus one, as the attack module takes a pattern (so the pattern in
+# the clear is never in the host's memory because of the search itself).
+shift_hex() {
+    for b in $(echo "$1" | sed 's/../& /g'); do printf '%02x' $(((0x$b + 1) & 255)); done
+}
+scan_host_ram() {
+    insmod "/lib/modules/$(uname -r)/kserv_attack.ko" || return
+    marker=$(sed -n 's/^marker //p' /guest/demo/strings.hex)
+    # Its last 32 bytes (the random token of this build).
+    echo "pattern marker $(shift_hex "$(echo "$marker" | sed 's/.*\(.\{64\}\)$/\1/')")" > /dev/kserv_attack
+    echo "pattern served-file $(shift_hex "$(od -An -tx1 -N32 /tmp/www/file | tr -d ' \n')")" > /dev/kserv_attack
+    echo scan > /dev/kserv_attack
+    sed 's/^/demo-scan: /' /dev/kserv_attack
+    rmmod kserv_attack
+}
+
 run_demo() {
     step passphrase-prompt 1 'Enter passphrase for /dev/vda:' 400 || return
     send "not-the-passphrase"
@@ -75,6 +91,11 @@ run_demo() {
     # The marker file, read into the guest's memory, its plaintext never on the console.
     send 'echo "DEMO-MARKER-MD5 $(md5sum < ~/plaintext-marker.txt | cut -d" " -f1)"'
     step marker 1 '^DEMO-MARKER-MD5 ' 60
+    # While the guest holds the disk's plaintext (the marker file, read into its page cache
+    # through dm-crypt), all of the host's RAM is searched for it by the project's malicious
+    # module (kserv-shim/attack): never found. The same search finds 32 bytes of the file
+    # the host serves (the control: a pattern the host does hold, passed the same way).
+    scan_host_ram
     send 'wget -q -O /tmp/file http://10.0.2.2:8080/file; echo "DEMO-FETCHED $(md5sum < /tmp/file | cut -d" " -f1) $(wc -c < /tmp/file)"'
     step fetched 1 '^DEMO-FETCHED ' 120
     send 'exit'
