@@ -111,19 +111,18 @@ done
 con "BENCH-DONE"
 '
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log" "$log.tmp"' EXIT
 # One pass: boot the host, run the guests, print the table.
 bench_pass() {
     local icount=$1 qemu_args=()
     [ "$icount" = 1 ] && qemu_args=(--qemu-arg -icount --qemu-arg "shift=0,sleep=off")
-    # --verbose: the whole console on stderr, KCore's lines too (its report when a VM is
-    # destroyed); --exec's own output is not needed.
+    # The whole console, KCore's lines too (its report when a VM is destroyed), in a file of
+    # this run's; --exec's own output is not needed.
     set +e
-    "$ROOT/scripts/run.sh" --no-setup --timeout 1800 --cpus 2 --cpu max --with-qemu --verbose "${qemu_args[@]}" \
-        --exec "$host_script" 2> >(tr -d '\r' > "$log") > /dev/null
+    RUN_CONSOLE_LOG="$log" "$ROOT/scripts/run.sh" --no-setup --timeout 1800 --cpus 2 --cpu max --with-qemu \
+        "${qemu_args[@]}" --exec "$host_script" > /dev/null 2>&1
     rc=$?
     set -e
-    sleep 1
     grep -q '^BENCH-DONE' "$log" || {
         echo "bench-protected.sh: the host did not finish (run.sh status $rc); last console lines:" >&2
         tail -n 30 "$log" >&2
