@@ -761,9 +761,12 @@ pub fn reg_slot(reg: u64) -> Option<u64> {
 
 /// May a host give a guest this PSTATE? AArch64 (M[4] = 0) EL0t, EL1t or EL1h, and only the
 /// flags a guest may hold (NZCV, DIT, UAO, PAN, SS, ALLINT, SSBS, BTYPE, D, A, I, F). ALLINT
-/// (bit 13, FEAT_NMI) masks the guest's own interrupts like DAIF; a CPU that has it keeps
-/// what the guest set there (a Linux 7.3 guest does), so a VMM writing back the PSTATE it
-/// read must not be refused.
+/// (bit 13) is set by the CPU itself: on a CPU with FEAT_NMI, taking an exception to EL1 sets
+/// PSTATE.ALLINT to NOT SCTLR_EL1.SPINTMASK whether or not the guest enabled NMIs
+/// (AArch64.TakeException), so a guest that never heard of FEAT_NMI (hidden from it) runs its
+/// exception handlers with ALLINT set, and a VMM writing back the PSTATE it read must not be
+/// refused. It only masks the guest's own interrupts (and only once the guest sets
+/// SCTLR_EL1.NMI), like DAIF.
 pub const fn valid_guest_pstate(v: u64) -> bool {
     use crate::arch::mode;
     const ALLOWED: u64 =
