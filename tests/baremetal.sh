@@ -36,7 +36,7 @@ else
     for cpu in max cortex-a57; do
         status=$(run_payload smoke "$cpu")
         if [ "$status" = 0 ]; then
-            pass "smoke on $cpu: version, unknown call, UID, isolation abort, PSCI forward, device map"
+            pass "smoke on $cpu: version, unknown call, UID, isolation (KCore's image reads as zeros, a write aborts), PSCI forward, device map"
         else
             fail "smoke on $cpu (failed check $status; see out/tests/smoke-$cpu-kcore.log)" "$(tail -5 "$OUT/smoke-$cpu-kcore.log")"
         fi
@@ -60,7 +60,7 @@ else
         set -- $run
         status=$(run_payload testhost "$1" "$2" "$3")
         log="$OUT/testhost-$1-$2$([ "$3" = 2 ] || echo "-smp$3").log"
-        what="VMs on $1 ($2, $3 CPUs): signed image verified, bad signature refused, VM and KCore pages refused to the host, destroy scrubs, vmid reused, malformed calls refused; a signed guest runs (PSCI in KCore, MMIO served by the host, RAM backed on fault, pKVM MEM_SHARE/UNSHARE and SeKVM grant/revoke: the host reads a shared page and loses it on unshare, a second vCPU started by PSCI CPU_ON and stopped by CPU_OFF, a host-injected virtual interrupt taken through the list registers, the guest timer interrupt, a WFI exit carrying the guest timer's deadline, FP/SIMD isolation, WFI, power-off; a non-protected VM whose lent memory and registers the host reads and writes while it runs; four vCPUs exchanging IPIs through the host's SGI routing; eight SPIs, edge and level, through four list registers with underflow and EOI maintenance exits; a guest spinning for 2 s gives the host its timer ticks; a probe guest sees sanitised ID registers and UNDEF for each hidden feature, and a both-ways register sweep finds no state crossing)"
+        what="VMs on $1 ($2, $3 CPUs): signed image verified, bad signature refused, VM and KCore pages out of the host's reach (its reads see KCore's zero page, its writes abort), destroy scrubs, vmid reused, malformed calls refused; a signed guest runs (PSCI in KCore, MMIO served by the host, RAM backed on fault, pKVM MEM_SHARE/UNSHARE and SeKVM grant/revoke: the host reads a shared page and loses it on unshare, a second vCPU started by PSCI CPU_ON and stopped by CPU_OFF, a host-injected virtual interrupt taken through the list registers, the guest timer interrupt, a WFI exit carrying the guest timer's deadline, FP/SIMD isolation, WFI, power-off; a non-protected VM whose lent memory and registers the host reads and writes while it runs; four vCPUs exchanging IPIs through the host's SGI routing; eight SPIs, edge and level, through four list registers with underflow and EOI maintenance exits; a guest spinning for 2 s gives the host its timer ticks; a probe guest sees sanitised ID registers and UNDEF for each hidden feature, and a both-ways register sweep finds no state crossing)"
         if [ "$status" = 0 ] && grep -q "TESTHOST: all passed" "$log"; then
             pass "$what"
         else

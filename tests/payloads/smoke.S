@@ -6,7 +6,9 @@
 //  2. an unknown HVC answers SMCCC NOT_SUPPORTED (-1)
 //  3. HVC vendor-hyp Call UID answers KCore's UID
 //  4. the host's own RAM is readable and writable
-//  5. a read of KCore's image is refused with a synchronous external abort (EC 0x25, FSC 0x10)
+//  5. a read of KCore's image reads KCore's zero page (this host runs at EL1, like a kernel,
+//     which an abort would kill), and a write there is refused with a synchronous external
+//     abort (EC 0x25, FSC 0x10, WnR, FAR)
 //  6. ... and the host keeps running: a second read of its own RAM still works
 //  7. a write to KCore's page-table pool (top of RAM) is refused the same way
 //  8. SMC PSCI_VERSION is forwarded to firmware (PSCI 1.1 on QEMU)
@@ -73,7 +75,11 @@ main:
     mov     x28, #5
     mov     x25, #0                 // abort count
     ldr     x1, =KCORE_IMAGE
-    ldr     x2, [x1]                // must abort; the handler skips it
+    mov     x2, #1
+    ldr     x2, [x1]                // zeros, not KCore's first instruction
+    cbnz    x2, fail
+    cbnz    x25, fail
+    str     x2, [x1]                // must abort; the handler skips it
     cmp     x25, #1
     b.ne    fail
     lsr     x3, x26, #26            // EC
@@ -81,6 +87,9 @@ main:
     b.ne    fail
     and     x3, x26, #0x3f          // FSC
     cmp     x3, #0x10
+    b.ne    fail
+    ubfx    x3, x26, #6, #1         // WnR
+    cmp     x3, #1
     b.ne    fail
     cmp     x27, x1                 // FAR
     b.ne    fail
