@@ -108,33 +108,20 @@ else
     rm -f "$kmods/kvm-smoke.new"
 fi
 
-# kvm-smoke's protected guest as a signed kernel file (kcore-sign sign-file, with the key
-# KCore is built with: the test key), for the protected VMs the host starts.
+# kvm-smoke's protected guests as signed kernel files (kcore-sign sign-file, with the key
+# KCore is built with: the test key), for the protected VMs the host starts: the protected
+# guest (guest-protected.S, /guest-protected.signed in the host), the MMIO-guard guest
+# (guest-mmio-guard.S) and the vault guest (guest-vault.S), the malicious-host tests' target.
 cargo build -q -p kcore-sign --release
-pguest="$(ls -t "$ROOT"/target/aarch64-unknown-linux-musl/release/build/kvm-smoke-*/out/guest-protected.bin | head -1)"
-"$ROOT/target/release/kcore-sign" sign-file "$ROOT/tests/keys/test-vm.seed" 0x40200000 "$pguest" "$kmods/protected.signed.new"
-if ! cmp -s "$kmods/protected.signed.new" "$kmods/protected.signed"; then
-    mv "$kmods/protected.signed.new" "$kmods/protected.signed"
-else
-    rm -f "$kmods/protected.signed.new"
-fi
-# The same for its MMIO-guard guest (guest-mmio-guard.S), /guest-mmio-guard.signed in the host.
-mguest="$(ls -t "$ROOT"/target/aarch64-unknown-linux-musl/release/build/kvm-smoke-*/out/guest-mmio-guard.bin | head -1)"
-"$ROOT/target/release/kcore-sign" sign-file "$ROOT/tests/keys/test-vm.seed" 0x40200000 "$mguest" "$kmods/mmio-guard.signed.new"
-if ! cmp -s "$kmods/mmio-guard.signed.new" "$kmods/mmio-guard.signed"; then
-    mv "$kmods/mmio-guard.signed.new" "$kmods/mmio-guard.signed"
-else
-    rm -f "$kmods/mmio-guard.signed.new"
-fi
-
-# And the vault guest (guest-vault.S), the malicious-host tests' target: /guest-vault.signed.
-vguest="$(ls -t "$ROOT"/target/aarch64-unknown-linux-musl/release/build/kvm-smoke-*/out/guest-vault.bin | head -1)"
-"$ROOT/target/release/kcore-sign" sign-file "$ROOT/tests/keys/test-vm.seed" 0x40200000 "$vguest" "$kmods/vault.signed.new"
-if ! cmp -s "$kmods/vault.signed.new" "$kmods/vault.signed"; then
-    mv "$kmods/vault.signed.new" "$kmods/vault.signed"
-else
-    rm -f "$kmods/vault.signed.new"
-fi
+for g in protected mmio-guard vault; do
+    bin="$(ls -t "$ROOT"/target/aarch64-unknown-linux-musl/release/build/kvm-smoke-*/out/guest-$g.bin | head -1)"
+    "$ROOT/target/release/kcore-sign" sign-file "$ROOT/tests/keys/test-vm.seed" 0x40200000 "$bin" "$kmods/$g.signed.new"
+    if ! cmp -s "$kmods/$g.signed.new" "$kmods/$g.signed"; then
+        mv "$kmods/$g.signed.new" "$kmods/$g.signed"
+    else
+        rm -f "$kmods/$g.signed.new"
+    fi
+done
 
 # Host initramfs: busybox (static, arm64), the project's /init, the kserv module of each
 # host kernel (/lib/modules/VERSION/kserv.ko), kvm-smoke and its signed protected guests

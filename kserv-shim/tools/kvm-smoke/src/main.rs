@@ -535,23 +535,26 @@ fn run_irq(kvm: &std::fs::File) {
 /// ends KVM_RUN with the errno printed; at power-off, the guest's UART output and every
 /// device page an MMIO exit named. `--unprotected FILE`: the same guest as an ordinary VM,
 /// whose secret and registers the host reads (the control).
-fn protected(path: &str, protect: bool) -> ! {
-    const RAM_SIZE: usize = 4 << 20;
-    let kvm = OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap_or_else(|_| fail("open /dev/kvm"));
+/// RAM of the VMs `signed_kernel_vm` makes.
+const SIGNED_VM_RAM: usize = 4 << 20;
+
+/// A VM of `vm_type` with one vCPU and 4 MiB of shared memory (a memfd) at GUEST_RAM, the
+/// signed kernel file at `path` loaded 2 MiB in as QEMU loads a kernel, and x0 pointing at a
+/// device tree's magic 1 MiB in: what the protected guests expect.
+fn signed_kernel_vm(kvm: &std::fs::File, path: &str, vm_type: libc::c_ulong) -> Guest {
+    const RAM_SIZE: usize = SIGNED_VM_RAM;
     let file = std::fs::read(path).unwrap_or_else(|e| fail(&format!("{path}: {e}")));
     if file.len() > RAM_SIZE / 2 {
         fail("the signed kernel file is too big");
     }
-    let vm_type = if protect { VM_TYPE_PROTECTED } else { 0 };
-    let kind = if protect { "protected" } else { "unprotected" };
-    let vm = fd(ioctl(&kvm, KVM_CREATE_VM, vm_type).unwrap_or_else(|e| fail(&format!("KVM_CREATE_VM: {e}"))));
+    let vm = fd(ioctl(kvm, KVM_CREATE_VM, vm_type).unwrap_or_else(|e| fail(&format!("KVM_CREATE_VM: {e}"))));
     let vcpu = fd(ioctl(&vm, KVM_CREATE_VCPU, 0).unwrap_or_else(|_| fail("KVM_CREATE_VCPU")));
     let mut init = [0u32; 8];
     init[0] = 5; // KVM_ARM_TARGET_GENERIC_V8
     init[1] = 1 << 2; // KVM_ARM_VCPU_PSCI_0_2
     ioctl_ptr(&vcpu, KVM_ARM_VCPU_INIT, &mut init).unwrap_or_else(|_| fail("KVM_ARM_VCPU_INIT"));
     // Shared memory (a memfd), as a protected VM's must be (a fork copies no page of it), so
-    // the reader below, a forked child, reaches the guest's pages from user mode.
+    // a forked child reaches the guest's pages from user mode.
     // SAFETY: memfd_create with a NUL-terminated name; the fd is checked and owned below.
     let memfd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), 0) };
     if memfd < 0 {
@@ -571,12 +574,20 @@ fn protected(path: &str, protect: bool) -> ! {
     }
     let mut region = [0u64, GUEST_RAM, RAM_SIZE as u64, ram as u64];
     ioctl_ptr(&vm, KVM_SET_USER_MEMORY_REGION, &mut region).unwrap_or_else(|e| fail(&format!("memory: {e}")));
-    let size = ioctl(&kvm, KVM_GET_VCPU_MMAP_SIZE, 0).unwrap_or_else(|_| fail("KVM_GET_VCPU_MMAP_SIZE")) as usize;
+    let size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0).unwrap_or_else(|_| fail("KVM_GET_VCPU_MMAP_SIZE")) as usize;
     let run = map(size, Some(&vcpu));
     let guest = Guest { vm, vcpu, ram, run };
     guest.set(REG_PSTATE, 0x3c5); // EL1h, DAIF masked (what KCore starts a protected vCPU in)
     guest.set(REG_PC, GUEST_RAM + 0x20_0000);
     guest.set(REG_X0, GUEST_RAM + 0x10_0000);
+    guest
+}
+
+fn protected(path: &str, protect: bool) -> ! {
+    let kvm = OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap_or_else(|_| fail("open /dev/kvm"));
+    let vm_type = if protect { VM_TYPE_PROTECTED } else { 0 };
+    let kind = if protect { "protected" } else { "unprotected" };
+    let guest = signed_kernel_vm(&kvm, path, vm_type);
     let mut out = String::new();
     let mut checked = false;
     // Every page an MMIO exit named: what of the guest's device accesses reached this VMM.
