@@ -5,6 +5,7 @@ use std::path::PathBuf;
 fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    println!("cargo:rerun-if-changed=image-header.inc");
     for (name, base) in [
         ("guest-hello", "0x40000000"),
         ("guest-irq", "0x40000000"),
@@ -17,7 +18,9 @@ fn main() {
         let elf = out.join(format!("{name}.elf"));
         let bin = out.join(format!("{name}.bin"));
         let ok = std::process::Command::new("aarch64-linux-gnu-gcc")
-            .args(["-nostdlib", "-static", &format!("-Wl,-Ttext={base}"), "-Wl,--build-id=none", "-o"])
+            .args(["-nostdlib", "-static", &format!("-Wl,-Ttext={base}"), "-Wl,--build-id=none"])
+            .arg(format!("-Wa,-I,{}", dir.display()))
+            .arg("-o")
             .arg(&elf)
             .arg(dir.join(format!("{name}.S")))
             .status()

@@ -15,17 +15,11 @@
 .equ RAM_PAGE, 0x40300000
 .equ KVM_FEATURES, 0x86000000
 .equ MMIO_GUARD, 0xc6000007
+.include "image-header.inc"
 .text
 .global _start
 _start:
-    b       start                   // code0
-    .word   0                       // code1
-    .quad   0                       // text_offset: 2 MiB-aligned base + 0
-    .quad   0x10000                 // image_size: 64 KiB in memory
-    .quad   0x2                     // flags: little-endian, 4 KiB pages
-    .quad   0, 0, 0                 // reserved
-    .ascii  "ARM\x64"               // magic
-    .word   0                       // reserved (no PE header)
+    image_header
 start:
     ldr     x20, =UART
     adr     x10, hello              // before any enrolment: forwarded as always

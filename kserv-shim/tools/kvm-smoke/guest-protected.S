@@ -8,17 +8,11 @@
 .equ UART, 0x09000000
 .equ SECRET_PAGE, 0x40300000
 .equ SECRET, 0x53454b564d215345     // "SE!MVKES": a pattern the host looks for
+.include "image-header.inc"
 .text
 .global _start
 _start:
-    b       start                   // code0
-    .word   0                       // code1
-    .quad   0                       // text_offset: 2 MiB-aligned base + 0
-    .quad   0x10000                 // image_size: 64 KiB in memory
-    .quad   0x2                     // flags: little-endian, 4 KiB pages
-    .quad   0, 0, 0                 // reserved
-    .ascii  "ARM\x64"               // magic
-    .word   0                       // reserved (no PE header)
+    image_header
 start:
     mov     x19, x0
     ldr     x20, =UART

@@ -12,17 +12,11 @@
 .equ SECRET_WORDS, 16 * 512
 .equ NOT_RAM_SECRET, 0x7f3a91c4d2e85b06 ^ 0xffffffffffffffff    // "RAM secret" complemented
 .equ NOT_REG_SECRET, 0x5ce1a7093bf4d862 ^ 0xffffffffffffffff    // "register secret" complemented
+.include "image-header.inc"
 .text
 .global _start
 _start:
-    b       start                   // code0
-    .word   0                       // code1
-    .quad   0                       // text_offset
-    .quad   0x10000                 // image_size: 64 KiB in memory
-    .quad   0x2                     // flags: little-endian, 4 KiB pages
-    .quad   0, 0, 0                 // reserved
-    .ascii  "ARM\x64"               // magic
-    .word   0                       // reserved (no PE header)
+    image_header
 start:
     ldr     x20, =UART
     ldr     x21, =NOT_RAM_SECRET
