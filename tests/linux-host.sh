@@ -276,6 +276,11 @@ check "debug KCore: and a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest 
 check "debug KCore: and takes an interrupt from the in-kernel GICv3" grep -q "KVM-SMOKE: an interrupt reached a guest" "$OUT/debug.out"
 check "debug KCore: no invariant violation" bash -c "! grep -q 'invariant broken' '$OUT/debug.log'"
 
+# A CPU whose physical address size is too small for KCore's level-0 stage-2 (QEMU's
+# Cortex-A76: 40 bits) stops at once with the reason, instead of faulting forever.
+host a76 --cpus 2 --cpu cortex-a76 --timeout 60 --exec 'true'
+check "a 40-bit-PA CPU (cortex-a76): KCore stops at boot and says why, no silent hang" bash -c "grep -q 'FATAL. the CPU.s physical address size (40 bits) is below the 44 bits' '$OUT/a76.log' && grep -q 'KCore halted' '$OUT/a76.log' && ! grep -q 'entering host kernel' '$OUT/a76.log'"
+
 # Without KCore (the same kernel booted directly at EL2, VHE on max) the module finds no
 # KCore over SMC, issues no HVC, and declines to load; the host carries on.
 host direct --direct --cpus 1 --exec 'echo alive'

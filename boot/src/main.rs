@@ -136,8 +136,11 @@ mod el2 {
         );
         let Some(ipa_bits) = kcore::arch::host_ipa_bits(features.parange) else {
             fatal(format_args!(
-                "the CPU's physical address size ({} bits) is below the 40 bits KCore needs",
-                features.pa_bits
+                "the CPU's physical address size ({} bits) is below the {} bits KCore's stage-2 needs \
+                 (its tables start at level 0, which 4 KiB pages allow only above 42 bits; a level-1 \
+                 start with concatenated tables is not built yet): stopping",
+                features.pa_bits,
+                kcore::arch::MIN_PA_BITS
             ))
         };
         log::info!("GICv3: distributor {:#x}, redistributors {:#x} (+{:#x})", plat.gicd, plat.gicr.0, plat.gicr.1);

@@ -276,12 +276,18 @@ pub const fn pa_bits_encoding(bits: u32) -> u64 {
 }
 
 /// The stage-2 input (IPA) size KCore uses: the CPU's PA size capped at 48 bits (52-bit needs
-/// the LPA2 descriptor format, which KCore does not use). `None` if below the 40 bits the
-/// `virt` platform needs (high PCIe ECAM and 64-bit BARs sit above 256 GiB).
+/// the LPA2 descriptor format, which KCore does not use). `None` below 44 bits: KCore's
+/// stage-2 tables start at level 0, which a 4 KiB granule allows only with a PA size above
+/// 42 bits (Arm ARM, the stage-2 starting-level checks; QEMU's Cortex-A76 and A53 have 40
+/// bits and fault every access at level 0). Smaller CPUs need a level-1 start with
+/// concatenated root tables, which KCore does not build yet.
+pub const MIN_PA_BITS: u32 = 44;
+
+/// See [`MIN_PA_BITS`].
 pub const fn host_ipa_bits(parange: u64) -> Option<u32> {
     let bits = pa_range_bits(parange);
     let bits = if bits > 48 { 48 } else { bits };
-    if bits < 40 { None } else { Some(bits) }
+    if bits < MIN_PA_BITS { None } else { Some(bits) }
 }
 
 /// VTCR_EL2 for a 4 KiB-granule stage-2 with a level-0 root (Arm ARM D17.2.183):
@@ -336,6 +342,8 @@ mod tests {
         assert_eq!(host_ipa_bits(6), Some(48)); // -cpu max: 52-bit PA
         assert_eq!(host_ipa_bits(4), Some(44)); // cortex-a57
         assert_eq!(host_ipa_bits(1), None);
+        assert_eq!(host_ipa_bits(2), None); // cortex-a76, a53: 40 bits, no level-0 start
+        assert_eq!(host_ipa_bits(3), None); // 42 bits
     }
 
     #[test]
