@@ -56,7 +56,7 @@ elif ! (cd "$ROOT" && cargo build -q -p kcore-testhost --target aarch64-unknown-
      ! aarch64-linux-gnu-objcopy -O binary "$ROOT/target/aarch64-unknown-none-softfloat/release/testhost" "$OUT/testhost.bin"; then
     fail "build the test host"
 else
-    for run in "max kcore 2" "cortex-a57 kcore 2" "max kcore-debug 2" "max kcore 1" "cortex-a57 kcore 1"; do
+    for run in "max kcore 2" "cortex-a57 kcore 2" "cortex-a53 kcore 2" "cortex-a76 kcore 2" "max kcore-debug 2" "max kcore 1" "cortex-a57 kcore 1"; do
         set -- $run
         status=$(run_payload testhost "$1" "$2" "$3")
         log="$OUT/testhost-$1-$2$([ "$3" = 2 ] || echo "-smp$3").log"

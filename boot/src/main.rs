@@ -137,8 +137,7 @@ mod el2 {
         let Some(ipa_bits) = kcore::arch::host_ipa_bits(features.parange) else {
             fatal(format_args!(
                 "the CPU's physical address size ({} bits) is below the {} bits KCore's stage-2 needs \
-                 (its tables start at level 0, which 4 KiB pages allow only above 42 bits; a level-1 \
-                 start with concatenated tables is not built yet): stopping",
+                 (a VM's IPA space is 40 bits): stopping",
                 features.pa_bits,
                 kcore::arch::MIN_PA_BITS
             ))
@@ -219,7 +218,14 @@ mod el2 {
             plan.host_part.0,
             plan.host_part.1
         );
-        log::info!("host stage-2: {ipa_bits}-bit IPA, root {:#x}, filled on demand", kc.host.expect_npt().root);
+        let host_s2 = kc.host.expect_npt();
+        log::info!(
+            "host stage-2: {ipa_bits}-bit IPA, level-{} root {:#x} ({} page{}), filled on demand",
+            host_s2.start_level(),
+            host_s2.root,
+            host_s2.root_pages(),
+            if host_s2.root_pages() == 1 { "" } else { "s" }
+        );
         log::info!(
             "VM images must be signed with Ed25519 key {:02x}{:02x}{:02x}{:02x}... ({})",
             VM_KEY[0],

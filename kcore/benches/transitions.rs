@@ -25,11 +25,11 @@ fn machine(guest: u64) -> KCore<SimMachine> {
     let kmem = RAM + guest;
     let k = KCore::new(m, mb, kmem, PagePool::new(kmem + (32 << 20), RAM + size), 40).unwrap();
     k.mem().protect_kcore(kmem, RAM + size).unwrap();
-    // VM 1's table pool: 16 MiB of KCore memory handed over as donated pages would be.
-    for pa in (kmem + (16 << 20)..kmem + (32 << 20)).step_by(PAGE_SIZE as usize) {
+    // VM 1's root and table pool: 16 MiB of KCore memory handed over as donated pages would be.
+    k.vms[0].init_root_at(&k.m, &k.locks, kmem + (16 << 20)).unwrap();
+    for pa in (kmem + (16 << 20) + 2 * PAGE_SIZE..kmem + (32 << 20)).step_by(PAGE_SIZE as usize) {
         k.vms[0].pool.add(&k.m, pa);
     }
-    k.mem().create_vm_table(1).unwrap();
     k
 }
 

@@ -36,14 +36,16 @@ pub const VENDOR_HYP_CALL_UID: u32 = 0x8600_FF01;
 pub const VENDOR_HYP_REVISION: u32 = 0x8600_FF03;
 
 /// KCore: ABI version and features. Returns x0 = 0, x1 = version (major << 16 | minor),
-/// x2 = feature bits ([`FEATURE_HOST_STAGE2`], ...).
+/// x2 = feature bits ([`FEATURE_HOST_STAGE2`], ...), x3 = pages of a VM's stage-2 root, which
+/// [`REGISTER_VM`] takes: 1, or 2 on a CPU with 40 bits of physical address (8 with 42).
 pub const KCORE_VERSION: u32 = 0xC600_0000;
 
 /// Give host page x2 to the page-table pool of vmid x1 (0 = the host's own stage-2 pool; else
 /// a registered VM: a vmid nobody holds answers BAD_STATE). The page becomes KCore's until the
 /// VM is destroyed.
 pub const DONATE_PAGE: u32 = 0xC600_0001;
-/// Register a VM whose stage-2 root is host page x1 (donated), of kind x2 ([`VM_PROTECTED`] or
+/// Register a VM whose stage-2 root is host pages x1.. (as many as [`KCORE_VERSION`] x3 says,
+/// x1 aligned to their number; they become KCore's), of kind x2 ([`VM_PROTECTED`] or
 /// [`VM_NON_PROTECTED`]). Returns x1 = vmid.
 pub const REGISTER_VM: u32 = 0xC600_0002;
 /// Register vCPU x2 of VM x1.
@@ -120,7 +122,7 @@ pub const GUEST_KVM_UID: [u32; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x74
 /// ABI major version.
 pub const ABI_MAJOR: u64 = 0;
 /// ABI minor version.
-pub const ABI_MINOR: u64 = 5;
+pub const ABI_MINOR: u64 = 6;
 
 /// Feature bit: the host runs under a KCore-owned stage-2 table.
 pub const FEATURE_HOST_STAGE2: u64 = 1 << 0;

@@ -276,12 +276,10 @@ pub const fn pa_bits_encoding(bits: u32) -> u64 {
 }
 
 /// The stage-2 input (IPA) size KCore uses: the CPU's PA size capped at 48 bits (52-bit needs
-/// the LPA2 descriptor format, which KCore does not use). `None` below 44 bits: KCore's
-/// stage-2 tables start at level 0, which a 4 KiB granule allows only with a PA size above
-/// 42 bits (Arm ARM, the stage-2 starting-level checks; QEMU's Cortex-A76 and A53 have 40
-/// bits and fault every access at level 0). Smaller CPUs need a level-1 start with
-/// concatenated root tables, which KCore does not build yet.
-pub const MIN_PA_BITS: u32 = 44;
+/// the LPA2 descriptor format, which KCore does not use). `None` below 40 bits: VMs get a
+/// 40-bit IPA space (KVM's default, where QEMU's `virt` puts its high PCI window), which must
+/// fit the hardware's.
+pub const MIN_PA_BITS: u32 = 40;
 
 /// See [`MIN_PA_BITS`].
 pub const fn host_ipa_bits(parange: u64) -> Option<u32> {
@@ -290,12 +288,27 @@ pub const fn host_ipa_bits(parange: u64) -> Option<u32> {
     if bits < MIN_PA_BITS { None } else { Some(bits) }
 }
 
-/// VTCR_EL2 for a 4 KiB-granule stage-2 with a level-0 root (Arm ARM D17.2.183):
-/// T0SZ = 64 - ipa_bits, SL0 = 0b10 (start at level 0), IRGN0/ORGN0 = WBWA, SH0 = inner,
+/// The level a stage-2 walk of an `ia_bits` input space starts at with a 4 KiB granule. A
+/// level-0 start needs an input size above 42 bits (Arm ARM, the stage-2 starting-level
+/// checks of VTCR_EL2.{SL0,T0SZ}: QEMU faults every access at level 0 otherwise); smaller
+/// spaces start at level 1 with concatenated root tables ([`s2_root_pages`]).
+pub const fn s2_start_level(ia_bits: u32) -> u8 {
+    if ia_bits > 42 { 0 } else { 1 }
+}
+
+/// Pages of a stage-2 root table: 1 for a level-0 root; for a level-1 root, one 512-entry
+/// table per 512 GiB of input space, concatenated (2 for 40 bits, 8 for 42), contiguous and
+/// aligned to their total size (Arm ARM, concatenated translation tables; VTTBR_EL2.BADDR).
+pub const fn s2_root_pages(ia_bits: u32) -> u64 {
+    if s2_start_level(ia_bits) == 0 || ia_bits <= 39 { 1 } else { 1 << (ia_bits - 39) }
+}
+
+/// VTCR_EL2 for a 4 KiB-granule stage-2 (Arm ARM D17.2.183): T0SZ = 64 - ipa_bits, SL0 per
+/// [`s2_start_level`] (0b10 level 0, 0b01 level 1), IRGN0/ORGN0 = WBWA, SH0 = inner,
 /// TG0 = 4 KiB, PS = ipa size, VS = 16-bit VMIDs when supported, RES1 bit 31.
 pub const fn vtcr_el2(ipa_bits: u32, vmid16: bool) -> u64 {
     let t0sz = (64 - ipa_bits) as u64;
-    let sl0 = 0b10 << 6;
+    let sl0 = if s2_start_level(ipa_bits) == 0 { 0b10 << 6 } else { 0b01 << 6 };
     let irgn0 = 0b01 << 8;
     let orgn0 = 0b01 << 10;
     let sh0 = 0b11 << 12;
@@ -332,18 +345,25 @@ mod tests {
     }
 
     #[test]
-    fn vtcr_matches_measured_value_for_40_bits() {
-        // 0x80023598 was measured to work on QEMU virt (40-bit IPA, level-0 start, 8-bit VMID).
-        assert_eq!(vtcr_el2(40, false), 0x8002_3598);
+    fn vtcr_start_level_follows_the_ipa_size() {
+        // 40 bits: T0SZ 24, SL0 0b01 (level 1, two concatenated root tables), PS 0b010.
+        assert_eq!(vtcr_el2(40, false), 0x8002_3558);
+        // 44 bits (Cortex-A57): T0SZ 20, SL0 0b10 (level 0), PS 0b100, 16-bit VMIDs.
+        assert_eq!(vtcr_el2(44, true), 0x800c_3594);
+        assert_eq!(vtcr_el2(48, false) & 0xff, 0x80 | 16);
+        assert_eq!((s2_start_level(40), s2_root_pages(40)), (1, 2));
+        assert_eq!((s2_start_level(42), s2_root_pages(42)), (1, 8));
+        assert_eq!((s2_start_level(44), s2_root_pages(44)), (0, 1));
+        assert_eq!((s2_start_level(48), s2_root_pages(48)), (0, 1));
     }
 
     #[test]
     fn ipa_bits_are_capped_and_checked() {
         assert_eq!(host_ipa_bits(6), Some(48)); // -cpu max: 52-bit PA
         assert_eq!(host_ipa_bits(4), Some(44)); // cortex-a57
-        assert_eq!(host_ipa_bits(1), None);
-        assert_eq!(host_ipa_bits(2), None); // cortex-a76, a53: 40 bits, no level-0 start
-        assert_eq!(host_ipa_bits(3), None); // 42 bits
+        assert_eq!(host_ipa_bits(3), Some(42));
+        assert_eq!(host_ipa_bits(2), Some(40)); // cortex-a76, a53
+        assert_eq!(host_ipa_bits(1), None); // 36 bits: smaller than a VM's IPA space
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Run {
         w(P0 + 11, &img);
         let vmid = k.register_vm(P0 + 12).unwrap() as u64;
         for i in 0..8 {
-            k.mem().donate_to_pool(vmid as u16, P0 + 13 + i).unwrap();
+            k.mem().donate_to_pool(vmid as u16, P0 + 14 + i).unwrap();
         }
         k.register_vcpu(vmid, 0).unwrap();
         k.set_boot_info(vmid, LOAD, 4096, P0 + 10).unwrap();

@@ -198,9 +198,8 @@ fn ownership_transition_table() {
 /// donates pages and the same request then succeeds.
 #[test]
 fn pool_exhaustion_is_recoverable() {
-    let (k, mut pools) = kcore();
-    expect(&k, &pools, Op::CreateVm { vmid: 3 }, Ok(0));
-    pools.insert(3, 15);
+    let (k, pools) = kcore();
+    expect(&k, &pools, Op::CreateVm { vmid: 3, root: P0 + 3000 }, Ok(0));
     // Drain VM 3's pool with mappings far apart (each needs new tables).
     let mut gfn = 0;
     let mut pfn = P0;
@@ -217,7 +216,7 @@ fn pool_exhaustion_is_recoverable() {
     assert_eq!(run(&k, Op::ProtMap { vmid: 3, gfn, pfn, level: 3 }), Err(Error::NoMemory));
     assert_eq!(abstraction(&k, &pools), before, "nothing assigned on NoMemory");
     assert_eq!(k.mem().page(pfn).unwrap().owner, Owner::Host);
-    k.mem().donate_to_pool(3, P0 + 3000).unwrap();
+    k.mem().donate_to_pool(3, P0 + 3010).unwrap();
     assert_eq!(run(&k, Op::ProtMap { vmid: 3, gfn, pfn, level: 3 }), Ok(0));
     invariants::check(&k).unwrap();
 }

@@ -156,7 +156,7 @@ fn a_host_that_does_everything_right() {
     ops.push(BootOp::Verify { vmid: 1, arg: 0x4800_0000 });
     ops.push(BootOp::Destroy { vmid: 1 });
     // A non-protected VM: a RAM layout, no images, verified without a signature.
-    ops.push(BootOp::RegisterVm { root: P0 + 401, kind: 1 });
+    ops.push(BootOp::RegisterVm { root: P0 + 402, kind: 1 });
     ops.push(BootOp::Donate { vmid: 1, pfn: P0 + 310 });
     ops.push(BootOp::RegisterVcpu { vmid: 1, vcpu: 0 });
     ops.push(BootOp::AddRamRegion { vmid: 1, base: 0x8000_0000, size: 1 << 30 });

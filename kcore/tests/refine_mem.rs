@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use kcore::error::Error;
 use kcore::invariants;
 use kcore::locks::LockId;
 use kcore::machine::Machine;
@@ -78,7 +79,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => ipa().prop_map(|ipa| Op::HostFault { ipa }),
         3 => ipa().prop_map(|ipa| Op::HostKernelRead { ipa }),
         1 => (vmid(), pfn()).prop_map(|(vmid, pfn)| Op::Donate { vmid, pfn }),
-        1 => prop_oneof![Just(3u16), Just(1), Just(0), Just(64)].prop_map(|vmid| Op::CreateVm { vmid }),
+        1 => (prop_oneof![Just(3u16), Just(1), Just(0), Just(64)], prop_oneof![Just(P0 + 2), pfn()])
+            .prop_map(|(vmid, root)| Op::CreateVm { vmid, root }),
         3 => (vmid(), paired()).prop_map(|(vmid, (gfn, pfn))| Op::Assign { vmid, gfn, pfn }),
         3 => (vmid(), paired(), level()).prop_map(|(vmid, (gfn, pfn), level)| Op::Map { vmid, gfn, pfn, level }),
         4 => (vmid(), paired(), level()).prop_map(|(vmid, (gfn, pfn), level)| Op::ProtMap { vmid, gfn, pfn, level }),
@@ -172,7 +174,10 @@ fn a_page_through_every_transition() {
         Op::HostFault { ipa: p << 12 },
         Op::MapIo { vmid: 2, gpa: 0x0800_0000, pa: 0x0901_0000 },
         Op::Donate { vmid: 3, pfn: p + 9 },
-        Op::CreateVm { vmid: 3 },
+        Op::CreateVm { vmid: 3, root: p + 9 },
+        Op::CreateVm { vmid: 3, root: p + 11 },
+        Op::CreateVm { vmid: 3, root: p + 10 },
+        Op::CreateVm { vmid: 3, root: p + 12 },
     ];
     refine(&ops).unwrap();
     let (k, _) = kcore();
@@ -180,5 +185,9 @@ fn a_page_through_every_transition() {
         let _ = run(&k, op);
     }
     assert_eq!(k.mem().page(p + 9).unwrap().owner, Owner::KCore);
+    // The root: two host pages, 8 KiB aligned (p + 9 is KCore's, p + 11 misaligned), once.
+    assert_eq!(run(&kcore().0, Op::CreateVm { vmid: 3, root: p + 11 }), Err(Error::InvalidParameter));
+    assert_eq!(k.mem().vm(3).unwrap().expect_npt().root, (p + 10) << 12);
+    assert_eq!(k.mem().page(p + 11).unwrap().owner, Owner::KCore);
     assert!(k.m.cpu_index() == 0);
 }

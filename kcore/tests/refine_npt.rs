@@ -57,6 +57,8 @@ fn abstraction(m: &SimMachine, npt: &Npt, pool: &PagePool) -> AbsNpt {
 proptest! {
     #[test]
     fn table_refines_its_specification(
+        // 40 bits: two concatenated level-1 root tables; 44: one level-0 root.
+        ia_bits in prop_oneof![Just(40u32), Just(44)],
         pool_pages in 0u64..8,
         steps in prop::collection::vec(prop_oneof![
             3 => (addr(), 0u8..5).prop_map(|(a, l)| Step::Set(a, l)),
@@ -66,10 +68,11 @@ proptest! {
     ) {
         let m = SimMachine::new(BASE, 16 * PAGE_SIZE);
         let locks = Locks::new();
-        let t = S2Table::new(5, 40, PagePool::new(BASE, BASE + (1 + pool_pages) * PAGE_SIZE));
+        let root_pages = arch::s2_root_pages(ia_bits);
+        let t = S2Table::new(5, ia_bits, PagePool::new(BASE, BASE + (root_pages + pool_pages) * PAGE_SIZE));
         t.init_root(&m, &locks).unwrap();
         let npt = t.expect_npt();
-        let mut spec = AbsNpt::new(40, pool_pages);
+        let mut spec = AbsNpt::new(ia_bits, pool_pages);
         for s in steps {
             match s {
                 Step::Set(a, level) => {

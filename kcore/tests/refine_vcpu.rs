@@ -68,7 +68,7 @@ fn setup_np() -> (KCore<SimMachine>, u16) {
     let (k, _) = bare_kcore();
     let vmid = k.register_vm_kind(P0 + 20, 1).unwrap();
     for i in 0..12 {
-        k.mem().donate_to_pool(vmid, P0 + 21 + i).unwrap();
+        k.mem().donate_to_pool(vmid, P0 + 22 + i).unwrap();
     }
     k.register_vcpu(vmid as u64, 0).unwrap();
     k.register_vcpu(vmid as u64, 1).unwrap();
@@ -91,7 +91,7 @@ fn setup() -> (KCore<SimMachine>, u16) {
     w(P0 + 11, &img);
     let vmid = k.register_vm(P0 + 20).unwrap();
     for i in 0..12 {
-        k.mem().donate_to_pool(vmid, P0 + 21 + i).unwrap();
+        k.mem().donate_to_pool(vmid, P0 + 22 + i).unwrap();
     }
     k.register_vcpu(vmid as u64, 0).unwrap();
     k.register_vcpu(vmid as u64, 1).unwrap();

@@ -53,7 +53,7 @@ fn load_vm(k: &kcore::kcore::KCore<kcore::machine::sim::SimMachine>, img: &[u8],
 /// Top up the VM's table pool as a host does before giving it memory.
 fn donate_tables(k: &kcore::kcore::KCore<kcore::machine::sim::SimMachine>, vmid: u64) {
     for p in 0..8 {
-        k.mem().donate_to_pool(vmid as u16, ROOT_PFN + 1 + p).unwrap();
+        k.mem().donate_to_pool(vmid as u16, ROOT_PFN + 2 + p).unwrap();
     }
 }
 
@@ -67,6 +67,11 @@ fn signed_image_verifies_and_the_vm_owns_it() {
     let img = image();
     let vmid = load_vm(&k, &img, &sign_image(&kp, LOAD, &img));
     assert_eq!(vmid, 1);
+    // The root is two pages on a 40-bit IPA space: 8 KiB aligned, both the host's.
+    assert_eq!(k.register_vm(P0 + 501), Err(Error::InvalidParameter));
+    k.mem().donate_to_pool(1, P0 + 501).unwrap();
+    assert_eq!(k.register_vm(P0 + 500), Err(Error::Denied));
+    assert_eq!(k.mem().page(P0 + 500).unwrap().owner, Owner::Host);
     assert_eq!(k.verify_vm(vmid), Ok(()));
     assert_eq!(state(&k, vmid), VmState::Verified);
     for i in 0..3 {
@@ -189,6 +194,11 @@ fn malformed_requests_are_refused_with_nothing_changed() {
     assert_eq!(k.register_vm(0), Err(Error::InvalidParameter));
     let vmid = load_vm(&k, &img, &sign_image(&kp, LOAD, &img));
     assert_eq!(vmid, 1);
+    // The root is two pages on a 40-bit IPA space: 8 KiB aligned, both the host's.
+    assert_eq!(k.register_vm(P0 + 501), Err(Error::InvalidParameter));
+    k.mem().donate_to_pool(1, P0 + 501).unwrap();
+    assert_eq!(k.register_vm(P0 + 500), Err(Error::Denied));
+    assert_eq!(k.mem().page(P0 + 500).unwrap().owner, Owner::Host);
     for bad in [0u64, 64, 65, u64::MAX] {
         assert_eq!(k.register_vcpu(bad, 0), Err(Error::InvalidParameter));
         assert_eq!(k.set_boot_info(bad, LOAD, 1, SIG_PFN), Err(Error::InvalidParameter));

@@ -92,6 +92,9 @@ u64 kserv_core_trailer_search_pages(const void *first);
 u64 kserv_core_trailer_at(const void *page, u64 index, u64 load_ipa);
 bool kserv_core_boot_stub(const void *page, u64 offset, u64 *entry, u64 *x0);
 
+/* Pages of a VM's stage-2 root (KCORE_VERSION x3): 1, or 2^n on a small-PA CPU. */
+extern unsigned int kserv_root_order;
+
 /* kserv_vm.c: /dev/kvm. */
 int kserv_dev_register(void);
 void kserv_dev_unregister(void);

@@ -63,7 +63,14 @@ static int __init kserv_init(void)
 		pr_err("kserv: kserv-core was built for ABI %#x\n", kserv_core_abi_version());
 		return -ENODEV;
 	}
-	pr_info("kserv: KCore ABI %lu.%lu, features %#lx\n", major, minor, res.a2);
+	/* A VM's stage-2 root: 1 page, or 2/8 concatenated ones on a 40/42-bit PA CPU. */
+	if (res.a3 != 1 && res.a3 != 2 && res.a3 != 4 && res.a3 != 8) {
+		pr_err("kserv: KCore asks for a %lu-page stage-2 root\n", res.a3);
+		return -ENODEV;
+	}
+	kserv_root_order = ilog2(res.a3);
+	pr_info("kserv: KCore ABI %lu.%lu, features %#lx, %lu-page VM roots\n", major, minor, res.a2,
+		res.a3);
 	return kserv_dev_register();
 }
 

@@ -1337,11 +1337,13 @@ static bool protected_vms;
 module_param(protected_vms, bool, 0644);
 MODULE_PARM_DESC(protected_vms, "every new VM is protected (its memory and registers KCore's, its kernel signed), as if the VMM asked for KVM_VM_TYPE_ARM_PROTECTED");
 
+unsigned int kserv_root_order;
+
 static long kserv_create_vm(unsigned long type)
 {
 	struct kserv_vm *vm;
 	struct page *root;
-	unsigned long vmid;
+	unsigned long vmid, n = 1UL << kserv_root_order;
 	long r;
 	int i, fd;
 
@@ -1349,13 +1351,16 @@ static long kserv_create_vm(unsigned long type)
 	if (type & ~KSERV_VM_TYPE_ARM_PROTECTED)
 		return -EINVAL;
 	vm = kzalloc(sizeof(*vm), GFP_KERNEL);
-	root = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	/* The root's pages, contiguous and aligned to their number (a buddy block is). */
+	root = alloc_pages(GFP_KERNEL | __GFP_ZERO, kserv_root_order);
 	if (!vm || !root) {
 		kfree(vm);
 		if (root)
-			__free_page(root);
+			__free_pages(root, kserv_root_order);
 		return -ENOMEM;
 	}
+	/* Each page comes back to the kernel on its own (vm->pages). */
+	split_page(root, kserv_root_order);
 	mutex_init(&vm->lock);
 	spin_lock_init(&vm->irq_lock);
 	INIT_LIST_HEAD(&vm->ioeventfds);
@@ -1367,12 +1372,14 @@ static long kserv_create_vm(unsigned long type)
 	r = kcore_call(KCORE_REGISTER_VM, page_to_pfn(root),
 		       vm->protected ? KCORE_VM_PROTECTED : KCORE_VM_NON_PROTECTED, 0, &vmid);
 	if (r != KCORE_E_SUCCESS) {
-		__free_page(root);
+		for (i = 0; i < n; i++)
+			__free_page(root + i);
 		kfree(vm);
 		return kserv_core_errno(r);
 	}
 	vm->vmid = vmid;
-	vm->pages[vm->npages++] = root;
+	for (i = 0; i < n; i++)
+		vm->pages[vm->npages++] = root + i;
 	for (i = 0; i < KSERV_INITIAL_POOL; i++) {
 		r = kserv_donate(vm);
 		if (r)

@@ -2,7 +2,7 @@
 // It checks KCore's host interface without a kernel in the way and reports through
 // semihosting: exit status 0 = pass, otherwise the number of the failed check.
 //
-//  1. HVC KCORE_VERSION answers 0 with ABI 0.5 and the host-stage2 feature bit
+//  1. HVC KCORE_VERSION answers 0 with ABI 0.6 and the host-stage2 feature bit
 //  2. an unknown HVC answers SMCCC NOT_SUPPORTED (-1)
 //  3. HVC vendor-hyp Call UID answers KCore's UID
 //  4. the host's own RAM is readable and writable
@@ -46,7 +46,7 @@ main:
     ldr     x0, =KCORE_VERSION
     hvc     #0
     cbnz    x0, fail
-    cmp     x1, #5                 // major 0, minor 5
+    cmp     x1, #6                 // major 0, minor 6
     b.ne    fail
     tst     x2, #1
     b.eq    fail

@@ -481,12 +481,43 @@ impl<M: Machine> MemAux<'_, M> {
         Ok(())
     }
 
-    /// Create VM `vmid`'s stage-2 root from its pool.
-    pub fn create_vm_table(&self, vmid: u16) -> Result<()> {
+    /// Would [`MemAux::create_vm_table`] succeed? Changes nothing: `vmid` is a VM's table
+    /// without a root, `root_pfn` is aligned to the root's size (2 pages on a 40-bit CPU,
+    /// [`crate::arch::s2_root_pages`]) and every page of it is the host's, unshared.
+    pub fn check_vm_root(&self, vmid: u16, root_pfn: Pfn) -> Result<()> {
         if vmid == 0 {
             return Err(Error::InvalidParameter);
         }
-        self.table(vmid)?.init_root(self.m, self.locks)
+        let t = self.table(vmid)?;
+        if t.npt().is_some() {
+            return Err(Error::Exists);
+        }
+        let pages = t.root_pages();
+        if !root_pfn.is_multiple_of(pages) {
+            return Err(Error::InvalidParameter);
+        }
+        for pfn in root_pfn..root_pfn.saturating_add(pages) {
+            let info = self.page(pfn)?;
+            if info.owner != Owner::Host || info.count != 0 {
+                return Err(Error::Denied);
+            }
+        }
+        Ok(())
+    }
+
+    /// Create VM `vmid`'s stage-2 root from host pages `root_pfn..` (as many as a root
+    /// takes), which become KCore's ([`MemAux::check_vm_root`]).
+    pub fn create_vm_table(&self, vmid: u16, root_pfn: Pfn) -> Result<()> {
+        let s2 = self.lock_s2page();
+        self.check_s2page(&s2);
+        self.check_vm_root(vmid, root_pfn)?;
+        let t = self.table(vmid)?;
+        for pfn in root_pfn..root_pfn + t.root_pages() {
+            self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
+            self.host.clear_pfn_host(self.m, self.locks, pfn);
+        }
+        t.init_root_at(self.m, self.locks, root_pfn << PAGE_SHIFT).expect("root checked under s2page");
+        Ok(())
     }
 }
 

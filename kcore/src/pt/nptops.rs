@@ -6,7 +6,7 @@ use super::ptalloc::PagePool;
 use crate::error::{Error, Result};
 use crate::locks::{LockId, Locks};
 use crate::machine::Machine;
-use crate::{PAGE_SHIFT, Pfn};
+use crate::{PAGE_SHIFT, PAGE_SIZE, Pfn};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// One vmid's stage-2 table and the pool its table pages come from.
@@ -28,14 +28,40 @@ impl S2Table {
         S2Table { vmid, root: AtomicU64::new(0), ia_bits, pool }
     }
 
-    /// Allocate the root table from the pool. [`Error::Exists`] if there is one already,
-    /// [`Error::NoMemory`] if the pool is empty (donate pages and retry).
+    /// Pages a root of this table takes ([`crate::arch::s2_root_pages`]).
+    pub const fn root_pages(&self) -> u64 {
+        crate::arch::s2_root_pages(self.ia_bits)
+    }
+
+    /// Allocate the root table from the pool's never-used range (KCore's reserve for the
+    /// host). [`Error::Exists`] if there is one already, [`Error::NoMemory`] if the pool has
+    /// no room for it.
     pub fn init_root<M: Machine>(&self, m: &M, locks: &Locks) -> Result<()> {
         let _pt = locks.acquire(LockId::Pt(self.vmid), m.cpu_index());
         if self.root.load(Ordering::Acquire) != 0 {
             return Err(Error::Exists);
         }
-        let root = self.pool.alloc(m)?;
+        let root = self.pool.alloc_contiguous(m, self.root_pages())?;
+        self.root.store(root, Ordering::Release);
+        Ok(())
+    }
+
+    /// Make the [`S2Table::root_pages`] KCore-owned pages from `root` (aligned to their
+    /// size) the root, zeroing them. [`Error::Exists`] if there is one already. The caller
+    /// checked the pages and holds `s2page`.
+    pub fn init_root_at<M: Machine>(&self, m: &M, locks: &Locks, root: u64) -> Result<()> {
+        let _pt = locks.acquire(LockId::Pt(self.vmid), m.cpu_index());
+        if self.root.load(Ordering::Acquire) != 0 {
+            return Err(Error::Exists);
+        }
+        if !root.is_multiple_of(self.root_pages() * PAGE_SIZE) {
+            return Err(Error::InvalidParameter);
+        }
+        for n in 0..self.root_pages() {
+            m.zero_page(root + n * PAGE_SIZE);
+        }
+        // The zeroed root is visible to the walker before the table can be installed.
+        m.publish_table_writes();
         self.root.store(root, Ordering::Release);
         Ok(())
     }
@@ -112,7 +138,9 @@ impl S2Table {
             npt.release_tables(m, &mut give_back);
             self.root.store(0, Ordering::Release);
             m.tlb_flush_vmid(self.vmid);
-            give_back(npt.root);
+            for n in 0..npt.root_pages() {
+                give_back(npt.root + n * PAGE_SIZE);
+            }
         }
         self.pool.drain(m, give_back);
     }
@@ -136,14 +164,24 @@ mod tests {
 
     #[test]
     fn unmapping_a_page_inside_a_block_flushes_the_block() {
+        for ia_bits in [40, 44] {
+            unmap_in_block(ia_bits);
+        }
+    }
+
+    fn unmap_in_block(ia_bits: u32) {
         let base = 0x4000_0000;
         let m = SimMachine::new(base, 16 * PAGE_SIZE);
         let locks = Locks::new();
-        let t = S2Table::new(0, 40, PagePool::new(base, base + 16 * PAGE_SIZE));
+        let t = S2Table::new(0, ia_bits, PagePool::new(base + PAGE_SIZE, base + 16 * PAGE_SIZE));
         t.init_root(&m, &locks).unwrap();
+        // A two-page root is aligned to 8 KiB: the pool's first page is skipped.
+        let root = if t.root_pages() == 2 { base + 2 * PAGE_SIZE } else { base + PAGE_SIZE };
+        assert_eq!(t.expect_npt().root, root);
         assert_eq!(t.init_root(&m, &locks), Err(Error::Exists));
         let block = 0x8000_0000;
-        assert_eq!(t.tables_needed(&m, block, 2), 2);
+        // Level 2 under a level-1 root needs its level-2 table; under a level-0 root, a level-1 one too.
+        assert_eq!(t.tables_needed(&m, block, 2), 2 - arch::s2_start_level(ia_bits) as u64);
         t.map(&m, &locks, block, 2, arch::s2_normal_leaf(block, 2)).unwrap();
         assert_eq!(t.tables_needed(&m, block + BLOCK_2M, 3), 1);
         assert!(m.take_tlb_log().is_empty(), "mapping into an invalid entry needs no TLBI");

@@ -57,6 +57,30 @@ impl PagePool {
         Ok(page)
     }
 
+    /// Allocate `pages` (a power of two) zeroed, contiguous pages aligned to their total size,
+    /// from the never-used range (a concatenated stage-2 root); pages skipped to align go to
+    /// the free list. One page is [`PagePool::alloc`].
+    pub fn alloc_contiguous<M: Machine>(&self, m: &M, pages: u64) -> Result<u64> {
+        if pages <= 1 {
+            return self.alloc(m);
+        }
+        let bytes = pages * PAGE_SIZE;
+        let next = self.next.load(Relaxed);
+        let start = next.next_multiple_of(bytes);
+        if start.checked_add(bytes).is_none_or(|end| end > self.end.load(Relaxed)) {
+            return Err(Error::NoMemory);
+        }
+        for skipped in (next..start).step_by(PAGE_SIZE as usize) {
+            self.push(m, skipped);
+        }
+        self.next.store(start + bytes, Relaxed);
+        for page in (start..start + bytes).step_by(PAGE_SIZE as usize) {
+            m.zero_page(page);
+        }
+        self.in_use.fetch_add(pages, Relaxed);
+        Ok(start)
+    }
+
     /// Return a page to the pool. It must have come from [`PagePool::alloc`].
     pub fn free<M: Machine>(&self, m: &M, page: u64) {
         self.push(m, page);
@@ -127,5 +151,20 @@ mod tests {
         pool.add(&m, 0x1000_0000 + 3 * PAGE_SIZE);
         assert_eq!(pool.available(), 1);
         assert_eq!(pool.alloc(&m), Ok(0x1000_0000 + 3 * PAGE_SIZE));
+    }
+
+    #[test]
+    fn contiguous_allocation_is_aligned_and_keeps_the_skipped_pages() {
+        let base = 0x1000_0000;
+        let m = SimMachine::new(base, 16 * PAGE_SIZE);
+        m.fill_page(base + 2 * PAGE_SIZE, 0xaa);
+        let pool = PagePool::new(base + PAGE_SIZE, base + 8 * PAGE_SIZE);
+        let root = pool.alloc_contiguous(&m, 2).unwrap();
+        assert_eq!(root, base + 2 * PAGE_SIZE, "aligned to 8 KiB");
+        assert!(m.page_is_zero(root) && m.page_is_zero(root + PAGE_SIZE));
+        assert_eq!((pool.in_use(), pool.available()), (2, 5), "the page skipped to align is free");
+        assert_eq!(pool.alloc_contiguous(&m, 8), Err(Error::NoMemory));
+        assert_eq!(pool.alloc_contiguous(&m, 4), Ok(base + 4 * PAGE_SIZE));
+        assert_eq!(pool.alloc(&m), Ok(base + PAGE_SIZE));
     }
 }

@@ -59,8 +59,8 @@ pub struct AbsBoot {
     pub vms: BTreeMap<u16, AbsVm>,
     /// Memory (layers 16-17).
     pub mem: AbsMem,
-    /// Pages given to each VM's table pool (its root included): all of them go back to the
-    /// host, zeroed, when the VM is destroyed.
+    /// Pages given to each VM's table pool and its root: all of them go back to the host,
+    /// zeroed, when the VM is destroyed.
     pub donated: BTreeMap<u16, BTreeSet<Pfn>>,
 }
 
@@ -118,15 +118,21 @@ impl AbsBoot {
                     1 => VmKind::NonProtected,
                     _ => return Err(Error::InvalidParameter),
                 };
-                let info = self.mem.pages.get(&root).copied().ok_or(Error::InvalidParameter)?;
-                if info.owner != Owner::Host || info.count != 0 {
-                    return Err(Error::Denied);
+                // The root's pages (2 on a 40-bit IPA space), aligned, the host's, unshared.
+                let n = crate::arch::s2_root_pages(self.mem.ia_bits);
+                if !root.is_multiple_of(n) {
+                    return Err(Error::InvalidParameter);
+                }
+                for pfn in root..root.saturating_add(n) {
+                    let info = self.mem.pages.get(&pfn).copied().ok_or(Error::InvalidParameter)?;
+                    if info.owner != Owner::Host || info.count != 0 {
+                        return Err(Error::Denied);
+                    }
                 }
                 let vmid =
                     (1..=MAX_VMS as u16).find(|v| self.vm(*v).state == VmState::Unused).ok_or(Error::NoMemory)?;
-                self.mem_op(MemOp::Donate { vmid, pfn: root })?;
-                self.mem_op(MemOp::CreateVm { vmid })?;
-                self.donated.entry(vmid).or_default().insert(root);
+                self.mem_op(MemOp::CreateVm { vmid, root })?;
+                self.donated.entry(vmid).or_default().extend(root..root + n);
                 self.vms.insert(vmid, AbsVm { state: VmState::Ready, kind, ..AbsVm::default() });
                 Ok(vmid as u64)
             }

@@ -35,7 +35,7 @@ pub struct AbsMem {
     pub host_zero: BTreeSet<Pfn>,
     /// VMs with a stage-2 table.
     pub vm_tables: BTreeSet<u16>,
-    /// Pool pages left for each VM's tables (root and intermediate tables come from it).
+    /// Pool pages left for each VM's tables below the root.
     pub pools: BTreeMap<u16, u64>,
     /// Per VM, its tables below the root as (level, first IPA they translate).
     pub vm_table_pages: BTreeSet<(u16, u8, u64)>,
@@ -54,7 +54,7 @@ pub enum Op {
     // A host stage-2 translation fault on a plain data read by the host kernel (EL1).
     HostKernelRead { ipa: u64 },
     Donate { vmid: u16, pfn: Pfn },
-    CreateVm { vmid: u16 },
+    CreateVm { vmid: u16, root: Pfn },
     Assign { vmid: u16, gfn: u64, pfn: Pfn },
     Map { vmid: u16, gfn: u64, pfn: Pfn, level: u8 },
     ProtMap { vmid: u16, gfn: u64, pfn: Pfn, level: u8 },
@@ -128,9 +128,10 @@ impl AbsMem {
         Ok(())
     }
 
-    /// The tables (level 1..=`level`) a leaf at `ipa` needs that VM `vmid` does not have yet.
+    /// The tables (below the root, down to `level`) a leaf at `ipa` needs that VM `vmid` does
+    /// not have yet.
     fn missing_tables(&self, vmid: u16, ipa: u64, level: u8) -> Vec<(u16, u8, u64)> {
-        (1..=level)
+        (crate::arch::s2_start_level(self.ia_bits) + 1..=level)
             .map(|l| (vmid, l, ipa & !((1u64 << (12 + 9 * (4 - l as u32))) - 1)))
             .filter(|t| !self.vm_table_pages.contains(t))
             .collect()
@@ -262,7 +263,7 @@ impl AbsMem {
                 *self.pools.entry(vmid).or_default() += 1;
                 Ok(0)
             }
-            Op::CreateVm { vmid } => {
+            Op::CreateVm { vmid, root } => {
                 if vmid == 0 {
                     return Err(Error::InvalidParameter);
                 }
@@ -270,11 +271,22 @@ impl AbsMem {
                 if self.vm_tables.contains(&vmid) {
                     return Err(Error::Exists);
                 }
-                let pool = self.pools.entry(vmid).or_default();
-                if *pool == 0 {
-                    return Err(Error::NoMemory);
+                // The root is the host's pages `root..`: as many as the IPA size needs,
+                // aligned to their number; they become KCore's.
+                let n = crate::arch::s2_root_pages(self.ia_bits);
+                if !root.is_multiple_of(n) {
+                    return Err(Error::InvalidParameter);
                 }
-                *pool -= 1;
+                for pfn in root..root.saturating_add(n) {
+                    let i = self.page(pfn)?;
+                    if i.owner != Owner::Host || i.count != 0 {
+                        return Err(Error::Denied);
+                    }
+                }
+                for pfn in root..root + n {
+                    self.pages.insert(pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
+                    self.host_mapped.remove(&pfn);
+                }
                 self.vm_tables.insert(vmid);
                 Ok(0)
             }
@@ -410,7 +422,7 @@ pub fn run<M: Machine>(k: &KCore<M>, op: Op) -> Result<u64> {
             r => r.map(|_| 0),
         },
         Op::Donate { vmid, pfn } => mem.donate_to_pool(vmid, pfn).map(|_| 0),
-        Op::CreateVm { vmid } => mem.create_vm_table(vmid).map(|_| 0),
+        Op::CreateVm { vmid, root } => mem.create_vm_table(vmid, root).map(|_| 0),
         Op::Assign { vmid, gfn, pfn } => mem.assign_pfn_to_vm(vmid, gfn, pfn).map(|_| 0),
         Op::Map { vmid, gfn, pfn, level } => mem.map_pfn_vm(vmid, gfn, pfn, level).map(|_| 0),
         Op::ProtMap { vmid, gfn, pfn, level } => mem.prot_and_map_vm(vmid, gfn, pfn, level).map(|_| 0),
@@ -462,7 +474,7 @@ pub fn abstraction<M: Machine>(k: &KCore<M>, pools: &BTreeMap<u16, u64>) -> AbsM
             if level == 3 {
                 vm_split.insert((t.vmid, ipa >> (PAGE_SHIFT + 9)));
             }
-            if level >= 1 {
+            if level > npt.start_level() {
                 vm_table_pages.insert((t.vmid, level, ipa));
             }
         });

@@ -1,7 +1,7 @@
 //! Specification of layers 6-8: a translation table as its leaves and its present tables.
 //! Tables are created on the way down to a new leaf and never freed, as in the code.
 
-use crate::arch::level_size;
+use crate::arch::{level_size, s2_root_pages, s2_start_level};
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +17,8 @@ pub struct AbsNpt {
     pub ia_bits: u32,
     /// Leaves by first input address: (level, descriptor).
     pub leaves: BTreeMap<u64, (u8, u64)>,
-    /// Present tables (level, first input address); the root (0, 0) always is.
+    /// Present tables (level, first input address); the root's always are: (0, 0), or
+    /// (1, n * 512 GiB) for each concatenated level-1 root table.
     pub tables: BTreeSet<(u8, u64)>,
     /// Pool pages left for new tables.
     pub pool: u64,
@@ -26,7 +27,9 @@ pub struct AbsNpt {
 impl AbsNpt {
     /// A table with only its root.
     pub fn new(ia_bits: u32, pool: u64) -> AbsNpt {
-        AbsNpt { ia_bits, leaves: BTreeMap::new(), tables: BTreeSet::from([(0, 0)]), pool }
+        let start = s2_start_level(ia_bits);
+        let tables = (0..s2_root_pages(ia_bits)).map(|n| (start, n * table_span(start))).collect();
+        AbsNpt { ia_bits, leaves: BTreeMap::new(), tables, pool }
     }
 
     /// The leaf covering `addr`.
@@ -46,7 +49,7 @@ impl AbsNpt {
         }
         // As the code descends: at each level above the target, a leaf in the way is an error;
         // a missing next-level table is allocated, if the pool has a page.
-        for l in 0..level {
+        for l in s2_start_level(self.ia_bits)..level {
             if let Some((_, ll, _)) = s.walk(addr)
                 && ll == l
             {

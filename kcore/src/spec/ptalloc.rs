@@ -28,6 +28,29 @@ impl AbsPool {
             _ => Err(Error::BadState),
         }
     }
+    /// Allocation of `pages` contiguous pages (a concatenated stage-2 root): on success they
+    /// were all free and the first is aligned to their total size; they are handed out
+    /// together. A refusal (the implementation takes them from its never-used range only)
+    /// must be [`Error::NoMemory`] and change nothing.
+    pub fn alloc_contiguous(&self, pages: u64, chosen: Result<u64>) -> Result<AbsPool> {
+        let bytes = pages * crate::PAGE_SIZE;
+        match chosen {
+            Err(Error::NoMemory) => Ok(self.clone()),
+            Ok(p)
+                if p.is_multiple_of(bytes)
+                    && (p..p + bytes).step_by(crate::PAGE_SIZE as usize).all(|q| self.free.contains(&q)) =>
+            {
+                let mut s = self.clone();
+                for q in (p..p + bytes).step_by(crate::PAGE_SIZE as usize) {
+                    s.free.remove(&q);
+                    s.in_use.insert(q);
+                }
+                Ok(s)
+            }
+            _ => Err(Error::BadState),
+        }
+    }
+
     /// Returning a handed-out page, or adding a new one.
     pub fn give(&self, page: u64) -> AbsPool {
         let mut s = self.clone();

@@ -369,6 +369,7 @@ impl AbsTop {
                 x[1] = (abi::ABI_MAJOR << 16) | abi::ABI_MINOR;
                 // Host stage-2, VM lifecycle, vCPU run, non-protected VMs, full guests.
                 x[2] = 0b1_1111;
+                x[3] = crate::arch::s2_root_pages(self.boot.mem.ia_bits);
             }
             abi::VENDOR_HYP_CALL_UID => {
                 for (r, w) in x.iter_mut().zip(abi::KCORE_UID) {

@@ -38,6 +38,7 @@ pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
         abi::KCORE_VERSION => {
             x[1] = (abi::ABI_MAJOR << 16) | abi::ABI_MINOR;
             x[2] = abi::FEATURES;
+            x[3] = k.host.root_pages();
             Ok(None)
         }
         abi::VENDOR_HYP_CALL_UID => {
@@ -110,7 +111,8 @@ mod tests {
         let k = kcore();
         let mut x = [abi::KCORE_VERSION as u64, 9, 9, 9, 0, 0, 0, 0];
         host_hvc(&k, &mut x);
-        assert_eq!(&x[..3], &[0, 5, abi::FEATURES]);
+        // A 40-bit IPA space: a VM's root is two concatenated level-1 tables.
+        assert_eq!(&x[..4], &[0, 6, abi::FEATURES, 2]);
     }
 
     #[test]

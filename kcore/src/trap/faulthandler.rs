@@ -104,10 +104,10 @@ mod tests {
     /// A VM's page (gfn 0 of VM 1), not shared.
     fn vm_page(k: &KCore<SimMachine>) -> u64 {
         let pfn = (KMEM + (8 << 20)) >> 12;
-        for p in 1..4 {
+        k.mem().create_vm_table(1, pfn + 2).unwrap();
+        for p in [1, 4, 5] {
             k.mem().donate_to_pool(1, pfn + p).unwrap();
         }
-        k.mem().create_vm_table(1).unwrap();
         k.mem().assign_pfn_to_vm(1, 0, pfn).unwrap();
         k.m.fill_page(pfn << 12, 0x5a);
         pfn << 12

@@ -26,25 +26,32 @@ impl<M: Machine> KCore<M> {
         self.mem().donate_to_pool(vmid, pfn)
     }
 
-    /// `register_kvm`: a new VM whose stage-2 root is host page `root_pfn` (donated). Returns
-    /// the vmid.
+    /// `register_kvm`: a new VM whose stage-2 root is host page(s) `root_pfn..` (they become
+    /// KCore's). Returns the vmid.
     pub fn register_vm(&self, root_pfn: Pfn) -> Result<u16> {
         self.register_vm_kind(root_pfn, VmKind::Protected as u64)
     }
 
-    /// `REGISTER_VM` with the VM's kind (`kind`: 0 protected, 1 non-protected).
+    /// `REGISTER_VM` with the VM's kind (`kind`: 0 protected, 1 non-protected). The root is
+    /// [`crate::arch::s2_root_pages`] pages (2 on a CPU with 40 bits of physical address),
+    /// `root_pfn` aligned to their number.
     pub fn register_vm_kind(&self, root_pfn: Pfn, kind: u64) -> Result<u16> {
         let kind = VmKind::from_abi(kind).ok_or(Error::InvalidParameter)?;
-        // Check the page before claiming a vmid, so the common refusal leaves no trace.
-        let info = self.mem().page(root_pfn)?;
-        if info.owner != Owner::Host || info.count != 0 {
-            return Err(Error::Denied);
+        // Check the pages before claiming a vmid, so the common refusal leaves no trace.
+        let pages = self.host.root_pages();
+        if !root_pfn.is_multiple_of(pages) {
+            return Err(Error::InvalidParameter);
+        }
+        for pfn in root_pfn..root_pfn.saturating_add(pages) {
+            let info = self.mem().page(pfn)?;
+            if info.owner != Owner::Host || info.count != 0 {
+                return Err(Error::Denied);
+            }
         }
         let vmid = self.gen_vmid()?;
         let _vm = self.lock_vm(vmid);
-        let made = self.mem().donate_to_pool(vmid, root_pfn).and_then(|_| self.mem().create_vm_table(vmid));
-        if let Err(e) = made {
-            // The page changed hands meanwhile (another CPU); give the vmid back.
+        if let Err(e) = self.mem().create_vm_table(vmid, root_pfn) {
+            // A page changed hands meanwhile (another CPU); give the vmid back.
             self.release_vm_memory(vmid);
             self.vminfo[vmid as usize - 1].clear();
             return Err(e);

@@ -24,26 +24,27 @@ pub const RAM_SIZE: u64 = 16 << 20;
 pub const P0: u64 = RAM >> 12;
 /// KCore's own memory: the top 4 MiB (metadata, then the host table pool).
 pub const KMEM: u64 = RAM + (12 << 20);
-/// Host pages given to VM table pools at setup: 10 MiB .. 10 MiB + 144 pages.
+/// Host pages given to VM roots and table pools at setup: 10 MiB .. 10 MiB + 146 pages.
 pub const DONATED: u64 = P0 + 2560;
 
-/// KCore with VMs 1 and 2 created (64 pool pages each) and VM 3 given a 16-page pool but no
-/// table yet. Returns it with the pool sizes the specification starts from.
+/// KCore with VMs 1 and 2 created (a two-page root, the 40-bit IPA space's, and 63 pool
+/// pages each) and VM 3 given a 16-page pool but no table yet. Returns it with the pool sizes
+/// the specification starts from.
 pub fn kcore() -> (KCore<SimMachine>, BTreeMap<u16, u64>) {
     let m = SimMachine::new(RAM, RAM_SIZE);
     let mb = MemBlocks::new(&[(RAM, RAM_SIZE)]).unwrap();
     let pool = PagePool::new(KMEM + (1 << 20), RAM + RAM_SIZE);
     let k = KCore::new(m, mb, KMEM, pool, 40).unwrap();
     k.mem().protect_kcore(KMEM, RAM + RAM_SIZE).unwrap();
-    let mut pfn = DONATED;
-    for (vmid, n) in [(1u16, 64u64), (2, 64), (3, 16)] {
+    k.mem().create_vm_table(1, DONATED).unwrap();
+    k.mem().create_vm_table(2, DONATED + 2).unwrap();
+    let mut pfn = DONATED + 4;
+    for (vmid, n) in [(1u16, 63u64), (2, 63), (3, 16)] {
         for _ in 0..n {
             k.mem().donate_to_pool(vmid, pfn).unwrap();
             pfn += 1;
         }
     }
-    k.mem().create_vm_table(1).unwrap();
-    k.mem().create_vm_table(2).unwrap();
     let pools = BTreeMap::from([(0, 1000), (1, 63), (2, 63), (3, 16)]);
     (k, pools)
 }

@@ -7,7 +7,7 @@
 // stops once the kernel has printed its banner and has found PSCI and SMCCC 1.1 through
 // KCore's answers to its HVCs.
 
-use super::{check, exit, hvc, hvc5, pfn, print, print_dec, status};
+use super::{check, exit, hvc, hvc5, pfn, print, print_dec, root_pages, status};
 use kcore::abi;
 
 /// Where tests/baremetal.sh has QEMU load the kernel Image and the guest's device tree in the
@@ -49,7 +49,7 @@ pub(super) fn run() -> ! {
     let r = hvc(abi::REGISTER_VM, [pfn(POOL_HOST), abi::VM_NON_PROTECTED, 0, 0]);
     check(status(r) == 0, 203);
     let vm = r[1];
-    let mut next = POOL_HOST + 4096;
+    let mut next = POOL_HOST + root_pages() * 4096;
     for _ in 0..64 {
         check(status(hvc(abi::DONATE_PAGE, [vm, pfn(next), 0, 0])) == 0, 204);
         next += 4096;
