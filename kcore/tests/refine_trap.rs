@@ -428,3 +428,33 @@ fn a_vm_runs_through_the_top_level_step() {
     ]);
     refine(&ev, 0xffff_8000_0010_0000, 0x3c5).unwrap();
 }
+
+/// A host fault KCore resolves must not come back forever: the same CPU faulting again and
+/// again on a page KCore's table maps means the hardware walks something else (as a level-0
+/// root on a 40-bit CPU did), and KCore stops with the reason instead of retrying silently.
+#[test]
+fn a_host_fault_that_keeps_coming_back_is_fatal() {
+    let (k, _) = bare_kcore();
+    let fault = |ipa: u64| {
+        let (slot, esr, far, hpfar) =
+            host_syndrome(HostEvent::Abort { ipa, data: true, translation: true, write: false });
+        k.m.set_sysreg(0, SysReg::EsrEl2, esr);
+        k.m.set_sysreg(0, SysReg::FarEl2, far);
+        k.m.set_sysreg(0, SysReg::HpfarEl2, hpfar);
+        let mut frame = TrapFrame { x: [0; 31], elr: 0x4040_0000, spsr: arch::mode::EL1H, pad: 0 };
+        k.trap(slot, &mut frame)
+    };
+    let (a, b) = (RAM + 0x5000, RAM + 0x9000);
+    // The first fault maps it; refaults (another CPU's race, as far as KCore can tell) are
+    // retried, and a fault elsewhere starts the count again.
+    for _ in 0..kcore::trap::traphandler::HOST_REFAULT_LIMIT - 1 {
+        fault(a);
+    }
+    fault(b);
+    for _ in 0..kcore::trap::traphandler::HOST_REFAULT_LIMIT - 1 {
+        fault(a);
+    }
+    let stuck = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fault(a)));
+    let why = stuck.expect_err("KCore stops").downcast::<String>().expect("a message");
+    assert!(why.contains("though KCore's table maps it"), "{why}");
+}

@@ -14,8 +14,12 @@ use crate::machine::Machine;
 /// The outcome of a host stage-2 fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostFault {
-    /// Mapped (or already mapped): return to the host to retry the access.
+    /// Mapped: return to the host to retry the access.
     Resume,
+    /// KCore's table maps it already (another CPU mapped it first): retry. The same CPU
+    /// faulting again and again on a page KCore maps is a KCore bug (the tables disagree
+    /// with what the hardware walks), which the trap handler makes fatal.
+    AlreadyMapped,
     /// A host kernel read of a VM's page: KCore's zero page is mapped there; retry.
     ReadsZero,
     /// Refused: inject a synchronous external abort into the host.
@@ -36,6 +40,7 @@ pub fn host_stage2_fault<M: Machine>(k: &KCore<M>, esr: u64, far: u64, hpfar: u6
     }
     let ipa = arch::fault_ipa(hpfar, far);
     match k.mem().map_page_host(ipa) {
+        Ok(m) if m.already => HostFault::AlreadyMapped,
         Ok(_) => HostFault::Resume,
         Err(Error::Denied) if from_el1 && is_plain_data_read(esr) => match k.mem().map_zero_host(ipa) {
             Ok(_) => HostFault::ReadsZero,

@@ -55,12 +55,38 @@ pub struct CpuRun {
     exit: [AtomicU64; 4],
     /// The run asked for its list registers in x5..x7 when it exits (VCPU_RUN x4 bit 1).
     report_lrs: AtomicBool,
+    /// The page of this CPU's last host stage-2 fault that KCore's table already mapped, and
+    /// how many such faults in a row it took.
+    host_refault: [AtomicU64; 2],
 }
+
+/// Host stage-2 faults in a row on one page KCore's table maps before KCore stops: a few
+/// are races with another CPU mapping it; this many means the hardware walks something other
+/// than KCore's tables (a KCore bug, which must not become a silent endless retry).
+pub const HOST_REFAULT_LIMIT: u64 = 64;
 
 /// Per-CPU run records.
 pub type CpuRuns = [CpuRun; MAX_CPUS];
 
 impl<M: Machine> KCore<M> {
+    /// Track host faults on pages KCore's table maps already ([`HOST_REFAULT_LIMIT`]).
+    fn count_host_refault(&self, fault: HostFault, esr: u64, ipa: u64) {
+        let [page, count] = &self.runs[self.m.cpu_index()].host_refault;
+        if fault != HostFault::AlreadyMapped {
+            count.store(0, Relaxed);
+            return;
+        }
+        let this = ipa >> crate::PAGE_SHIFT;
+        let n = if page.swap(this, Relaxed) == this { count.load(Relaxed) + 1 } else { 1 };
+        count.store(n, Relaxed);
+        if n >= HOST_REFAULT_LIMIT {
+            panic!(
+                "host stage-2 fault at {ipa:#x} (ESR {esr:#x}) {n} times in a row, though KCore's table maps it: \
+                 the hardware's walk disagrees with KCore's tables"
+            );
+        }
+    }
+
     /// The guest running on this CPU, if any: (vmid, vCPU, context page).
     pub fn running_guest(&self) -> Option<(u16, usize, VcpuPage)> {
         let r = &self.runs[self.m.cpu_index()];
@@ -109,8 +135,10 @@ impl<M: Machine> KCore<M> {
             }
             ec::DABT_LOW | ec::IABT_LOW => {
                 let from_el1 = !matches!(frame.spsr & arch::spsr::MODE_MASK, arch::mode::EL0T | arch::mode::A32_USR);
-                match faulthandler::host_stage2_fault(self, s.esr, s.far, s.hpfar, from_el1) {
-                    HostFault::Resume => {}
+                let fault = faulthandler::host_stage2_fault(self, s.esr, s.far, s.hpfar, from_el1);
+                self.count_host_refault(fault, s.esr, arch::fault_ipa(s.hpfar, s.far));
+                match fault {
+                    HostFault::Resume | HostFault::AlreadyMapped => {}
                     HostFault::ReadsZero => {
                         // Said for the first few pages and then every 1024th: a host that
                         // scans its RAM meets thousands.
