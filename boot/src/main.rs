@@ -218,6 +218,10 @@ mod el2 {
             plan.host_part.0,
             plan.host_part.1
         );
+        // Every memory node of the device tree; the host owns all of it but KCore's part.
+        for r in kc.mb.regions() {
+            log::info!("RAM {:#x}..{:#x} ({} MiB)", r.base, r.base + r.size, r.size >> 20);
+        }
         let host_s2 = kc.host.expect_npt();
         log::info!(
             "host stage-2: {ipa_bits}-bit IPA, level-{} root {:#x} ({} page{}), filled on demand",
