@@ -34,6 +34,9 @@ pub enum Violation {
     /// The host maps KCore's zero page other than read-only and non-executable at RAM it may
     /// not map, or the zero page is not zero or not KCore's.
     HostZeroPageMisused { ipa: u64 },
+    /// More host leaves map the zero page than KCore counts (a VM's teardown would skip
+    /// removing some that went stale).
+    ZeroLeavesUncounted { leaves: u64, counted: u64 },
     /// The host maps a RAM page it may not use.
     HostMapsForeign { pfn: Pfn, owner: Owner },
     /// A host device-typed leaf covers RAM, or a normal leaf covers non-RAM.
@@ -81,8 +84,10 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
         check_tables(k, t, &mut note);
     }
     if let Some(npt) = k.host.npt() {
+        let mut zero_leaves = 0;
         npt.for_each_leaf(&k.m, |ipa, leaf| {
             if leaf.output(ipa) == k.zero_page {
+                zero_leaves += 1;
                 let want = crate::arch::s2_zero_leaf(k.zero_page);
                 let not_hosts = k.meta.get(&k.m, &k.mb, ipa >> PAGE_SHIFT).is_some_and(|i| !i.host_may_map());
                 if leaf.level != 3 || leaf.desc != want || !not_hosts {
@@ -110,6 +115,10 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
                 }
             }
         });
+        let counted = k.zero_leaves.load(core::sync::atomic::Ordering::Relaxed);
+        if zero_leaves > counted {
+            note(Violation::ZeroLeavesUncounted { leaves: zero_leaves, counted });
+        }
     }
     for t in k.vms.iter() {
         let Some(npt) = t.npt() else { continue };

@@ -13,6 +13,7 @@ use crate::trap::traphandler::{CpuRun, CpuRuns};
 use crate::vcpu::guestcpu::GuestCpu;
 use crate::vm::VmInfo;
 use crate::{BLOCK_2M, PAGE_SIZE, align_down, align_up};
+use core::sync::atomic::AtomicU64;
 
 /// Where KCore's memory goes, decided at boot from the firmware's memory map and the KCore
 /// image's own extent.
@@ -101,6 +102,9 @@ pub struct KCore<M: Machine> {
     /// KCore's zero page (from the host's table pool, never written): what the host kernel
     /// reads in place of a page a VM owns (see [`MemAux::map_zero_host`]).
     pub zero_page: u64,
+    /// At least as many as the host stage-2 leaves that map the zero page (0: none, so a
+    /// VM's teardown need not sweep for them).
+    pub zero_leaves: AtomicU64,
 }
 
 impl<M: Machine> KCore<M> {
@@ -140,6 +144,7 @@ impl<M: Machine> KCore<M> {
             runs,
             guest_cpu: GuestCpu::default(),
             zero_page: 0,
+            zero_leaves: AtomicU64::new(0),
         };
         k.host.init_root(&k.m, &k.locks)?;
         // Zeroed by the pool; KCore-owned like every pool page, and never written again.
@@ -157,6 +162,7 @@ impl<M: Machine> KCore<M> {
             host: &self.host,
             vms: &self.vms,
             zero_page: self.zero_page,
+            zero_leaves: &self.zero_leaves,
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::locks::{LockGuard, LockId, Locks};
 use crate::machine::Machine;
 use crate::pt::nptops::S2Table;
 use crate::{BLOCK_2M, Gfn, PAGE_SHIFT, PAGE_SIZE, Pfn, align_down};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// What a successful host fault mapping installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +57,10 @@ pub struct MemAux<'a, M: Machine> {
     pub vms: &'a [S2Table],
     /// KCore's zero page, the host kernel's view of a page a VM owns.
     pub zero_page: u64,
+    /// An upper bound on the host leaves that map the zero page ([`KCore::zero_leaves`]).
+    ///
+    /// [`KCore::zero_leaves`]: crate::kcore::KCore::zero_leaves
+    pub zero_leaves: &'a AtomicU64,
 }
 
 /// Pages a leaf at `level` (2 or 3) covers.
@@ -187,18 +192,30 @@ impl<M: Machine> MemAux<'_, M> {
             return Ok(HostMapping { base, level: 3, device: false, already: true });
         }
         self.host.map_locked(self.m, base, 3, arch::s2_zero_leaf(self.zero_page))?;
+        self.zero_leaves.fetch_add(1, Ordering::Relaxed);
         Ok(HostMapping { base, level: 3, device: false, already: false })
     }
 
     /// Remove the zero page from every host page the host may map again (KCore pages a VM's
-    /// teardown gave back, which leave KCore in bulk). Caller holds `s2page`.
+    /// teardown gave back, which leave KCore in bulk): one sweep of the host's table, skipped
+    /// when the host never read a foreign page. Caller holds `s2page` (the count and the
+    /// leaves change only under it).
     pub fn drop_stale_zero_leaves(&self, s2: &LockGuard<'_>) {
         self.check_s2page(s2);
+        if self.zero_leaves.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let zero = self.zero_page;
+        let mut kept = 0;
         self.host.clear_leaves(self.m, self.locks, |ipa, leaf| {
-            leaf.output(ipa) == zero
-                && self.meta.get(self.m, self.mb, ipa >> PAGE_SHIFT).is_some_and(|i| i.host_may_map())
+            if leaf.output(ipa) != zero {
+                return false;
+            }
+            let stale = self.meta.get(self.m, self.mb, ipa >> PAGE_SHIFT).is_some_and(|i| i.host_may_map());
+            kept += u64::from(!stale);
+            stale
         });
+        self.zero_leaves.store(kept, Ordering::Relaxed);
     }
 
     /// The largest level (>= `min_level`) whose block around `ipa` is RAM of one region with

@@ -140,7 +140,17 @@ impl Npt {
     /// Visit every leaf as `(input address, leaf)`, in address order.
     pub fn for_each_leaf<M: Machine>(&self, m: &M, mut f: impl FnMut(u64, Leaf)) {
         for (table, base) in self.roots() {
-            self.visit(m, table, self.start_level(), base, &mut f, &mut |_, _, _| {});
+            self.visit(
+                m,
+                table,
+                self.start_level(),
+                base,
+                &mut |a, l| {
+                    f(a, l);
+                    false
+                },
+                &mut |_, _, _| {},
+            );
         }
     }
 
@@ -148,35 +158,15 @@ impl Npt {
     /// The caller invalidates the TLBs of this table's VMID afterwards if any did.
     pub fn clear_leaves<M: Machine>(&self, m: &M, mut drop: impl FnMut(u64, Leaf) -> bool) -> u64 {
         let mut cleared = 0;
+        let mut leaf = |a, l| {
+            let gone = drop(a, l);
+            cleared += u64::from(gone);
+            gone
+        };
         for (table, base) in self.roots() {
-            self.sweep(m, table, self.start_level(), base, &mut drop, &mut cleared);
+            self.visit(m, table, self.start_level(), base, &mut leaf, &mut |_, _, _| {});
         }
         cleared
-    }
-
-    fn sweep<M: Machine>(
-        &self,
-        m: &M,
-        table: u64,
-        level: u8,
-        base: u64,
-        drop: &mut impl FnMut(u64, Leaf) -> bool,
-        cleared: &mut u64,
-    ) {
-        let span = 1u64 << (12 + 9 * (3 - level as u32));
-        for i in 0..super::ptwalk::ENTRIES {
-            let addr = base + i * span;
-            if !self.covers(addr) {
-                break;
-            }
-            let d = m.load(table + 8 * i);
-            if arch::is_table(d, level) {
-                self.sweep(m, d & desc::ADDR_MASK, level + 1, addr, drop, cleared);
-            } else if level > 0 && arch::is_leaf(d, level) && drop(addr, Leaf { level, desc: d }) {
-                write_entry(m, table, level, addr, 0);
-                *cleared += 1;
-            }
-        }
     }
 
     /// Visit every table page as `(table address, level, input address it starts at)`,
@@ -184,7 +174,7 @@ impl Npt {
     pub fn for_each_table<M: Machine>(&self, m: &M, mut f: impl FnMut(u64, u8, u64)) {
         for (table, base) in self.roots() {
             f(table, self.start_level(), base);
-            self.visit(m, table, self.start_level(), base, &mut |_, _| {}, &mut f);
+            self.visit(m, table, self.start_level(), base, &mut |_, _| false, &mut f);
         }
     }
 
@@ -209,13 +199,15 @@ impl Npt {
         }
     }
 
+    /// Walk the tables below `table` (at `level`, translating from `base`) in address order:
+    /// `t` sees each next-level table, `f` each leaf, which is cleared if `f` says so.
     fn visit<M: Machine>(
         &self,
         m: &M,
         table: u64,
         level: u8,
         base: u64,
-        f: &mut impl FnMut(u64, Leaf),
+        f: &mut impl FnMut(u64, Leaf) -> bool,
         t: &mut impl FnMut(u64, u8, u64),
     ) {
         let span = 1u64 << (12 + 9 * (3 - level as u32));
@@ -228,8 +220,8 @@ impl Npt {
             if arch::is_table(d, level) {
                 t(d & desc::ADDR_MASK, level + 1, addr);
                 self.visit(m, d & desc::ADDR_MASK, level + 1, addr, f, t);
-            } else if level > 0 && arch::is_leaf(d, level) {
-                f(addr, Leaf { level, desc: d });
+            } else if level > 0 && arch::is_leaf(d, level) && f(addr, Leaf { level, desc: d }) {
+                write_entry(m, table, level, addr, 0);
             }
         }
     }
