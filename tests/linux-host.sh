@@ -233,6 +233,9 @@ host attack --cpus 2 --timeout 300 --exec "$(cat "$ROOT/tests/vm-attack.sh")"
 attack_checks attack "malicious host (6.1 host, max)"
 host attack-a57 --cpus 2 --cpu cortex-a57 --host-kernel "$bpo_kernel" --timeout 300 --exec "$(cat "$ROOT/tests/vm-attack.sh")"
 attack_checks attack-a57 "malicious host (6.12 host, cortex-a57)"
+# And on a 40-bit-PA CPU, where the guest's stage-2 is two concatenated level-1 root tables.
+host attack-a76 --cpus 2 --cpu cortex-a76 --timeout 300 --exec "$(cat "$ROOT/tests/vm-attack.sh")"
+attack_checks attack-a76 "malicious host (6.1 host, cortex-a76)"
 # The SeKVM demo (tests/vm-demo.sh; scripts/run.sh --demo runs it on the terminal): a
 # protected Debian guest with 2 vCPUs boots the signed demo kernel (the pKVM guest kernel with
 # its unlock initramfs and command line built in), asks on its console for the passphrase of

@@ -338,7 +338,8 @@ static void attack(bool all)
 	attack_linear_map(pages, n);
 	if (!all)
 		goto out;
-	spare = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	/* Up to 8 aligned pages: a stage-2 root for a VM of its own on any CPU (KCORE_VERSION x3). */
+	spare = alloc_pages(GFP_KERNEL | __GFP_ZERO, 3);
 	spare_sig = alloc_page(GFP_KERNEL | __GFP_ZERO);
 	for (vmid = 1; spare && spare_sig && vmid <= MAX_VMID; vmid++) {
 		u64 state = 0;
@@ -353,7 +354,7 @@ static void attack(bool all)
 	}
 	say("ATTACK verified-vms %d\n", verified);
 	if (spare)
-		__free_page(spare);
+		__free_pages(spare, 3);
 	if (spare_sig)
 		__free_page(spare_sig);
 out:
