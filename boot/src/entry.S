@@ -29,6 +29,7 @@ primary_entry:
     mrs     x1, CurrentEL
     cmp     x1, #(2 << 2)
     b.ne    park                // KCore must own EL2
+    bl      kcore_relocate      // before anything reads an address out of the image's data
     // Zero BSS before any Rust code runs.
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
@@ -46,6 +47,33 @@ primary_entry:
     mov     x0, x19
     bl      kcore_primary_main  // does not return
     b       park
+
+// kcore_relocate: apply the image's dynamic relocations (.rela.dyn of the position-independent
+// link, all R_AARCH64_RELATIVE: *(P) = B + A, ELF for the Arm 64-bit Architecture) for the
+// address the image runs at, B being the load address minus the link address. Assigning
+// B + A (not adding) makes a second pass harmless. An entry of another type parks the CPU:
+// the link produced something this loader cannot place. Leaf: uses x1..x7 only.
+.equ R_AARCH64_RELATIVE, 1027
+kcore_relocate:
+    adr     x1, _start
+    ldr     x2, =KCORE_LOAD_ADDR    // an absolute linker-script symbol: needs no relocation
+    sub     x1, x1, x2
+    adrp    x2, __rela_start
+    add     x2, x2, :lo12:__rela_start
+    adrp    x3, __rela_end
+    add     x3, x3, :lo12:__rela_end
+1:  cmp     x2, x3
+    b.hs    2f
+    ldp     x4, x5, [x2], #16       // r_offset, r_info
+    ldr     x6, [x2], #8            // r_addend
+    cmp     w5, #R_AARCH64_RELATIVE
+    b.ne    park
+    add     x4, x4, x1
+    add     x6, x6, x1
+    str     x6, [x4]
+    b       1b
+2:  ret
+.ltorg
 
 // Where firmware starts every other CPU (PSCI CPU_ON / resume), x0 = KCore's CPU index.
 .global kcore_secondary_entry
