@@ -96,9 +96,9 @@ impl<'a> FdtEdit<'a> {
             .max(rsv_end)
     }
 
-    /// Open `n` zero bytes at `pos` (inside a block, after its start), moving everything
-    /// behind and the offsets of the blocks that start behind.
-    fn insert(&mut self, pos: usize, n: usize) -> Result<(), EditError> {
+    /// Open `n` zero bytes at `pos` in the block whose offset is header field `grown`, moving
+    /// everything behind and the offsets of the other blocks that start at or behind `pos`.
+    fn insert(&mut self, grown: usize, pos: usize, n: usize) -> Result<(), EditError> {
         let used = self.used_end();
         if used + n > self.b.len() || pos > used {
             return Err(EditError::NoRoom);
@@ -106,14 +106,15 @@ impl<'a> FdtEdit<'a> {
         self.b.copy_within(pos..used, pos + n);
         self.b[pos..pos + n].fill(0);
         for f in [H_OFF_STRUCT, H_OFF_STRINGS, H_OFF_RSVMAP] {
-            if self.hdr(f) >= pos {
+            if f != grown && self.hdr(f) >= pos {
                 self.add_hdr(f, n as isize);
             }
         }
         Ok(())
     }
 
-    /// Remove `n` bytes at `pos` (inside a block), the inverse of [`Self::insert`].
+    /// Remove `n` bytes at `pos` (inside a block, after its start), the inverse of
+    /// [`Self::insert`].
     fn remove(&mut self, pos: usize, n: usize) {
         let used = self.used_end();
         self.b.copy_within(pos + n..used, pos);
@@ -255,7 +256,7 @@ impl<'a> FdtEdit<'a> {
             }
             i += len + 1;
         }
-        self.insert(start + size, n.len() + 1)?;
+        self.insert(H_OFF_STRINGS, start + size, n.len() + 1)?;
         self.b[start + size..start + size + n.len()].copy_from_slice(n);
         self.add_hdr(H_SIZE_STRINGS, (n.len() + 1) as isize);
         Ok(size as u32)
@@ -290,7 +291,7 @@ impl<'a> FdtEdit<'a> {
         let node = node + (self.hdr(H_OFF_STRUCT) - before);
         let at = self.next_token(node);
         let len = 12 + pad4(value.len());
-        self.insert(at, len)?;
+        self.insert(H_OFF_STRUCT, at, len)?;
         self.wr(at, PROP);
         self.wr(at + 4, value.len() as u32);
         self.wr(at + 8, nameoff);
@@ -302,23 +303,9 @@ impl<'a> FdtEdit<'a> {
     /// Add `[addr, addr + size)` to the memory reservation block (`/memreserve/`).
     pub fn add_mem_reserve(&mut self, addr: u64, size: u64) -> Result<(), EditError> {
         let t = self.rsv_terminator().ok_or(EditError::Malformed)?;
-        self.insert(t, 16)?;
+        self.insert(H_OFF_RSVMAP, t, 16)?;
         self.b[t..t + 8].copy_from_slice(&addr.to_be_bytes());
         self.b[t + 8..t + 16].copy_from_slice(&size.to_be_bytes());
         Ok(())
-    }
-
-    /// The memory reservation block's entries `(address, size)`.
-    pub fn mem_reserves(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let mut off = self.hdr(H_OFF_RSVMAP);
-        core::iter::from_fn(move || {
-            let e = self.b.get(off..off + 16)?;
-            let (a, s) = (u64::from_be_bytes(e[..8].try_into().ok()?), u64::from_be_bytes(e[8..].try_into().ok()?));
-            if a == 0 && s == 0 {
-                return None;
-            }
-            off += 16;
-            Some((a, s))
-        })
     }
 }

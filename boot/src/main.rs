@@ -25,9 +25,10 @@ mod cpu;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod dtb;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod efi;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod fatal;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-#[allow(dead_code)] // the UEFI loader uses the rest
 mod fdtedit;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod layout;
