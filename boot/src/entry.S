@@ -82,6 +82,7 @@ primary_entry:
     cmp     x1, #(2 << 2)
     b.ne    park                // KCore must own EL2
     bl      kcore_relocate      // before anything reads an address out of the image's data
+primary_relocated:
     // Zero BSS before any Rust code runs.
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
@@ -118,7 +119,7 @@ efi_pe_entry:
 // kcore_efi_start(x0 = device tree): after ExitBootServices, with KCore's image, the tree, the
 // kernel and initrd cleaned to the point of coherency. Turn the EL2 MMU and data cache off
 // (this code runs identity mapped, so the next fetch is the same address) and start as the
-// arm64 boot protocol starts KCore: MMU off, x0 = device tree.
+// arm64 boot protocol starts KCore: MMU off, the device tree's address.
 .global kcore_efi_start
 kcore_efi_start:
     msr     daifset, #0xf
@@ -131,8 +132,9 @@ kcore_efi_start:
     ic      iallu
     dsb     nsh
     isb
-    mov     x0, x19
-    b       primary_entry
+    // On in primary_entry (x19 = device tree, EL2 checked by the loader), past the relocation
+    // efi_pe_entry already applied.
+    b       primary_relocated
 
 // kcore_relocate: apply the image's dynamic relocations (.rela.dyn of the position-independent
 // link, all R_AARCH64_RELATIVE: *(P) = B + A, ELF for the Arm 64-bit Architecture) for the
