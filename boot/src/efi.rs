@@ -300,13 +300,15 @@ unsafe fn load(image: Handle, st: *mut SystemTable, con: &mut Con) -> Result<cor
 
     // The device tree, copied with room for the additions and for KCore's own edit of the
     // memory node later.
-    // SAFETY: the firmware's table points at a device tree; its header is 40 bytes.
-    let fw_size = u32::from_be(unsafe { core::ptr::read_unaligned((fw_dtb + 4) as *const u32) }) as u64;
-    if u32::from_be(unsafe {
-        // SAFETY: as above.
-        core::ptr::read_unaligned(fw_dtb as *const u32)
-    }) != 0xd00d_feed
-    {
+    // SAFETY: the firmware's table points at a device tree, whose header starts with its
+    // magic and total size (big-endian u32s).
+    let (magic, fw_size) = unsafe {
+        (
+            u32::from_be(core::ptr::read_unaligned(fw_dtb as *const u32)),
+            u32::from_be(core::ptr::read_unaligned((fw_dtb + 4) as *const u32)) as u64,
+        )
+    };
+    if magic != 0xd00d_feed || !(40..=64 << 20).contains(&fw_size) {
         return Err(Failure("the firmware's device tree is not a flattened device tree", LOAD_ERROR));
     }
     let dtb_size = (fw_size + cfg.cmdline.len() as u64 + (64 << 10)).next_multiple_of(EFI_PAGE);
