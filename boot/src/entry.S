@@ -132,6 +132,12 @@ kcore_efi_start:
     ic      iallu
     dsb     nsh
     isb
+    // With the MMU off, what the firmware may have set that a reset would not have: EL2 code
+    // on SP_EL2 (SPSel 1; no stack is used until primary_entry sets one) and the non-VHE EL2
+    // regime, E2H = 0 (HCR_EL2 is written whole again before the host runs).
+    msr     spsel, #1
+    msr     hcr_el2, xzr
+    isb
     // On in primary_entry (x19 = device tree, EL2 checked by the loader), past the relocation
     // efi_pe_entry already applied.
     b       primary_relocated
