@@ -20,5 +20,11 @@ fn main() {
     println!("cargo:rustc-env=KCORE_VM_KEY_SOURCE={source}");
     if std::env::var("TARGET").unwrap().ends_with("-none-softfloat") {
         println!("cargo:rustc-link-arg-bins=-T{}", script.display());
+        // Position-independent: the image runs wherever it is loaded (entry.S relocates it).
+        // `-z notext`: the precompiled `core` is built for static relocation, so some of its
+        // read-only data holds absolute addresses that become relocations in rodata.
+        println!("cargo:rustc-link-arg-bins=--pie");
+        println!("cargo:rustc-link-arg-bins=-znotext");
+        println!("cargo:rustc-link-arg-bins=--no-dynamic-linker");
     }
 }

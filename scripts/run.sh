@@ -22,6 +22,12 @@
 #   --append ARGS       extra kernel command-line words (kcore.* words are KCore's)
 #   --timeout SEC       give up after SEC seconds (with --exec; default 600)
 #   --verbose           with --exec: also stream the whole console to stderr
+#   --uefi              boot as a server does: QEMU's UEFI firmware (Debian's qemu-efi-aarch64,
+#                       -M ...,acpi=off so that it publishes the device tree) starts KCore from a
+#                       FAT EFI system partition (out/esp.*.img, built per run with mtools:
+#                       \EFI\BOOT\BOOTAA64.EFI = KCore, \vmlinuz, \initrd.img and \kcore.cfg
+#                       naming them with the command line); KCore runs wherever the firmware
+#                       loaded it and boots the host from there (see README, "UEFI boot")
 #   --direct            boot the host kernel directly at EL2 with no KCore (for comparison)
 #   --debug             use the debug build of KCore (checks its invariants after every trap)
 #   --no-setup          skip scripts/setup.sh (dependencies already installed)
@@ -41,7 +47,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/out"
 
 cpus=2 mem=1G cpu=max host_kernel="" exec_cmd="" have_exec=0 append="" timeout_s=600
-verbose=0 direct=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0 vm=0 with_demo=0 demo=0
+verbose=0 direct=0 uefi=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0 vm=0 with_demo=0 demo=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpus) cpus="$2"; shift 2 ;;
@@ -53,6 +59,7 @@ while [ $# -gt 0 ]; do
         --timeout) timeout_s="$2"; shift 2 ;;
         --verbose) verbose=1; shift ;;
         --direct) direct=1; shift ;;
+        --uefi) uefi=1; shift ;;
         --debug) debug=1; shift ;;
         --no-setup) setup=0; shift ;;
         --semihosting) semihosting=1; shift ;;
@@ -65,6 +72,12 @@ while [ $# -gt 0 ]; do
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+
+if [ "$uefi" = 1 ] && [ "$direct" = 1 ]; then
+    echo "run.sh: --uefi boots KCore; it does not go with --direct" >&2; exit 2
+fi
+# Debian's build of edk2's ArmVirtQemu (qemu-efi-aarch64, installed by scripts/setup.sh).
+uefi_fw=/usr/share/qemu-efi-aarch64/QEMU_EFI.fd
 
 if [ "$setup" = 1 ]; then
     bash "$ROOT/scripts/setup.sh" >&2
@@ -79,7 +92,8 @@ fi
 # Per-run initramfs: the base archive plus a second cpio with /kserv-exec (Linux unpacks
 # concatenated archives in order).
 initrd="$OUT/initrd-run.$$.img"
-trap 'rm -f "$initrd"' EXIT
+esp="$OUT/esp.$$.img"
+trap 'rm -f "$initrd" "$esp"' EXIT
 cp "$OUT/initramfs.cpio.gz" "$initrd"
 if [ "$with_qemu" = 1 ]; then
     [ -f "$OUT/host-qemu.cpio.gz" ] || { echo "run.sh: no QEMU for the host (scripts/setup.sh fetches it)" >&2; exit 2; }
@@ -135,9 +149,29 @@ cmdline="console=ttyAMA0 panic=-1"
 [ -n "$append" ] && cmdline="$cmdline $append"
 
 qemu=(qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$cpu" -smp "$cpus" -m "$mem"
-      -nographic -no-reboot -nic none -initrd "$initrd" -append "$cmdline")
+      -nographic -no-reboot -nic none)
+[ "$uefi" = 0 ] && qemu+=(-initrd "$initrd" -append "$cmdline")
 [ "$semihosting" = 1 ] && qemu+=(-semihosting)
-if [ "$direct" = 1 ]; then
+if [ "$uefi" = 1 ]; then
+    [ -f "$uefi_fw" ] || { echo "run.sh: no UEFI firmware at $uefi_fw (scripts/setup.sh installs qemu-efi-aarch64)" >&2; exit 2; }
+    # The EFI system partition: KCore as the removable-media boot file the firmware's boot
+    # manager starts on its own (UEFI spec 3.5.1.1), the host kernel, the initrd, and the
+    # kcore.cfg KCore's UEFI loader reads (boot/src/efi.rs). Built without mounting anything.
+    cfg="$(mktemp)"
+    printf '%s\n' "# KCore's UEFI boot (scripts/run.sh --uefi): the host kernel, its initrd, its command line" \
+        'kernel=\vmlinuz' 'initrd=\initrd.img' "cmdline=$cmdline" > "$cfg"
+    kib=$(( ($(stat -c %s "$kcore_bin") + $(stat -c %s "$host_kernel") + $(stat -c %s "$initrd")) / 1024 + 8192 ))
+    rm -f "$esp"
+    PATH="$PATH:/usr/sbin:/sbin" mkfs.vfat -C -n KCORE-ESP "$esp" "$kib" > /dev/null
+    mmd -i "$esp" ::/EFI ::/EFI/BOOT
+    mcopy -i "$esp" "$kcore_bin" ::/EFI/BOOT/BOOTAA64.EFI
+    mcopy -i "$esp" "$host_kernel" ::/vmlinuz
+    mcopy -i "$esp" "$initrd" ::/initrd.img
+    mcopy -i "$esp" "$cfg" ::/kcore.cfg
+    rm -f "$cfg"
+    # acpi=off: edk2's ArmVirtQemu then publishes QEMU's device tree to the OS loader.
+    qemu+=(-M acpi=off -bios "$uefi_fw" -drive "if=virtio,format=raw,file=$esp")
+elif [ "$direct" = 1 ]; then
     qemu+=(-kernel "$host_kernel")
 else
     qemu+=(-kernel "$kcore_bin" -device "loader,file=$host_kernel,addr=$(printf '%#x' $host_addr),force-raw=on")

@@ -7,6 +7,9 @@
 #   - the aarch64 cross binutils/gcc (objcopy for the KCore Image, the kserv module), dtc, cpio, make,
 #     xz (the guest's modules), mke2fs and debugfs (disk images) and openssl (the demo's
 #     password hash);
+#   - Debian's UEFI firmware for arm64 (qemu-efi-aarch64: edk2's ArmVirtQemu, from bookworm)
+#     and mtools and dosfstools, which build the EFI system partition of scripts/run.sh --uefi
+#     as a file, without mounting it;
 #   - the Rust targets named in rust-toolchain.toml;
 # and downloads (not installs) arm64 packages into .cache/debs, extracted under .cache/arm64:
 #   - the current Debian 6.1 cloud arm64 kernel (resolved through the metapackage, never pinned);
@@ -96,6 +99,17 @@ if [ "${#need[@]}" -gt 0 ]; then
     $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports "${need[@]}" >/dev/null
 fi
 qemu_ok || { echo "setup: qemu-system-aarch64 >= 9.2 is required" >&2; exit 1; }
+# UEFI boot (scripts/run.sh --uefi): the firmware, and FAT image tools; from the release itself
+# (no -t), so the firmware is bookworm's.
+need=()
+[ -f /usr/share/qemu-efi-aarch64/QEMU_EFI.fd ] || need+=(qemu-efi-aarch64)
+command -v mcopy >/dev/null || need+=(mtools)
+PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.vfat >/dev/null || need+=(dosfstools)
+if [ "${#need[@]}" -gt 0 ]; then
+    apt_update
+    say "apt-get install ${need[*]}"
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
 
 # ---------------------------------------------------------------- rust targets
 # rust-toolchain.toml pins the toolchain; make sure its targets and components are there.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine (installs what it needs through setup.sh):
 #   1. lint: rustfmt and clippy (-D warnings) for the host and the EL2 target
-#   2. host tests: cargo test -p kcore -p kserv-core (the layers on the simulated machine; the
-#      shim's virtual GIC)
+#   2. host tests: cargo test -p kcore -p kserv-core -p kcore-boot (the layers on the simulated
+#      machine; the shim's virtual GIC; the boot code's device-tree editor)
 #   3. bare-metal QEMU scenarios: KCore + EL1 test payloads, verdict by exit code
 #   4. Linux host boots: KCore + stock Debian arm64 kernel, verdict from console output
 # Ends with one line "N passed, N failed".
@@ -48,9 +48,9 @@ cargo clippy -q --workspace --all-targets -- -D warnings || lint_fail=1
 cargo clippy -q -p kcore-boot -p kcore -p kcore-testhost -p kserv-core --target aarch64-unknown-none-softfloat -- -D warnings || lint_fail=1
 tier lint $((1 - lint_fail)) $lint_fail
 
-echo "== host tests (cargo test -p kcore -p kserv-core)"
+echo "== host tests (cargo test -p kcore -p kserv-core -p kcore-boot)"
 log="$(mktemp)"
-cargo test -p kcore -p kserv-core 2>&1 | tee "$log"
+cargo test -p kcore -p kserv-core -p kcore-boot 2>&1 | tee "$log"
 p=$(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' "$log" | paste -sd+ | bc)
 f=$(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$log" | paste -sd+ | bc)
 if [ -z "$p" ]; then p=0; f=1; fi

@@ -34,6 +34,7 @@ check "1 CPU: one CPU online" test "$(line one 1)" = 1
 check "1 CPU: dmesg says all CPUs started at EL1" test "$(line one 2)" = 1
 check "1 CPU: KCore's RAM is not in the host's memory map" test "$(line one 3)" = "40400000-7f9fffff:SystemRAM"
 check "1 CPU: KCore announced itself at EL2" console_has one "starting at EL2"
+check "1 CPU: KCore runs at its link address after -kernel" console_has one "KCore image at 0x40200000.."
 # The kserv module (built against this kernel's stock Debian headers) finds KCore over SMC
 # and checks its ABI over HVC.
 check "1 CPU: the kserv module loads and finds KCore's ABI 0.6" console_has one "KSERV: kserv loaded (kserv: KCore ABI 0.6, features 0x1f, 1-page VM roots)"
@@ -109,6 +110,51 @@ check "newer kernel: /dev/kvm VMs come and go" grep -q "KVM-SMOKE: API 12; 10 VM
 check "newer kernel: a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/newer.out"
 check "newer kernel: and takes an interrupt from the in-kernel GICv3" grep -q "KVM-SMOKE: an interrupt reached a guest" "$OUT/newer.out"
 check "newer kernel: irqfd and ioeventfd (6.8+ eventfd API)" grep -q "KVM-SMOKE: an irqfd interrupted a guest" "$OUT/newer.out"
+
+# UEFI boot (scripts/run.sh --uefi): Debian's edk2 firmware starts KCore as an EFI application
+# from a FAT EFI system partition; KCore's loader reads kcore.cfg, loads the kernel and initrd,
+# takes the firmware's device tree, exits boot services, and KCore runs wherever the firmware
+# put it. The host gets no EFI system table (so no runtime services).
+host uefi --uefi --cpus 2 --exec '
+grep -c ^processor /proc/cpuinfo
+dmesg | grep -c "CPU: All CPU(s) started at EL1"
+dmesg | grep -c "efi: UEFI not found"
+grep "System RAM" /proc/iomem | tr -d " " | cut -d: -f1 | tr "\n" " "; echo
+kvm-smoke 5'
+uefi_addr=$(sed -n 's/.*KCore image at \(0x[0-9a-f]*\)[.][.]\(0x[0-9a-f]*\) .*/\1/p' "$OUT/uefi.log" | head -1)
+uefi_end=$(sed -n 's/.*KCore image at \(0x[0-9a-f]*\)[.][.]\(0x[0-9a-f]*\) .*/\2/p' "$OUT/uefi.log" | head -1)
+# in_host_ram ADDR: the address lies in one of the host's System RAM ranges (line 4).
+in_host_ram() {
+    local r
+    for r in $(line uefi 4); do
+        [ "$(($1))" -ge "$((0x${r%-*}))" ] && [ "$(($1))" -le "$((0x${r#*-}))" ] && return 0
+    done
+    return 1
+}
+image_hidden() {
+    [ -n "$uefi_addr" ] && [ -n "$(line uefi 4)" ] && ! in_host_ram "$uefi_addr" && ! in_host_ram "$((uefi_end - 1))"
+}
+check "UEFI: command exits 0" test "$(status uefi)" = 0
+check "UEFI: the firmware started KCore's loader, which read kcore.cfg" console_has uefi 'KCore UEFI loader: kcore.cfg: kernel \vmlinuz, initrd \initrd.img'
+check "UEFI: KCore runs where the firmware loaded it ($uefi_addr), not at its link address" \
+    bash -c "[ -n '$uefi_addr' ] && [ '$uefi_addr' != 0x40200000 ] && grep -q 'KCore image at $uefi_addr[.][.].* (relocated' '$OUT/uefi.log'"
+check "UEFI: the firmware's runtime and reserved regions are kept out of KCore's memory" console_has uefi "firmware-reserved "
+check "UEFI: both CPUs online, started at EL1" test "$(line uefi 1) $(line uefi 2)" = "2 1"
+check "UEFI: the host runs without EFI runtime services (no EFI system table)" test "$(line uefi 3)" = 1
+check "UEFI: KCore's image is not in the host's memory map" image_hidden
+check "UEFI: the kserv module loads" console_has uefi "KSERV: kserv loaded (kserv: KCore ABI 0.6"
+check "UEFI: /dev/kvm VMs come and go, a guest runs" bash -c "grep -q 'KVM-SMOKE: API 12; 5 VMs' '$OUT/uefi.out' && grep -q 'KVM-SMOKE: a guest ran over /dev/kvm' '$OUT/uefi.out'"
+# Isolation at the address KCore logged: the firmware's choice is the same on the same
+# machine and disk, which the second boot's log confirms.
+host uefi-iso --uefi --cpus 2 --append iomem=relaxed --exec "
+devmem ${uefi_addr:-0x40200000} 32; echo \"kcore-read-status \$?\"
+devmem ${uefi_addr:-0x40200000} 32; echo \"kcore-read-again-status \$?\"
+md5sum /bin/busybox | cut -c1-32"
+check "UEFI: the second boot puts KCore at the same address" grep -q "KCore image at ${uefi_addr:-none}[.][.]" "$OUT/uefi-iso.log"
+check "UEFI isolation: reading KCore's image at $uefi_addr gets SIGBUS" grep -qx "kcore-read-status 135" "$OUT/uefi-iso.out"
+check "UEFI isolation: and again (KCore still running)" grep -qx "kcore-read-again-status 135" "$OUT/uefi-iso.out"
+check "UEFI isolation: KCore refused the access" console_has uefi-iso "host access to ${uefi_addr:-none} refused"
+check "UEFI isolation: host RAM reads back correctly (busybox md5)" grep -qx "$busybox_md5" "$OUT/uefi-iso.out"
 
 # Debian's own QEMU (10.0, unmodified) as the VMM over the kserv module's /dev/kvm: it checks
 # the capabilities it requires, creates its scratch and real VMs, the in-kernel GICv3 (no

@@ -1,53 +1,103 @@
 //! Hiding KCore's memory from the host: the `reg` entry of the memory node that covers KCore
-//! is rewritten in place (same length, so no device-tree writer is needed) to describe only
-//! the host's part of that region. The host never learns KCore's RAM exists; the stage-2
-//! table enforces it regardless.
+//! is replaced by the host's part of that region (one range when KCore sits at the region's
+//! ends as after QEMU's `-kernel`, up to three when the firmware placed it elsewhere; the tree
+//! grows in place into the room its `totalsize` leaves). The host never learns KCore's RAM
+//! exists; the stage-2 table enforces it regardless. Also: what the tree reserves.
 
-use fdt::Fdt;
+use crate::fdtedit::FdtEdit;
 
-/// Rewrite the memory `reg` entry whose base is `region_base` to `[host.0, host.1)`.
-pub fn give_host(dtb: u64, region_base: u64, host: (u64, u64)) -> Result<(), &'static str> {
-    // SAFETY: the device tree was validated by `Platform::from_dtb` at the same address.
-    let fdt = unsafe { Fdt::from_ptr(dtb as *const u8) }.map_err(|_| "unparsable")?;
-    let root = fdt.find_node("/").ok_or("no root node")?;
-    let cells = |name| root.property(name).and_then(|p| p.as_usize()).unwrap_or(2);
-    let (addr_cells, size_cells) = (cells("#address-cells"), cells("#size-cells"));
-    if !(1..=2).contains(&addr_cells) || !(1..=2).contains(&size_cells) {
-        return Err("unsupported #address-cells/#size-cells");
-    }
-    let entry_len = 4 * (addr_cells + size_cells);
-    for node in fdt.all_nodes() {
-        if node.property("device_type").and_then(|p| p.as_str()) != Some("memory") {
-            continue;
-        }
-        let Some(reg) = node.property("reg") else { continue };
-        for (i, entry) in reg.value.chunks_exact(entry_len).enumerate() {
-            if read_cells(&entry[..4 * addr_cells]) != region_base {
-                continue;
-            }
-            let size = host.1 - host.0;
-            if (addr_cells == 1 && host.1 > u32::MAX as u64) || (size_cells == 1 && size > u32::MAX as u64) {
-                return Err("host range does not fit the cell size");
-            }
-            let offset = reg.value.as_ptr() as u64 - dtb + (i * entry_len) as u64;
-            write_cells(dtb + offset, addr_cells, host.0);
-            write_cells(dtb + offset + 4 * addr_cells as u64, size_cells, size);
-            return Ok(());
-        }
-    }
-    Err("no memory node for KCore's region")
+/// The device tree at `dtb` as an editable byte slice of its `totalsize`.
+fn edit(dtb: u64) -> Result<FdtEdit<'static>, &'static str> {
+    // SAFETY: the device tree was validated by `Platform::from_dtb` at the same address; its
+    // `totalsize` bytes are host RAM that only KCore touches before the host runs, and this
+    // boot-time, single-CPU code holds no other reference into it while the slice lives.
+    let b = unsafe {
+        let size = u32::from_be(core::ptr::read_volatile((dtb + 4) as *const u32)) as usize;
+        core::slice::from_raw_parts_mut(dtb as *mut u8, size)
+    };
+    FdtEdit::new(b).map_err(|_| "malformed device tree")
+}
+
+fn cells(e: &FdtEdit<'_>, root: usize, name: &str) -> usize {
+    e.prop(root, name).and_then(|v| v.try_into().ok()).map_or(2, |v: [u8; 4]| u32::from_be_bytes(v) as usize)
 }
 
 fn read_cells(b: &[u8]) -> u64 {
     b.chunks_exact(4).fold(0, |acc, c| (acc << 32) | u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64)
 }
 
-fn write_cells(pa: u64, cells: usize, value: u64) {
-    let bytes = value.to_be_bytes();
-    let src = &bytes[8 - 4 * cells..];
-    for (i, b) in src.iter().enumerate() {
-        // SAFETY: `pa` lies inside the `reg` property of the device tree, which is host RAM
-        // that KCore may still write before the host runs; byte stores need no alignment.
-        unsafe { core::ptr::write_volatile((pa + i as u64) as *mut u8, *b) };
+fn write_cells(out: &mut [u8], cells: usize, value: u64) {
+    out[..4 * cells].copy_from_slice(&value.to_be_bytes()[8 - 4 * cells..]);
+}
+
+/// Replace the memory `reg` entry whose base is `region_base` by the ranges `host`.
+pub fn give_host(dtb: u64, region_base: u64, host: impl Iterator<Item = (u64, u64)>) -> Result<(), &'static str> {
+    let mut e = edit(dtb)?;
+    let root = e.node("/").ok_or("no root node")?;
+    let (ac, sc) = (cells(&e, root, "#address-cells"), cells(&e, root, "#size-cells"));
+    if !(1..=2).contains(&ac) || !(1..=2).contains(&sc) {
+        return Err("unsupported #address-cells/#size-cells");
     }
+    let entry = 4 * (ac + sc);
+    let mut found = None;
+    for node in e.nodes() {
+        if e.prop(node, "device_type") != Some(b"memory\0") {
+            continue;
+        }
+        let Some(reg) = e.prop(node, "reg") else { continue };
+        if let Some(i) = reg.chunks_exact(entry).position(|c| read_cells(&c[..4 * ac]) == region_base) {
+            found = Some((node, i));
+            break;
+        }
+    }
+    let (node, index) = found.ok_or("no memory node for KCore's region")?;
+    let reg = e.prop(node, "reg").ok_or("no reg")?;
+    let mut buf = [0u8; 512];
+    let mut n = 0;
+    let mut put = |buf: &mut [u8; 512], b: &[u8]| -> Result<(), &'static str> {
+        buf.get_mut(n..n + b.len()).ok_or("memory node too long")?.copy_from_slice(b);
+        n += b.len();
+        Ok(())
+    };
+    put(&mut buf, &reg[..index * entry])?;
+    let mut one = [0u8; 16];
+    for (s, end) in host {
+        if (ac == 1 && end > u32::MAX as u64) || (sc == 1 && end - s > u32::MAX as u64) {
+            return Err("host range does not fit the cell size");
+        }
+        write_cells(&mut one, ac, s);
+        write_cells(&mut one[4 * ac..], sc, end - s);
+        put(&mut buf, &one[..entry])?;
+    }
+    put(&mut buf, &reg[(index + 1) * entry..])?;
+    e.set_prop_at(node, "reg", &buf[..n]).map_err(|_| "no room in the device tree for the host's memory ranges")
+}
+
+/// What the device tree reserves: its memory reservation block (`/memreserve/`, where KCore's
+/// UEFI loader puts the firmware's runtime and reserved regions) and the `reg` of every
+/// `/reserved-memory` child. Fills `out` with `[start, end)` ranges, returns how many.
+pub fn reserved(dtb: u64, out: &mut [(u64, u64)]) -> Result<usize, &'static str> {
+    // SAFETY: the device tree was validated by `Platform::from_dtb` at the same address.
+    let fdt = unsafe { fdt::Fdt::from_ptr(dtb as *const u8) }.map_err(|_| "unparsable")?;
+    let mut n = 0;
+    let mut push = |s: u64, size: u64| {
+        if size == 0 {
+            return Ok(());
+        }
+        let slot = out.get_mut(n).ok_or("too many reserved regions")?;
+        *slot = (s, s.saturating_add(size));
+        n += 1;
+        Ok(())
+    };
+    for r in fdt.memory_reservations() {
+        push(r.address() as u64, r.size() as u64)?;
+    }
+    if let Some(rm) = fdt.find_node("/reserved-memory") {
+        for child in rm.children() {
+            for r in child.reg().into_iter().flatten() {
+                push(r.starting_address as u64, r.size.unwrap_or(0) as u64)?;
+            }
+        }
+    }
+    Ok(n)
 }

@@ -8,11 +8,17 @@
 .equ FRAME_SIZE, 272            // struct TrapFrame: x0..x30, elr, spsr, pad
 
 // ---------------------------------------------------------------- arm64 Image header
+// The same bytes are also a PE/COFF image (UEFI spec 2.10 section 2.1.1: UEFI images use the
+// PE32+ format), as the arm64 Linux Image with its EFI stub is: code0 begins with "MZ", the
+// DOS header's signature, and the Image header's res5 at 0x3c is the DOS header's e_lfanew,
+// the offset of the PE header. Started as an Image (MMU off, x0 = device tree), code0 is a
+// harmless compare and code1 branches to primary_entry; started by UEFI firmware as an EFI
+// application, execution begins at efi_pe_entry (AddressOfEntryPoint).
 .section .text.head, "ax"
 .global _start
 _start:
-    b       primary_entry       // code0
-    .long   0                   // code1
+    .long   0xfa405a4d          // code0: "MZ" + ccmp x18, #0, #0xd, pl (changes only flags)
+    b       primary_entry       // code1
     .quad   0                   // text_offset: loaded at a 2 MiB aligned base
     .quad   __image_size        // image_size: must be non-zero (covers BSS and stacks)
     .quad   0xa                 // flags: little-endian, 4 KiB pages, anywhere in RAM
@@ -20,7 +26,53 @@ _start:
     .quad   0                   // res3
     .quad   0                   // res4
     .ascii  "ARM\x64"           // magic
-    .long   0                   // res5
+    .long   pe_header - _start  // res5: e_lfanew, where the PE header is
+
+// PE32+ headers (Microsoft PE/COFF specification): one section, text to stacks, read, write
+// and execute (KCore's own EL2 map sets the permissions it runs with); no base relocations,
+// since KCore relocates itself; the firmware chooses the address (ImageBase 0).
+pe_header:
+    .ascii  "PE\0\0"
+    .short  0xaa64              // Machine: IMAGE_FILE_MACHINE_ARM64
+    .short  1                   // NumberOfSections
+    .long   0                   // TimeDateStamp
+    .long   0                   // PointerToSymbolTable
+    .long   0                   // NumberOfSymbols
+    .short  pe_sections - pe_optional   // SizeOfOptionalHeader
+    .short  0x206               // Characteristics: EXECUTABLE_IMAGE, LINE_NUMS_ and DEBUG_STRIPPED
+pe_optional:
+    .short  0x20b               // Magic: PE32+
+    .byte   0, 0                // linker version
+    .long   __pe_raw_size       // SizeOfCode
+    .long   0                   // SizeOfInitializedData
+    .long   0                   // SizeOfUninitializedData
+    .long   __pe_entry_rva      // AddressOfEntryPoint
+    .long   __pe_headers_size   // BaseOfCode
+    .quad   0                   // ImageBase
+    .long   0x1000              // SectionAlignment
+    .long   0x1000              // FileAlignment
+    .short  0, 0                // operating system version
+    .short  0, 0                // image version
+    .short  0, 0                // subsystem version
+    .long   0                   // Win32VersionValue
+    .long   __image_size        // SizeOfImage: with BSS and stacks, which the loader zeroes
+    .long   __pe_headers_size   // SizeOfHeaders
+    .long   0                   // CheckSum
+    .short  10                  // Subsystem: IMAGE_SUBSYSTEM_EFI_APPLICATION
+    .short  0                   // DllCharacteristics
+    .quad   0, 0, 0, 0          // stack and heap reserve and commit
+    .long   0                   // LoaderFlags
+    .long   6                   // NumberOfRvaAndSizes
+    .quad   0, 0, 0, 0, 0, 0    // data directories (export .. base relocation): none
+pe_sections:
+    .ascii  ".text\0\0\0"
+    .long   __pe_virt_size      // VirtualSize
+    .long   __pe_headers_size   // VirtualAddress
+    .long   __pe_raw_size       // SizeOfRawData
+    .long   __pe_headers_size   // PointerToRawData: the file is the image, byte for byte
+    .long   0, 0                // relocations, line numbers
+    .short  0, 0
+    .long   0xe0000060          // CNT_CODE | CNT_INITIALIZED_DATA | MEM_EXECUTE | MEM_READ | MEM_WRITE
 
 .section .text.boot, "ax"
 primary_entry:
@@ -29,6 +81,8 @@ primary_entry:
     mrs     x1, CurrentEL
     cmp     x1, #(2 << 2)
     b.ne    park                // KCore must own EL2
+    bl      kcore_relocate      // before anything reads an address out of the image's data
+primary_relocated:
     // Zero BSS before any Rust code runs.
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
@@ -46,6 +100,74 @@ primary_entry:
     mov     x0, x19
     bl      kcore_primary_main  // does not return
     b       park
+
+// The UEFI entry point (UEFI spec 2.10 section 4.1: x0 = ImageHandle, x1 = SystemTable, the
+// firmware's MMU, caches and stack; at EL2 when the firmware runs there). Relocate, then let
+// the loader (efi.rs) do its work; it returns only when it failed, with the EFI status for
+// the firmware, and otherwise ends in kcore_efi_start.
+.global efi_pe_entry
+efi_pe_entry:
+    stp     x29, x30, [sp, #-32]!
+    mov     x29, sp
+    stp     x0, x1, [sp, #16]
+    bl      kcore_relocate
+    ldp     x0, x1, [sp, #16]
+    bl      kcore_efi_main
+    ldp     x29, x30, [sp], #32
+    ret
+
+// kcore_efi_start(x0 = device tree): after ExitBootServices, with KCore's image, the tree, the
+// kernel and initrd cleaned to the point of coherency. Turn the EL2 MMU and data cache off
+// (this code runs identity mapped, so the next fetch is the same address) and start as the
+// arm64 boot protocol starts KCore: MMU off, the device tree's address.
+.global kcore_efi_start
+kcore_efi_start:
+    msr     daifset, #0xf
+    mov     x19, x0
+    mrs     x1, sctlr_el2
+    bic     x1, x1, #1          // M
+    bic     x1, x1, #(1 << 2)   // C
+    msr     sctlr_el2, x1
+    isb
+    ic      iallu
+    dsb     nsh
+    isb
+    // With the MMU off, what the firmware may have set that a reset would not have: EL2 code
+    // on SP_EL2 (SPSel 1; no stack is used until primary_entry sets one) and the non-VHE EL2
+    // regime, E2H = 0 (HCR_EL2 is written whole again before the host runs).
+    msr     spsel, #1
+    msr     hcr_el2, xzr
+    isb
+    // On in primary_entry (x19 = device tree, EL2 checked by the loader), past the relocation
+    // efi_pe_entry already applied.
+    b       primary_relocated
+
+// kcore_relocate: apply the image's dynamic relocations (.rela.dyn of the position-independent
+// link, all R_AARCH64_RELATIVE: *(P) = B + A, ELF for the Arm 64-bit Architecture) for the
+// address the image runs at, B being the load address minus the link address. Assigning
+// B + A (not adding) makes a second pass harmless. An entry of another type parks the CPU:
+// the link produced something this loader cannot place. Leaf: uses x1..x7 only.
+.equ R_AARCH64_RELATIVE, 1027
+kcore_relocate:
+    adr     x1, _start
+    ldr     x2, =KCORE_LOAD_ADDR    // an absolute linker-script symbol: needs no relocation
+    sub     x1, x1, x2
+    adrp    x2, __rela_start
+    add     x2, x2, :lo12:__rela_start
+    adrp    x3, __rela_end
+    add     x3, x3, :lo12:__rela_end
+1:  cmp     x2, x3
+    b.hs    2f
+    ldp     x4, x5, [x2], #16       // r_offset, r_info
+    ldr     x6, [x2], #8            // r_addend
+    cmp     w5, #R_AARCH64_RELATIVE
+    b.ne    park
+    add     x4, x4, x1
+    add     x6, x6, x1
+    str     x6, [x4]
+    b       1b
+2:  ret
+.ltorg
 
 // Where firmware starts every other CPU (PSCI CPU_ON / resume), x0 = KCore's CPU index.
 .global kcore_secondary_entry

@@ -14,6 +14,9 @@ unsafe extern "C" {
     static __boot_stack_bottom: u8;
 }
 
+/// The address KCore is linked for (`linker/kcore.ld`); it runs wherever it was loaded.
+pub const LINK_ADDR: u64 = 0x4020_0000;
+
 /// Per-CPU EL2 stack slot; must match `entry.S` and `linker/kcore.ld`. The lowest page of
 /// each slot is a guard page KCore's EL2 map leaves unmapped, so an overflow faults (and
 /// halts KCore) instead of running into the next CPU's stack or BSS.

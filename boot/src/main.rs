@@ -25,7 +25,11 @@ mod cpu;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod dtb;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod efi;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod fatal;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod fdtedit;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod layout;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
@@ -117,6 +121,39 @@ mod el2 {
         unsafe { kcore_enter_el1(entry, arg, layout::stack_top(cpu_index)) }
     }
 
+    /// The host's ranges of KCore's region, for the log.
+    struct Ranges<'a>(&'a MemoryPlan);
+
+    impl core::fmt::Display for Ranges<'_> {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            for (i, (s, e)) in self.0.host_ranges().enumerate() {
+                write!(f, "{}{s:#x}..{e:#x}", if i > 0 { ", " } else { "" })?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Clean and invalidate `[start, end)` to the point of coherency by address. KCore writes
+    /// its metadata and tables there with the MMU off (non-cacheable): a boot loader that ran
+    /// with caches on (UEFI firmware) may have left dirty lines there, which would otherwise
+    /// be written back over them later, or be read instead of them once the MMU is on.
+    fn clean_inval_poc(start: u64, end: u64) {
+        // CTR_EL0.DminLine (bits 19:16): log2 of the smallest data cache line in words.
+        let ctr: u64;
+        // SAFETY: reading CTR_EL0 has no side effects.
+        unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags)) };
+        let line = 4u64 << ((ctr >> 16) & 0xf);
+        let mut a = start & !(line - 1);
+        while a < end {
+            // SAFETY: data cache maintenance by address on RAM KCore owns; it changes no
+            // memory contents the program relies on (lines are written back, not discarded).
+            unsafe { core::arch::asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+            a += line;
+        }
+        // SAFETY: a barrier has no memory-safety preconditions.
+        unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
+    }
+
     #[unsafe(no_mangle)]
     extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
         let plat = match Platform::from_dtb(dtb_pa) {
@@ -161,9 +198,16 @@ mod el2 {
         if let Some(initrd) = plat.initrd {
             keep[2] = initrd;
         }
-        let plan = MemoryPlan::new(&mb, (image_start, image_end), &keep)
+        // What the firmware keeps for itself (UEFI runtime services and reserved memory, as
+        // KCore's UEFI loader lists them in /memreserve/; /reserved-memory): KCore's pieces
+        // step around them.
+        let mut avoid = [(0, 0); 64];
+        let n_avoid = dtb::reserved(dtb_pa, &mut avoid).unwrap_or_else(|e| fatal(format_args!("device tree: {e}")));
+        let avoid = &avoid[..n_avoid];
+        let plan = MemoryPlan::new(&mb, (image_start, image_end), &keep, avoid)
             .unwrap_or_else(|e| fatal(format_args!("no room for KCore's memory next to what the host needs ({e:?})")));
-        if let Err(e) = dtb::give_host(dtb_pa, plan.kcore_low.0, plan.host_part) {
+        clean_inval_poc(plan.kcore_high.0, plan.kcore_high.1);
+        if let Err(e) = dtb::give_host(dtb_pa, plan.region.0, plan.host_ranges()) {
             fatal(format_args!("cannot hide KCore's memory in the device tree: {e}"));
         }
 
@@ -208,19 +252,30 @@ mod el2 {
             }
         }
         log::info!(
-            "memory: KCore {:#x}..{:#x} (image) and {:#x}..{:#x} (metadata {} KiB, tables {} KiB); host RAM {:#x}..{:#x}",
+            "memory: KCore {:#x}..{:#x} (image) and {:#x}..{:#x} (metadata {} KiB, tables {} KiB); host RAM {}",
             plan.kcore_low.0,
             plan.kcore_low.1,
             plan.kcore_high.0,
             plan.kcore_high.1,
             (plan.pool.0 - plan.meta_base) / 1024,
             (plan.pool.1 - plan.pool.0) / 1024,
-            plan.host_part.0,
-            plan.host_part.1
+            Ranges(&plan)
         );
         // Every memory node of the device tree; the host owns all of it but KCore's part.
         for r in kc.mb.regions() {
             log::info!("RAM {:#x}..{:#x} ({} MiB)", r.base, r.base + r.size, r.size >> 20);
+        }
+        // Where KCore runs: the tests probe this address from the host, wherever the loader put it.
+        log::info!(
+            "KCore image at {image_start:#x}..{image_end:#x} ({})",
+            if image_start == layout::LINK_ADDR {
+                "its link address"
+            } else {
+                "relocated: the loader chose the address"
+            }
+        );
+        for (s, e) in avoid {
+            log::info!("firmware-reserved {s:#x}..{e:#x}: neither KCore's nor the host's to allocate");
         }
         let host_s2 = kc.host.expect_npt();
         log::info!(

@@ -18,10 +18,19 @@ use core::sync::atomic::AtomicU64;
 /// Where KCore's memory goes, decided at boot from the firmware's memory map and the KCore
 /// image's own extent.
 ///
-/// KCore keeps two pieces of the RAM region it was loaded into: the low piece from the
-/// region's base to the 2 MiB boundary after its image (image, BSS, stacks; the boot loader's
-/// stub below it), and a high piece at the region's top holding the ownership metadata and
-/// the page-table pool. The host gets what lies between, plus every other RAM region.
+/// KCore keeps two pieces of the RAM region it was loaded into: the low piece around its image
+/// (image, BSS, stacks), from the 2 MiB boundary below it (or the region's base, when that is
+/// at most 2 MiB further down: the arm64 Image convention loads at base + 2 MiB, and the
+/// boot loader's stub below it is nothing the host needs) to the 2 MiB boundary after it; and
+/// a high piece, the highest free 2 MiB-aligned window of the region, holding the ownership
+/// metadata and the page-table pool. Neither piece may cover what the host needs (`keep`:
+/// device tree, kernel, initrd) or what the firmware reserved (`avoid`: UEFI runtime services
+/// and reserved memory, the device tree's memory reservations); the low piece is trimmed to
+/// page boundaries to step around them, the high piece moves down. Wherever the firmware
+/// loaded KCore, the host gets the rest of the region (up to three ranges, [`host_ranges`])
+/// plus every other RAM region.
+///
+/// [`host_ranges`]: MemoryPlan::host_ranges
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryPlan {
     /// KCore's low piece `[start, end)`.
@@ -32,8 +41,9 @@ pub struct MemoryPlan {
     pub meta_base: u64,
     /// The page-table pool `[start, end)` (EL2 tables, host stage-2 tables).
     pub pool: (u64, u64),
-    /// What remains for the host of the region KCore was loaded into.
-    pub host_part: (u64, u64),
+    /// The RAM region KCore was loaded into `[start, end)`.
+    pub region: (u64, u64),
+    host: [(u64, u64); 3],
 }
 
 /// Page-table pool size: a fixed 2 MiB plus enough for 4 KiB-granular maps of all RAM
@@ -42,35 +52,79 @@ pub const fn pool_bytes(ram_bytes: u64) -> u64 {
     BLOCK_2M + align_up(ram_bytes / 512, PAGE_SIZE)
 }
 
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
 impl MemoryPlan {
-    /// Plan KCore's memory. `image` is KCore's loaded extent; `keep` are ranges the host needs
-    /// intact (device tree, initrd, the host kernel) which must land in the host's part.
-    pub fn new(mb: &MemBlocks, image: (u64, u64), keep: &[(u64, u64)]) -> Result<Self> {
+    /// Plan KCore's memory. `image` is KCore's loaded extent (page aligned); `keep` are
+    /// ranges the host needs intact (device tree, initrd, the host kernel) and `avoid` ranges
+    /// the firmware reserved: KCore takes neither.
+    pub fn new(mb: &MemBlocks, image: (u64, u64), keep: &[(u64, u64)], avoid: &[(u64, u64)]) -> Result<Self> {
         let region = *mb.search(image.0).ok_or(Error::InvalidParameter)?;
-        if image.1 > region.end() || image.1 <= image.0 {
+        let (base, end) = (region.base, region.end());
+        if image.1 > end || image.1 <= image.0 || !image.0.is_multiple_of(PAGE_SIZE) {
             return Err(Error::InvalidParameter);
         }
-        let low = (region.base, align_up(image.1, BLOCK_2M));
+        let obstacles = || keep.iter().chain(avoid).copied().filter(|&(s, e)| e > s && overlaps((s, e), (base, end)));
+        let mut lo = align_down(image.0, BLOCK_2M).max(base);
+        if lo - base <= BLOCK_2M {
+            lo = base;
+        }
+        let mut hi = align_up(image.1, BLOCK_2M).min(end);
+        for (s, e) in obstacles() {
+            if overlaps((s, e), image) {
+                return Err(Error::Exists);
+            }
+            if e <= image.0 && e > lo {
+                lo = align_up(e, PAGE_SIZE);
+            } else if s >= image.1 && s < hi {
+                hi = align_down(s, PAGE_SIZE);
+            }
+        }
+        let low = (lo, hi);
+
         let ram_bytes = mb.total_pages() * PAGE_SIZE;
         let meta = align_up(meta_bytes(mb.total_pages()), PAGE_SIZE);
-        let high_size = align_up(meta + pool_bytes(ram_bytes), BLOCK_2M);
-        let high_start = align_down(region.end().checked_sub(high_size).ok_or(Error::NoMemory)?, BLOCK_2M);
-        if high_start <= low.1 {
-            return Err(Error::NoMemory);
+        let size = align_up(meta + pool_bytes(ram_bytes), BLOCK_2M);
+        // The highest 2 MiB-aligned window of `size` bytes that meets no obstacle and not the
+        // low piece: start at the top and move below whatever is in the way.
+        let mut start = align_down(end.checked_sub(size).ok_or(Error::NoMemory)?, BLOCK_2M);
+        loop {
+            if start < base {
+                return Err(Error::NoMemory);
+            }
+            let window = (start, start + size);
+            let blocker = obstacles().chain([low]).filter(|&r| overlaps(r, window)).map(|r| r.0).min();
+            match blocker {
+                None => break,
+                Some(s) => start = align_down(s.checked_sub(size).ok_or(Error::NoMemory)?, BLOCK_2M),
+            }
         }
-        let host_part = (low.1, high_start);
-        for &(s, e) in keep {
-            if mb.search(s).is_some_and(|r| r.base == region.base) && (s < host_part.0 || e > host_part.1) {
+        let high = (start, start + size);
+
+        // The host's part of the region: what the two pieces leave, in address order.
+        let (first, second) = if high.0 < low.0 { (high, low) } else { (low, high) };
+        let host = [(base, first.0), (first.1, second.0), (second.1, end)];
+        for (s, e) in keep.iter().copied().filter(|&(s, e)| e > s) {
+            if overlaps((s, e), low) || overlaps((s, e), high) {
                 return Err(Error::Exists);
             }
         }
         Ok(MemoryPlan {
             kcore_low: low,
-            kcore_high: (high_start, region.end()),
-            meta_base: high_start,
-            pool: (high_start + meta, region.end()),
-            host_part,
+            kcore_high: high,
+            meta_base: high.0,
+            pool: (high.0 + meta, high.1),
+            region: (base, end),
+            host,
         })
+    }
+
+    /// What the host gets of the region KCore was loaded into: up to three non-empty
+    /// `[start, end)` ranges in address order (below KCore, between its pieces, above them).
+    pub fn host_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.host.iter().copied().filter(|&(s, e)| e > s)
     }
 }
 
@@ -175,19 +229,50 @@ mod tests {
     #[test]
     fn plan_for_qemu_virt_with_1g() {
         let mb = MemBlocks::new(&[(0x4000_0000, BLOCK_1G)]).unwrap();
-        let plan = MemoryPlan::new(&mb, (0x4020_0000, 0x4035_0000), &[(0x4800_0000, 0x4810_0000)]).unwrap();
+        let plan = MemoryPlan::new(&mb, (0x4020_0000, 0x4035_0000), &[(0x4800_0000, 0x4810_0000)], &[]).unwrap();
         assert_eq!(plan.kcore_low, (0x4000_0000, 0x4040_0000));
         // 2 MiB of metadata + 4 MiB of pool, rounded to 2 MiB.
         assert_eq!(plan.kcore_high, (0x8000_0000 - 3 * BLOCK_2M, 0x8000_0000));
         assert_eq!(plan.pool.0 - plan.meta_base, BLOCK_2M);
-        assert_eq!(plan.host_part, (0x4040_0000, 0x8000_0000 - 3 * BLOCK_2M));
+        assert!(plan.host_ranges().eq([(0x4040_0000, 0x8000_0000 - 3 * BLOCK_2M)]));
     }
 
     #[test]
     fn plan_refuses_to_cover_what_the_host_needs() {
         let mb = MemBlocks::new(&[(0x4000_0000, 64 << 20)]).unwrap();
-        assert_eq!(MemoryPlan::new(&mb, (0x4020_0000, 0x4030_0000), &[(0x43f0_0000, 0x4400_0000)]), Err(Error::Exists));
+        assert_eq!(
+            MemoryPlan::new(&mb, (0x4020_0000, 0x4030_0000), &[(0x402f_0000, 0x4400_0000)], &[]),
+            Err(Error::Exists)
+        );
         let tiny = MemBlocks::new(&[(0x4000_0000, 4 << 20)]).unwrap();
-        assert_eq!(MemoryPlan::new(&tiny, (0x4020_0000, 0x4030_0000), &[]), Err(Error::NoMemory));
+        assert_eq!(MemoryPlan::new(&tiny, (0x4020_0000, 0x4030_0000), &[], &[]), Err(Error::NoMemory));
+    }
+
+    /// As UEFI firmware leaves it: KCore loaded high at a 4 KiB boundary the firmware chose,
+    /// the kernel and initrd above it, runtime services regions at the top and one just below
+    /// KCore. KCore's pieces step around all of them and the host gets three ranges.
+    #[test]
+    fn plan_for_an_image_the_firmware_placed() {
+        let mb = MemBlocks::new(&[(0x4000_0000, BLOCK_1G)]).unwrap();
+        let image = (0x7b43_5000, 0x7b59_0000);
+        let keep = [(0x7c00_0000, 0x7d40_0000), (0x7d40_0000, 0x7e00_0000), (0x7bf0_0000, 0x7bf1_0000)];
+        let avoid = [(0x7f80_0000, 0x7fa0_0000), (0x7ff0_0000, 0x8000_0000), (0x7b40_0000, 0x7b41_0000)];
+        let plan = MemoryPlan::new(&mb, image, &keep, &avoid).unwrap();
+        assert_eq!(plan.kcore_low, (0x7b41_0000, 0x7b60_0000));
+        // The highest free window: below the runtime region at 0x7f80_0000, above the initrd.
+        assert_eq!(plan.kcore_high, (0x7f80_0000 - 3 * BLOCK_2M, 0x7f80_0000));
+        assert!(plan.host_ranges().eq([
+            (0x4000_0000, 0x7b41_0000),
+            (0x7b60_0000, 0x7f80_0000 - 3 * BLOCK_2M),
+            (0x7f80_0000, 0x8000_0000)
+        ]));
+        for r in keep.iter().chain(&avoid) {
+            assert!(!overlaps(*r, plan.kcore_low) && !overlaps(*r, plan.kcore_high));
+        }
+        assert_eq!(MemoryPlan::new(&mb, image, &[(0x7b50_0000, 0x7b50_1000)], &[]), Err(Error::Exists));
+        // With no room above, the high piece goes below KCore.
+        let crowded = [(0x7b60_0000, 0x8000_0000)];
+        let plan = MemoryPlan::new(&mb, image, &[], &crowded).unwrap();
+        assert_eq!(plan.kcore_high, (0x7b40_0000 - 3 * BLOCK_2M, 0x7b40_0000));
     }
 }
