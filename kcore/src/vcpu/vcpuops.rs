@@ -288,6 +288,14 @@ impl<M: Machine> KCore<M> {
                     page.set(m, slot::FLAGS, flags::PAGE_FAULT_PENDING);
                     return ExitAction::ToHost(Exit::PageFault { ipa: ipa & !0xfff });
                 }
+                // GICv2: the guest's CPU interface is the GICV frame, mapped by KCore on the
+                // first touch (another vCPU may have mapped it meanwhile: Exists).
+                if let Some(pa) = self.vgic.guest_cpuif_page(ipa) {
+                    return match self.mem().map_vm_cpuif(vmid, ipa & !0xfff, pa) {
+                        Ok(()) | Err(Error::Exists) => ExitAction::Resume,
+                        Err(_) => ExitAction::InjectAbort,
+                    };
+                }
                 if self.mmio_refused(vmid, ipa) {
                     return ExitAction::InjectAbort;
                 }
