@@ -42,7 +42,10 @@ macro_rules! read_match {
             match r {
                 $(SysReg::$v => {
                     // SAFETY: reading a system register at EL2 has no memory effects; every
-                    // register listed exists on the CPUs KCore supports (GICv3 is required).
+                    // register listed exists on the CPUs KCore supports, except the GICv3
+                    // CPU-interface ones (ICC_*, ICH_*), which layer 29 reaches only on a GICv3
+                    // machine (`crate::vcpu::vgic`), and the FGT/HCX/SME ones, reached only
+                    // where the CPU has them.
                     unsafe { asm!(concat!("mrs {}, ", $name), out(reg) v, options(nostack, nomem)) }
                 })*
             }
