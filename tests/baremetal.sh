@@ -80,13 +80,13 @@ else
     done
     # GICv2 machines (gic-version=2, AMD Seattle's GIC-400): the guest's CPU interface is the
     # GICv2 virtual CPU interface (GICV, mapped by KCore where the guest expects its GICC),
-    # KCore switches the list registers through GICH. The GICv3-only scenarios (SGIs through
-    # ICC_SGI1R_EL1, the ID-register probe and sweep) are left out there.
+    # KCore switches the list registers through GICH; SGIs are GICD_SGIR writes the test host
+    # routes. The ID-register probe and sweep (written for GICv3) are left out there.
     for run in "max kcore 2" "cortex-a57 kcore 2" "cortex-a57 kcore-debug 2" "cortex-a57 kcore 1"; do
         set -- $run
         status=$(run_payload testhost "$1" "$2" "$3" 2)
         log="$OUT/$(log_name testhost "$1" "$2" "$3" 2)"
-        what="VMs on $1 with a GICv2 ($2, $3 CPUs): the lifecycle, isolation and refusal checks above; a signed guest runs with a host-injected virtual interrupt (42) and its virtual timer (27) taken and completed through the GICv2 virtual CPU interface, a WFI exit with the timer's deadline, a second vCPU, memory sharing; a non-protected VM; a spinning guest gives the host its timer ticks (KCore's EL2 timer enabled in the banked GICD_ISENABLER0)"
+        what="VMs on $1 with a GICv2 ($2, $3 CPUs): the lifecycle, isolation and refusal checks above; a signed guest runs with a host-injected virtual interrupt (42) and its virtual timer (27) taken and completed through the GICv2 virtual CPU interface, a WFI exit with the timer's deadline, a second vCPU, memory sharing; a non-protected VM; four vCPUs exchanging IPIs through GICD_SGIR writes the host routes; eight SPIs, edge and level, through four GICH list registers with underflow and EOI maintenance exits; a spinning guest gives the host its timer ticks (KCore's EL2 timer enabled in the banked GICD_ISENABLER0)"
         if [ "$status" = 0 ] && grep -q "TESTHOST: all passed" "$log"; then
             pass "$what"
         else

@@ -1,6 +1,6 @@
 //! The GICv2 virtual CPU interface end to end on the simulated machine, with the expected
 //! register values written out (GIC architecture v2, 5.3): KCore keeps GICH and GICV from the
-//! host, a guest's first touch of its GICC window maps GICV there, the world switch loads and
+//! host, a vCPU's first run maps GICV at the guest's GICC window, the world switch loads and
 //! saves the list registers through GICH in their GICv2 layout while the host's ABI keeps the
 //! GICv3 layout, the guest's timer lands in the timer's list register, and none of the GICv3
 //! system registers is touched on the way.
@@ -26,8 +26,9 @@ const LEN: u64 = 4096;
 const GICH: u64 = 0x0803_0000;
 const GICV: u64 = 0x0804_0000;
 
-/// A verified VM with one vCPU on a GICv2 machine.
-fn setup() -> (KCore<SimMachine>, u16) {
+/// A verified VM with one vCPU on a GICv2 machine, `pool` pages donated to its pool (the
+/// vCPU's page and the image's tables take 4).
+fn setup_with(pool: u64) -> (KCore<SimMachine>, u16) {
     let (k, kp) = bare_kcore();
     k.configure_gic_v2((GICH, GICH + 0x1_0000), (GICV, GICV + 0x1_0000)).unwrap();
     let img: Vec<u8> = (0..LEN).map(|i| (i * 7) as u8).collect();
@@ -42,7 +43,7 @@ fn setup() -> (KCore<SimMachine>, u16) {
     w(P0 + 10, &sig);
     w(P0 + 11, &img);
     let vmid = k.register_vm(P0 + 20).unwrap();
-    for i in 0..12 {
+    for i in 0..pool {
         k.mem().donate_to_pool(vmid, P0 + 21 + i).unwrap();
     }
     k.register_vcpu(vmid as u64, 0).unwrap();
@@ -50,6 +51,10 @@ fn setup() -> (KCore<SimMachine>, u16) {
     k.map_image_page(vmid as u64, 0, 0, P0 + 11).unwrap();
     k.verify_vm(vmid as u64).unwrap();
     (k, vmid)
+}
+
+fn setup() -> (KCore<SimMachine>, u16) {
+    setup_with(12)
 }
 
 /// The GICv3 CPU-interface registers, each set to a sentinel the GICv2 path must leave alone.
@@ -93,17 +98,16 @@ fn gicv2_world_switch_guest_cpu_interface_and_host_view() {
         assert_eq!(k.m.sysreg(0, *r), 0x5e00 + i as u64, "{r:?} untouched on a GICv2");
     }
 
-    // The guest touches its GICC (GICC_PMR at +4): KCore maps GICV there and resumes it.
-    let touch = |ipa: u64| {
-        let trap = Trap::Sync { esr: esr_dabt(true, 1, 2, false, true), far: ipa, hpfar: (ipa >> 12) << 4 };
-        k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap)
-    };
-    assert_eq!(touch(GUEST_GICC + 4), ExitAction::Resume);
-    assert_eq!(touch(GUEST_GICC + 0x1000), ExitAction::Resume, "GICC_DIR's page");
+    // Its GICC window is the GICV frame, page for page; next to it, accesses are MMIO exits.
     let npt = k.vms[vmid as usize - 1].npt().unwrap();
     let leaf = npt.walk(&k.m, GUEST_GICC).unwrap();
     assert_eq!((leaf.output(GUEST_GICC), leaf.level), (GICV, 3));
     assert_eq!(npt.walk(&k.m, GUEST_GICC + 0x1000).unwrap().output(GUEST_GICC + 0x1000), GICV + 0x1000);
+    assert!(npt.walk(&k.m, GUEST_GICC + 0x2000).is_none());
+    let touch = |ipa: u64| {
+        let trap = Trap::Sync { esr: esr_dabt(true, 1, 2, false, true), far: ipa, hpfar: (ipa >> 12) << 4 };
+        k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap)
+    };
     assert!(matches!(touch(GUEST_GICC + 0x2000), ExitAction::ToHost(Exit::Mmio { .. })), "beyond: MMIO");
     assert!(matches!(touch(0x0800_0000), ExitAction::ToHost(Exit::Mmio { .. })), "the distributor: the host's");
     invariants::check(&k).unwrap();
@@ -156,8 +160,24 @@ fn gicv2_frames_stay_kcores() {
 }
 
 #[test]
+fn a_short_pool_fails_the_first_run_until_the_host_donates() {
+    let (k, vmid) = setup_with(4);
+    assert_eq!(k.prepare_run(vmid as u64, 0, 0).err(), Some(Error::NoMemory));
+    assert_eq!(k.prepare_run(vmid as u64, 0, 0).err(), Some(Error::NoMemory), "nothing changed: again");
+    k.mem().donate_to_pool(vmid, P0 + 40).unwrap();
+    assert_eq!(k.prepare_run(vmid as u64, 0, 0).err(), Some(Error::NoMemory), "one of two tables");
+    k.mem().donate_to_pool(vmid, P0 + 41).unwrap();
+    let (_, _, page) = k.prepare_run(vmid as u64, 0, 0).unwrap();
+    assert_eq!(page.get(&k.m, slot::PC), LOAD, "reset at its first run");
+    let npt = k.vms[vmid as usize - 1].npt().unwrap();
+    assert_eq!(npt.walk(&k.m, GUEST_GICC + 0x1000).unwrap().output(GUEST_GICC + 0x1000), GICV + 0x1000);
+    invariants::check(&k).unwrap();
+}
+
+#[test]
 fn gicv3_guests_get_no_gicv_mapping() {
-    let (k, _) = bare_kcore();
+    let (k, kp) = bare_kcore();
     assert_eq!(k.vgic.guest_cpuif_page(GUEST_GICC), None);
     assert_eq!(k.kcore_mmio.ranges().count(), 0);
+    let _ = kp;
 }

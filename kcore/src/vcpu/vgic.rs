@@ -6,7 +6,8 @@
 //! - [`GicV2`]: the GICv2 virtual interface control registers, memory-mapped (GICH_LR<n>,
 //!   GICH_VMCR, GICH_APR, GICH_HCR; GIC architecture specification v2, chapter 5), the frame
 //!   KCore keeps from the host; the guest reaches its virtual CPU interface (GICV) where it
-//!   expects a GICC, mapped by KCore in its stage-2 ([`GUEST_GICC`]).
+//!   expects a GICC, mapped by KCore in its stage-2 before a vCPU first runs
+//!   ([`GUEST_GICC`]).
 //!
 //! A vCPU's list registers are kept in its context page, and shown to the host
 //! (VCPU_IRQ_STATE) and filled by it (INJECT_IRQ, VCPU_RUN), in one form on every machine:
