@@ -100,19 +100,26 @@ guest_kernel="$(ls "$ROOT"/.cache/arm64/boot/vmlinuz-6.1[2-9]*-cloud-arm64 2>/de
 if [ -z "$guest_kernel" ]; then
     fail "Linux guest: no 6.12 cloud kernel in .cache (scripts/setup.sh fetches it)"
 elif ! qemu-system-aarch64 -M virt,gic-version=3,dumpdtb="$OUT/guest.dtb" -cpu cortex-a57 -m 256M -nographic \
+        -nic none -kernel "$guest_kernel" -append "console=ttyAMA0 earlycon=pl011,0x9000000" > /dev/null 2>&1 ||
+     ! qemu-system-aarch64 -M virt,gic-version=2,dumpdtb="$OUT/guest-gicv2.dtb" -cpu cortex-a57 -m 256M -nographic \
         -nic none -kernel "$guest_kernel" -append "console=ttyAMA0 earlycon=pl011,0x9000000" > /dev/null 2>&1; then
-    fail "Linux guest: make its device tree"
+    fail "Linux guest: make its device trees"
 else
-    for cpu in max cortex-a57; do
-        log="$OUT/linux-guest-$cpu.log"
-        timeout 300 qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$cpu" -smp 2 -m 2G \
+    # max and cortex-a57 on a GICv3 machine; cortex-a57 on a GICv2 machine with a guest
+    # device tree that describes a GICv2 (the guest stops before it programs its GIC).
+    for run in "max 3" "cortex-a57 3" "cortex-a57 2"; do
+        set -- $run
+        cpu="$1" gic="$2"
+        log="$OUT/linux-guest-$cpu$([ "$gic" = 3 ] || echo "-gicv$gic").log"
+        dtb="$OUT/guest$([ "$gic" = 3 ] || echo "-gicv$gic").dtb"
+        timeout 300 qemu-system-aarch64 -M "virt,virtualization=on,gic-version=$gic" -cpu "$cpu" -smp 2 -m 2G \
             -nographic -no-reboot -nic none -semihosting -kernel "$ROOT/out/kcore.bin" \
             -append "kcore.semihosting kcore.host=$(printf '%#x' $testhost_load) testhost.linux" \
             -device "loader,file=$OUT/testhost.bin,addr=$(printf '%#x' $testhost_load),force-raw=on" \
             -device "loader,file=$guest_kernel,addr=0x50000000,force-raw=on" \
-            -device "loader,file=$OUT/guest.dtb,addr=0x4f000000,force-raw=on" > "$log" 2>&1 < /dev/null
+            -device "loader,file=$dtb,addr=0x4f000000,force-raw=on" > "$log" 2>&1 < /dev/null
         status=$?
-        what="Linux guest on $cpu: $(basename "$guest_kernel") boots as a non-protected VM to its banner, PSCI 1.1 and SMCCC 1.1 found through KCore"
+        what="Linux guest on $cpu$([ "$gic" = 3 ] || echo " with a GICv$gic"): $(basename "$guest_kernel") boots as a non-protected VM to its banner, PSCI 1.1 and SMCCC 1.1 found through KCore"
         if [ "$status" = 0 ] && grep -q "TESTHOST: linux guest booted" "$log"; then
             pass "$what"
         else
