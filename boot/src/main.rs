@@ -186,7 +186,6 @@ mod el2 {
             fp_save: crate::world::kcore_fp_save,
             fp_load: crate::world::kcore_fp_restore,
             ppi_frame: cpu::redistributor_sgi_frame,
-            gic_v2: matches!(plat.gic, Gic::V2 { .. }),
             gich: match plat.gic {
                 Gic::V2 { gich, .. } => gich.0,
                 Gic::V3 { .. } => 0,

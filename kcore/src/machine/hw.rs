@@ -21,10 +21,10 @@ pub struct Hardware {
     /// `boot/` from GICR_TYPER. GICv2: the distributor, whose registers for interrupts 0-31
     /// are banked per CPU (GIC architecture v2, 4.3).
     pub ppi_frame: fn() -> u64,
-    /// The machine's GIC is a GICv2 (its group registers are left to the host).
-    pub gic_v2: bool,
     /// GICv2: the GICH frame (banked per CPU), mapped as device memory in KCore's EL2 map
-    /// and in no other stage of translation; 0 on a GICv3 machine.
+    /// and in no other stage of translation; 0 on a GICv3 machine. (Not a flag beside it: a
+    /// `bool` here would give `Hardware` a niche that moves it to the end of `KCore`, and
+    /// every access to the machine would pay for the larger offset.)
     pub gich: u64,
 }
 
@@ -186,7 +186,7 @@ impl Machine for Hardware {
         // it now. GICv2: the group is the host's configuration (without the security
         // extensions every interrupt signals IRQ), left as it is.
         unsafe {
-            if !self.gic_v2 {
+            if self.gich == 0 {
                 let group = (base + GICR_IGROUPR0) as *mut u32;
                 let g = core::ptr::read_volatile(group);
                 if g & bit == 0 {
