@@ -224,7 +224,14 @@ impl VirtualCpuInterface for GicV2 {
     #[inline(never)]
     fn save<M: Machine>(m: &M, page: &VcpuPage) {
         for i in 0..super::MAX_LRS {
-            page.set(m, slot::LRS + i, lr_from_v2(m.gich_read(gich::LR0 + 4 * i)));
+            // A GICv2 list register of all zeros is either one nothing was put in or a
+            // finished edge SGI 0 at priority 0; the page still holds what was loaded, which
+            // tells them apart. An empty one stays 0 (the host reads nothing there); any
+            // other comes back with its group bit, so a finished one is never 0 and the host
+            // learns it is done, as on a GICv3.
+            let v2 = m.gich_read(gich::LR0 + 4 * i);
+            let lr = if v2 == 0 && page.get(m, slot::LRS + i) == 0 { 0 } else { lr_from_v2(v2) };
+            page.set(m, slot::LRS + i, lr);
         }
         page.set(m, slot::VMCR, m.gich_read(gich::VMCR) as u64);
         page.set(m, slot::APRS, m.gich_read(gich::APR) as u64);
