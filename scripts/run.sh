@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Boot KCore at EL2 with a stock Debian arm64 Linux host (KServ) at EL1 under its stage-2,
-# in qemu-system-aarch64 -M virt,virtualization=on,gic-version=3.
+# in qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 (or 2, with --gic 2).
 #
 #   scripts/run.sh                      interactive host shell on the console
 #   scripts/run.sh --exec 'CMD'         run CMD in the host, print its output, exit with its status
@@ -17,6 +17,8 @@
 #   --cpus N            CPUs (default 2)
 #   --mem SIZE          RAM, QEMU syntax (default 1G)
 #   --cpu MODEL         QEMU CPU model: max (default) or cortex-a57 (AMD Seattle's core)
+#   --gic 2|3           the machine's GIC (default 3); 2 is a GICv2 with its virtualization
+#                       extensions, as AMD Seattle's GIC-400 (KCore keeps GICH and GICV)
 #   --host-kernel IMG   another Debian arm64 kernel Image (default: the 6.1 cloud kernel setup fetched)
 #   --exec CMD          run CMD in the host after boot, then power off
 #   --append ARGS       extra kernel command-line words (kcore.* words are KCore's)
@@ -46,13 +48,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/out"
 
-cpus=2 mem=1G cpu=max host_kernel="" exec_cmd="" have_exec=0 append="" timeout_s=600
+cpus=2 mem=1G cpu=max gic=3 host_kernel="" exec_cmd="" have_exec=0 append="" timeout_s=600
 verbose=0 direct=0 uefi=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0 vm=0 with_demo=0 demo=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpus) cpus="$2"; shift 2 ;;
         --mem) mem="$2"; shift 2 ;;
         --cpu) cpu="$2"; shift 2 ;;
+        --gic) gic="$2"; shift 2 ;;
         --host-kernel) host_kernel="$2"; shift 2 ;;
         --exec) exec_cmd="$2"; have_exec=1; shift 2 ;;
         --append) append="$2"; shift 2 ;;
@@ -148,7 +151,11 @@ cmdline="console=ttyAMA0 panic=-1"
 [ "$semihosting" = 1 ] && [ "$direct" = 0 ] && cmdline="$cmdline kcore.semihosting"
 [ -n "$append" ] && cmdline="$cmdline $append"
 
-qemu=(qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$cpu" -smp "$cpus" -m "$mem"
+case "$gic" in
+    2|3) ;;
+    *) echo "run.sh: --gic takes 2 or 3" >&2; exit 2 ;;
+esac
+qemu=(qemu-system-aarch64 -M "virt,virtualization=on,gic-version=$gic" -cpu "$cpu" -smp "$cpus" -m "$mem"
       -nographic -no-reboot -nic none)
 [ "$uefi" = 0 ] && qemu+=(-initrd "$initrd" -append "$cmdline")
 [ "$semihosting" = 1 ] && qemu+=(-semihosting)

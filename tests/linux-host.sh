@@ -91,6 +91,33 @@ check "cortex-a57: started at EL1" test "$(line a57 5)" = 1
 check "cortex-a57: a guest runs over /dev/kvm" grep -q "KVM-SMOKE: a guest ran over /dev/kvm" "$OUT/a57.out"
 check "cortex-a57: the kserv module loads" console_has a57 "KSERV: kserv loaded (kserv: KCore ABI 0.6"
 
+# A GICv2 machine (gic-version=2, as AMD Seattle's GIC-400), 4 cortex-a57 CPUs: the host
+# runs on the GICv2 distributor and CPU interface; the virtual interface frames are KCore's
+# (GICH 0x08030000, GICV 0x08040000 in QEMU virt): every read or write of them from the host
+# dies of SIGBUS, and KCore logs the refused access. The GICC next to them still answers
+# (GICC_IIDR: ARM's JEP106 code 0x43b).
+host gicv2 --gic 2 --cpus 4 --cpu cortex-a57 --append iomem=relaxed --exec '
+grep -c ^processor /proc/cpuinfo
+dmesg | grep -c "CPU: All CPU(s) started at EL1"
+grep -c "GIC-0 *27 " /proc/interrupts
+devmem 0x08030000 32; echo "gich-read-status $?"
+devmem 0x08030100 32 0; echo "gich-write-status $?"
+devmem 0x08040000 32; echo "gicv-read-status $?"
+devmem 0x080100fc 32
+echo 0 > /sys/devices/system/cpu/cpu1/online; echo 1 > /sys/devices/system/cpu/cpu1/online; cat /sys/devices/system/cpu/online
+md5sum /bin/busybox | cut -c1-32'
+check "GICv2: command exits 0" test "$(status gicv2)" = 0
+check "GICv2: four CPUs online, started at EL1" test "$(line gicv2 1) $(line gicv2 2)" = "4 1"
+check "GICv2: the host's timer ticks through the GICv2 driver (GIC-0, PPI 27)" test "$(line gicv2 3)" = 1
+check "GICv2: KCore found the GICv2 and keeps GICH and GICV" console_has gicv2 "GICv2: distributor 0x8000000, CPU interface 0x8010000, virtual interface control 0x8030000"
+check "GICv2: reading GICH from the host gets SIGBUS" grep -qx "gich-read-status 135" "$OUT/gicv2.out"
+check "GICv2: writing a GICH list register from the host gets SIGBUS" grep -qx "gich-write-status 135" "$OUT/gicv2.out"
+check "GICv2: reading GICV from the host gets SIGBUS" grep -qx "gicv-read-status 135" "$OUT/gicv2.out"
+check "GICv2: KCore injected the aborts" console_has gicv2 "host access to 0x8030000 refused"
+check "GICv2: the host's own GICC still answers (GICC_IIDR)" grep -qix "0x0002043b" "$OUT/gicv2.out"
+check "GICv2: CPU offline and online" grep -qx "0-3" "$OUT/gicv2.out"
+check "GICv2: host RAM reads back correctly (busybox md5)" grep -qx "$busybox_md5" "$OUT/gicv2.out"
+
 # A newer Debian kernel (bookworm-backports, 6.12+) through --host-kernel. Kernels >= 6.5 use
 # FEAT_MOPS memcpy in user space (glibc-static busybox here), which needs HCRX_EL2.MSCEn.
 bpo_kernel="$(ls "$ROOT"/.cache/arm64/boot/vmlinuz-6.1[2-9]*-cloud-arm64 2>/dev/null | sort -V | tail -1)"

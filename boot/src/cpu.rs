@@ -254,14 +254,25 @@ pub fn set_host_return_state() {
     write_sysreg!("spsr_el2", arch::spsr::EL1H_MASKED);
 }
 
-/// Each CPU's GICv3 redistributor SGI/PPI frame, by KCore's CPU index (0: not found).
+/// Each CPU's frame with its private interrupts' enables, by KCore's CPU index (0: not
+/// found): its GICv3 redistributor's SGI/PPI frame, or the GICv2 distributor (banked).
 static REDIST_SGI: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Find the executing CPU's frame for its private interrupts' enables: on a GICv2 the
+/// distributor itself (GICD_ISENABLER0 is banked per CPU; GIC architecture v2, 4.3.5); on a
+/// GICv3 its redistributor's SGI/PPI frame.
+pub fn find_ppi_frame(gic: &crate::platform::Gic) {
+    match *gic {
+        crate::platform::Gic::V3 { gicr, .. } => find_redistributor(gicr),
+        crate::platform::Gic::V2 { gicd, .. } => REDIST_SGI[current_index()].store(gicd.0, Ordering::Relaxed),
+    }
+}
 
 /// Find the executing CPU's redistributor in the region `gicr` (mapped as device memory in
 /// KCore's EL2 map) by matching GICR_TYPER.Affinity_Value with MPIDR_EL1 (GICv3 architecture,
 /// 12.11.36: Aff3.Aff2.Aff1.Aff0 in bits 63:32; Last in bit 4; VLPIS in bit 1 means four
 /// 64 KiB frames per redistributor instead of two), and remember its SGI/PPI frame.
-pub fn find_redistributor(gicr: (u64, u64)) {
+fn find_redistributor(gicr: (u64, u64)) {
     let mpidr = MPIDR_EL1.get();
     let aff = (((mpidr >> 32) & 0xff) << 24) | (mpidr & 0xff_ffff);
     let (mut rd, end) = (gicr.0, gicr.0 + gicr.1);
@@ -281,7 +292,8 @@ pub fn find_redistributor(gicr: (u64, u64)) {
     log::warn!("no GIC redistributor for MPIDR {mpidr:#x}: the host's tick cannot preempt guests on this CPU");
 }
 
-/// The executing CPU's redistributor SGI/PPI frame (0 if none was found).
+/// The executing CPU's redistributor SGI/PPI frame, or the GICv2 distributor (0 if none
+/// was found).
 pub fn redistributor_sgi_frame() -> u64 {
     REDIST_SGI[current_index()].load(Ordering::Relaxed)
 }

@@ -58,9 +58,9 @@ pub fn linux_image_size(pa: u64) -> Option<u64> {
 
 /// Segments of KCore's EL2 identity map: all RAM read/write and never executable, except
 /// KCore's own text (read-only, executable), rodata (read-only) and the stack guard pages
-/// (unmapped); the console UART as device memory. Returns how many entries of `out` were
-/// filled.
-pub fn el2_segments(mb: &MemBlocks, uart: u64, gicr: (u64, u64), out: &mut [Segment]) -> usize {
+/// (unmapped); the console UART and the GIC frames `gic` (`(base, size)`; size 0: none) as
+/// device memory. Returns how many entries of `out` were filled.
+pub fn el2_segments(mb: &MemBlocks, uart: u64, gic: &[(u64, u64)], out: &mut [Segment]) -> usize {
     // SAFETY: linker-script symbols; only their addresses are taken.
     let (start, text_end, rodata_end, stacks, stacks_end, end) = unsafe {
         (
@@ -103,10 +103,13 @@ pub fn el2_segments(mb: &MemBlocks, uart: u64, gicr: (u64, u64), out: &mut [Segm
     if mb.search(uart_page).is_none() {
         push(uart_page, uart_page + PAGE_SIZE, Kind::Device);
     }
-    // The GIC redistributors: KCore enables the EL2 timer's interrupt in its own CPU's.
-    let (gicr_start, gicr_end) = (align_down(gicr.0, PAGE_SIZE), align_up(gicr.0 + gicr.1, PAGE_SIZE));
-    if mb.search(gicr_start).is_none() {
-        push(gicr_start, gicr_end, Kind::Device);
+    // The GIC frames: KCore enables the EL2 timer's interrupt in its own CPU's redistributor
+    // (or GICv2 distributor), and on a GICv2 drives the guests' list registers in GICH.
+    for &(base, size) in gic.iter().filter(|r| r.1 != 0) {
+        let (s, e) = (align_down(base, PAGE_SIZE), align_up(base + size, PAGE_SIZE));
+        if !mb.intersects(s, e) {
+            push(s, e, Kind::Device);
+        }
     }
     n
 }

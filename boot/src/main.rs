@@ -46,7 +46,7 @@ mod el2 {
     use crate::cpu::{self, El2Regs, Features};
     use crate::fatal::fatal;
     use crate::layout;
-    use crate::platform::Platform;
+    use crate::platform::{Gic, Platform};
     use crate::{console, dtb};
     use kcore::el2map::{self, Kind, Segment};
     use kcore::kcore::{KCore, MemoryPlan};
@@ -55,7 +55,7 @@ mod el2 {
     use kcore::psci::{CpuTable, HostEntries};
     use kcore::pt::nptwalk::Npt;
     use kcore::pt::ptalloc::PagePool;
-    use kcore::{BLOCK_2M, PAGE_SIZE, align_up};
+    use kcore::{BLOCK_2M, PAGE_SIZE, align_down, align_up};
     use spin::Once;
 
     core::arch::global_asm!(include_str!("entry.S"));
@@ -73,8 +73,8 @@ mod el2 {
     pub static EL2_REGS: Once<El2Regs> = Once::new();
     /// Where the host asked each CPU to start.
     pub static HOST_ENTRIES: HostEntries = HostEntries::new();
-    /// The GIC redistributor region `(base, size)`.
-    pub static GICR: Once<(u64, u64)> = Once::new();
+    /// The interrupt controller.
+    pub static GIC: Once<Gic> = Once::new();
     /// Options from the command line.
     pub static OPTIONS: Once<crate::platform::Options> = Once::new();
 
@@ -179,7 +179,19 @@ mod el2 {
                 kcore::arch::MIN_PA_BITS
             ))
         };
-        log::info!("GICv3: distributor {:#x}, redistributors {:#x} (+{:#x})", plat.gicd, plat.gicr.0, plat.gicr.1);
+        match plat.gic {
+            Gic::V3 { gicd, gicr } => {
+                log::info!("GICv3: distributor {gicd:#x}, redistributors {:#x} (+{:#x})", gicr.0, gicr.1)
+            }
+            Gic::V2 { gicd, gicc, gich, gicv } => log::info!(
+                "GICv2: distributor {:#x}, CPU interface {:#x}, virtual interface control {:#x} and virtual CPU \
+                 interface {:#x} (KCore's: kept from the host)",
+                gicd.0,
+                gicc.0,
+                gich.0,
+                gicv.0
+            ),
+        }
         CPUS.call_once(|| plat.cpus);
 
         let mb = MemBlocks::new(plat.ram()).unwrap_or_else(|e| fatal(format_args!("memory map: {e:?}")));
@@ -216,14 +228,25 @@ mod el2 {
             cpu_index: current_cpu,
             fp_save: crate::world::kcore_fp_save,
             fp_load: crate::world::kcore_fp_restore,
-            redist_sgi_base: cpu::redistributor_sgi_frame,
+            ppi_frame: cpu::redistributor_sgi_frame,
+            gich: match plat.gic {
+                Gic::V2 { gich, .. } => gich.0,
+                Gic::V3 { .. } => 0,
+            },
         };
         let el2_pool = PagePool::new(plan.pool.0, plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE);
         let host_pool = PagePool::new(plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE, plan.pool.1);
         let el2_root = el2_pool.alloc(&hw).unwrap_or_else(|_| fatal(format_args!("EL2 table pool empty")));
         let el2 = Npt { root: el2_root, ia_bits: 48 };
         let mut segs = [Segment { start: 0, end: 0, kind: Kind::ReadWrite }; 48];
-        let n = layout::el2_segments(&mb, plat.uart, plat.gicr, &mut segs);
+        // The GIC frames KCore itself programs: GICv3 redistributors (the EL2 timer's and the
+        // maintenance interrupt's enables); GICv2 distributor (the same, banked per CPU) and
+        // GICH (the guests' list registers).
+        let gic_frames = match plat.gic {
+            Gic::V3 { gicr, .. } => [gicr, (0, 0)],
+            Gic::V2 { gicd, gich, .. } => [gicd, gich],
+        };
+        let n = layout::el2_segments(&mb, plat.uart, &gic_frames, &mut segs);
         if let Err(e) = el2map::build(&hw, &el2_pool, &el2, &segs[..n]) {
             fatal(format_args!("building KCore's EL2 map: {e:?}"));
         }
@@ -233,6 +256,12 @@ mod el2 {
                 .unwrap_or_else(|e| fatal(format_args!("KCore state: {e:?}")))
         });
         kc.guest_cpu.configure(&cpu::read_id_regs(), ipa_bits);
+        if let Gic::V2 { gich, gicv, .. } = plat.gic {
+            let page_range = |r: (u64, u64)| (align_down(r.0, PAGE_SIZE), align_up(r.0 + r.1, PAGE_SIZE));
+            if let Err(e) = kc.configure_gic_v2(page_range(gich), page_range(gicv)) {
+                fatal(format_args!("GICv2 virtual interface {gich:x?}, {gicv:x?}: {e:?}"));
+            }
+        }
         let gf = kc.guest_cpu.features();
         log::info!(
             "guests: SVE, SME, pointer authentication, MTE, PMU, RAS, LOR, AMU hidden; debug emulated (FGT {}, HCX {})",
@@ -243,8 +272,8 @@ mod el2 {
         EL2_REGS.call_once(|| regs);
         cpu::enable_mmu(&regs);
         console::mmu_on();
-        GICR.call_once(|| plat.gicr);
-        cpu::find_redistributor(plat.gicr);
+        GIC.call_once(|| plat.gic);
+        cpu::find_ppi_frame(&plat.gic);
 
         for (start, end) in [plan.kcore_low, plan.kcore_high] {
             if let Err(e) = kc.mem().protect_kcore(start, end) {
@@ -304,8 +333,8 @@ mod el2 {
         let index = index as usize;
         let Some(regs) = EL2_REGS.get() else { fatal(format_args!("cpu {index} started before KCore was set up")) };
         cpu::enable_mmu(regs);
-        if let Some(gicr) = GICR.get() {
-            cpu::find_redistributor(*gicr);
+        if let Some(gic) = GIC.get() {
+            cpu::find_ppi_frame(gic);
         }
         let features = Features::read();
         cpu::setup_host_el2(&features);

@@ -26,16 +26,25 @@ pub struct Platform {
     pub cpus: CpuTable,
     /// PL011 console base.
     pub uart: u64,
-    /// GICv3 distributor base.
-    pub gicd: u64,
-    /// GICv3 redistributor region `(base, size)` (the first one).
-    pub gicr: (u64, u64),
+    /// The interrupt controller.
+    pub gic: Gic,
     /// Size of the device tree blob.
     pub dtb_size: u64,
     /// Initrd `[start, end)`, if any.
     pub initrd: Option<(u64, u64)>,
     /// KCore's options.
     pub options: Options,
+}
+
+/// The interrupt controller, as the device tree describes it; regions are `(base, size)`.
+#[derive(Clone, Copy, Debug)]
+pub enum Gic {
+    /// A GICv3 (`arm,gic-v3`): distributor base, and the (first) redistributor region.
+    V3 { gicd: u64, gicr: (u64, u64) },
+    /// A GICv2 with the virtualization extensions (`arm,cortex-a15-gic`, `arm,gic-400`; its
+    /// `reg` lists GICD, GICC, GICH, GICV: Documentation/devicetree/bindings/interrupt-
+    /// controller/arm,gic.yaml).
+    V2 { gicd: (u64, u64), gicc: (u64, u64), gich: (u64, u64), gicv: (u64, u64) },
 }
 
 /// Why the device tree is not usable.
@@ -142,13 +151,28 @@ impl Platform {
             .map(|r| r.starting_address as u64)
             .ok_or(DtbError::Missing("console reg"))?;
 
-        let gic = fdt.find_compatible(&["arm,gic-v3"]).ok_or(DtbError::Missing("a GICv3 interrupt controller"))?;
-        let mut gic_regs = gic.reg().ok_or(DtbError::Missing("GIC reg"))?;
-        let gicd = gic_regs.next().map(|r| r.starting_address as u64).ok_or(DtbError::Missing("GICD reg"))?;
-        let gicr = gic_regs
-            .next()
-            .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64))
-            .ok_or(DtbError::Missing("GICR reg"))?;
+        let gic = if let Some(gic) = fdt.find_compatible(&["arm,gic-v3"]) {
+            let mut regs = gic.reg().ok_or(DtbError::Missing("GIC reg"))?;
+            let gicd = regs.next().map(|r| r.starting_address as u64).ok_or(DtbError::Missing("GICD reg"))?;
+            let gicr = regs
+                .next()
+                .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64))
+                .ok_or(DtbError::Missing("GICR reg"))?;
+            Gic::V3 { gicd, gicr }
+        } else {
+            let gic = fdt
+                .find_compatible(&["arm,gic-400", "arm,cortex-a15-gic"])
+                .ok_or(DtbError::Missing("a GICv3, or a GICv2 with virtualization (GIC-400)"))?;
+            let mut regs = gic
+                .reg()
+                .ok_or(DtbError::Missing("GIC reg"))?
+                .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64));
+            let mut next = |what| regs.next().filter(|r| r.1 != 0).ok_or(DtbError::Missing(what));
+            let (gicd, gicc) = (next("GICD reg")?, next("GICC reg")?);
+            // Without GICH and GICV there are no virtualization extensions: no guests' GIC.
+            let (gich, gicv) = (next("GICH reg (GICv2 virtualization)")?, next("GICV reg (GICv2 virtualization)")?);
+            Gic::V2 { gicd, gicc, gich, gicv }
+        };
 
         let initrd = match (
             chosen.property("linux,initrd-start").and_then(|p| p.as_usize()),
@@ -163,8 +187,7 @@ impl Platform {
             ram_count,
             cpus,
             uart,
-            gicd,
-            gicr,
+            gic,
             dtb_size: fdt.total_size() as u64,
             initrd,
             options: Options::parse(bootargs),

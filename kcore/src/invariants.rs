@@ -17,6 +17,8 @@
 //! 6. MMIO guard: only a protected VM has enrolled MMIO, at most `MMIO_GUARD_RANGES` ranges;
 //!    while none of its vCPUs runs (only a running vCPU enrols), they are sorted, non-empty,
 //!    page aligned, apart (touching ranges are one), inside the IPA space and outside its RAM.
+//! 7. KCore's device memory (GICv2: GICH and GICV) is in no host leaf; a VM maps of it only
+//!    GICV, page for page at the guest's GIC CPU interface window, as a device leaf.
 
 use crate::kcore::KCore;
 use crate::machine::Machine;
@@ -61,6 +63,9 @@ pub enum Violation {
     LentToProtectedVm { vmid: u16, gfn: u64 },
     /// VM `vmid`'s MMIO-guard table is malformed, or held by a VM that may not have one.
     MmioGuardMalformed { vmid: u16 },
+    /// The host maps KCore's device memory at `ipa`, or VM `vmid` maps it other than as its
+    /// GIC CPU interface (`vmid` 0: the host).
+    KcoreMmioMapped { vmid: u16, ipa: u64 },
 }
 
 fn is_device_leaf(d: u64) -> bool {
@@ -99,6 +104,9 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
                 note(Violation::HostNotIdentity { ipa, pa: leaf.output(ipa) });
                 return;
             }
+            if k.kcore_mmio.intersects(ipa, ipa + leaf.size()) {
+                note(Violation::KcoreMmioMapped { vmid: 0, ipa });
+            }
             let device = is_device_leaf(leaf.desc);
             if device && k.mb.intersects(ipa, ipa + leaf.size()) {
                 note(Violation::HostWrongMemoryType { ipa });
@@ -125,6 +133,12 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
         let protected = k.vminfo[t.vmid as usize - 1].kind() == crate::vm::VmKind::Protected;
         npt.for_each_leaf(&k.m, |ipa, leaf| {
             let first = leaf.output(ipa) >> PAGE_SHIFT;
+            let out = leaf.output(ipa);
+            if k.kcore_mmio.intersects(out, out + leaf.size())
+                && (leaf.level != 3 || !is_device_leaf(leaf.desc) || k.vgic.guest_cpuif_page(ipa) != Some(out))
+            {
+                note(Violation::KcoreMmioMapped { vmid: t.vmid, ipa });
+            }
             for i in 0..leaf.size() >> PAGE_SHIFT {
                 let (gfn, pfn) = ((ipa >> PAGE_SHIFT) + i, first + i);
                 match k.meta.get(&k.m, &k.mb, pfn) {

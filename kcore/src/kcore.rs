@@ -4,13 +4,14 @@ use crate::error::{Error, Result};
 use crate::locks::Locks;
 use crate::locks::locks::MAX_PT;
 use crate::machine::{HOST_VMID, Machine};
-use crate::mem::memaux::MemAux;
+use crate::mem::memaux::{KcoreMmio, MemAux};
 use crate::mem::memblock::MemBlocks;
 use crate::mem::pagemgmt::{PageMeta, meta_bytes};
 use crate::pt::nptops::S2Table;
 use crate::pt::ptalloc::PagePool;
 use crate::trap::traphandler::{CpuRun, CpuRuns};
 use crate::vcpu::guestcpu::GuestCpu;
+use crate::vcpu::vgic::Vgic;
 use crate::vm::VmInfo;
 use crate::{BLOCK_2M, PAGE_SIZE, align_down, align_up};
 use core::sync::atomic::AtomicU64;
@@ -153,6 +154,11 @@ pub struct KCore<M: Machine> {
     pub runs: CpuRuns,
     /// The CPU as guests see it (layer 27): features and sanitised ID registers.
     pub guest_cpu: GuestCpu,
+    /// The machine's GIC, as the world switch drives the guest's virtual CPU interface
+    /// (layer 29): GICv3 unless boot found a GICv2.
+    pub vgic: Vgic,
+    /// Device memory that is KCore's alone (GICv2: GICH and GICV), kept from the host.
+    pub kcore_mmio: KcoreMmio,
     /// KCore's zero page (from the host's table pool, never written): what the host kernel
     /// reads in place of a page a VM owns (see [`MemAux::map_zero_host`]).
     pub zero_page: u64,
@@ -197,6 +203,8 @@ impl<M: Machine> KCore<M> {
             vm_key,
             runs,
             guest_cpu: GuestCpu::default(),
+            vgic: Vgic::default(),
+            kcore_mmio: KcoreMmio::default(),
             zero_page: 0,
             zero_leaves: AtomicU64::new(0),
         };
@@ -204,6 +212,20 @@ impl<M: Machine> KCore<M> {
         // Zeroed by the pool; KCore-owned like every pool page, and never written again.
         let zero_page = k.host.pool.alloc(&k.m)?;
         Ok(KCore { zero_page, ..k })
+    }
+
+    /// Boot found a GICv2 with the virtualization extensions: its virtual interface control
+    /// frame `gich` and virtual CPU interface `gicv` (`(start, end)`, page aligned) become
+    /// KCore's alone (never in the host's stage-2), and guests get their CPU interface from
+    /// GICV ([`crate::vcpu::vgic`]). Boot only, before the host runs.
+    pub fn configure_gic_v2(&self, gich: (u64, u64), gicv: (u64, u64)) -> Result<()> {
+        if self.mb.intersects(gich.0, gich.1) || self.mb.intersects(gicv.0, gicv.1) {
+            return Err(Error::InvalidParameter);
+        }
+        self.kcore_mmio.add(gich.0, gich.1)?;
+        self.kcore_mmio.add(gicv.0, gicv.1)?;
+        self.vgic.configure_v2(gicv.0);
+        Ok(())
     }
 
     /// Layers 16-17 over this state.
@@ -217,6 +239,7 @@ impl<M: Machine> KCore<M> {
             vms: &self.vms,
             zero_page: self.zero_page,
             zero_leaves: &self.zero_leaves,
+            kcore_mmio: &self.kcore_mmio,
         }
     }
 }

@@ -146,14 +146,30 @@ _start:
 4:
     // 14: the virtual interrupt the host asked for (42) arrives through our own vector,
     //     acknowledged and completed through the (virtual) GIC CPU interface.
+    //     The GIC: GICv3 system registers if ID_AA64PFR0_EL1.GIC says so; otherwise a GICv2
+    //     CPU interface at 0x08010000 (x25 = its base; 0 for GICv3), which KCore backs with
+    //     the virtual CPU interface (GICV).
     mov     x28, #14
     adr     x1, gvectors
     msr     vbar_el1, x1
+    mrs     x1, id_aa64pfr0_el1
+    ubfx    x1, x1, #24, #4
+    mov     x25, #0
+    cbz     x1, 9f
     mov     x1, #0xff
     msr     S3_0_C4_C6_0, x1        // ICC_PMR_EL1: every priority
     mov     x1, #1
     msr     S3_0_C12_C12_7, x1      // ICC_IGRPEN1_EL1: group 1 on
-    isb
+    b       10f
+9:  mov     x25, #0x08010000
+    mov     w1, #0xff
+    str     w1, [x25, #0x4]         // GICC_PMR: every priority
+    ldr     w1, [x25, #0x4]
+    cmp     w1, #0xf8               // GICv2 virtual priorities: 5 bits
+    b.ne    fail
+    mov     w1, #1
+    str     w1, [x25]               // GICC_CTLR.EnableGrp0 (group 0 virtual IRQs)
+10: isb
     mov     x26, #0
     msr     daifclr, #2             // unmask IRQs
 5:  cmp     x26, #42
@@ -243,6 +259,10 @@ failed: .asciz "GUEST-FAIL "
 .balign 0x800
 gvectors:
     .fill   0x280, 1, 0
+    cbnz    x25, 1f
     mrs     x26, S3_0_C12_C12_0     // ICC_IAR1_EL1: which interrupt
     msr     S3_0_C12_C12_1, x26     // ICC_EOIR1_EL1: done with it
+    eret
+1:  ldr     w26, [x25, #0xc]        // GICC_IAR: which interrupt
+    str     w26, [x25, #0x10]       // GICC_EOIR: done with it
     eret

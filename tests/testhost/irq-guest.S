@@ -8,6 +8,9 @@
 //   what it took (report 2) and powers off.
 // The IRQ handler: x25 collects SGIs 0..15 as bits, x26 holds the last SGI, x24 collects
 // SPIs 32..63 as bits (INTID - 32).
+// The GIC: GICv3 system registers if ID_AA64PFR0_EL1.GIC says so; otherwise a GICv2, whose
+// CPU interface is MMIO at 0x08010000 (x23 = its base, 0 on a GICv3; KCore maps the virtual
+// CPU interface there) and whose SGIs are GICD_SGIR writes (MMIO exits to the host).
 .section .text
 .global _start
 _start:
@@ -27,13 +30,12 @@ _start:
     add     x19, x19, #1
     cmp     x19, #4
     b.ne    1b
-    // SGI 1 to each: ICC_SGI1R_EL1 = INTID << 24 | TargetList (Aff0 bits), Aff1-3 = 0.
+    // SGI 1 to each.
     mov     x19, #1
 2:  mov     x1, #1
-    lsl     x1, x1, x19
-    orr     x1, x1, #(1 << 24)
-    msr     S3_0_C12_C11_5, x1
-    isb
+    mov     x2, #1
+    lsl     x2, x2, x19
+    bl      sgi
     add     x19, x19, #1
     cmp     x19, #4
     b.ne    2b
@@ -73,26 +75,48 @@ secondary:
     wfi
     b       7b
 8:  msr     daifset, #2
-    add     x1, x20, #1             // SGI 1 + n to vCPU 0 (TargetList bit 0)
-    lsl     x1, x1, #24
-    orr     x1, x1, #1
-    msr     S3_0_C12_C11_5, x1
-    isb
+    add     x1, x20, #1             // SGI 1 + n to vCPU 0
+    mov     x2, #1
+    bl      sgi
     add     x2, x21, x20, lsl #3
     str     x20, [x2, #24]          // reports 4..6 (vCPU n at 3 + n): got SGI 1
     ldr     x0, =0x84000002         // PSCI CPU_OFF
     hvc     #0
     b       fail
 
-// Our vectors, priority mask open, group 1 on.
+// Our vectors, priority mask open, group 1 on (GICv2: group 0, which it signals as IRQ).
 gic_on:
     adr     x1, vectors
     msr     vbar_el1, x1
+    mrs     x1, id_aa64pfr0_el1
+    ubfx    x1, x1, #24, #4
+    mov     x23, #0
+    cbz     x1, 1f
     mov     x1, #0xff
     msr     S3_0_C4_C6_0, x1        // ICC_PMR_EL1
     mov     x1, #1
     msr     S3_0_C12_C12_7, x1      // ICC_IGRPEN1_EL1
     isb
+    ret
+1:  mov     x23, #0x08010000
+    mov     w1, #0xff
+    str     w1, [x23, #0x4]         // GICC_PMR
+    mov     w1, #1
+    str     w1, [x23]               // GICC_CTLR.EnableGrp0
+    isb
+    ret
+
+// sgi(x1 = INTID, x2 = target vCPUs as bits): GICv3 ICC_SGI1R_EL1 = INTID << 24 | TargetList
+// (Aff0 bits), Aff1-3 = 0; GICv2 GICD_SGIR = CPUTargetList << 16 | INTID (filter 0: the list).
+sgi:
+    cbnz    x23, 1f
+    orr     x3, x2, x1, lsl #24
+    msr     S3_0_C12_C11_5, x3
+    isb
+    ret
+1:  orr     x3, x1, x2, lsl #16
+    ldr     x4, =0x08000f00
+    str     w3, [x4]
     ret
 
 fail:
@@ -107,7 +131,11 @@ fail:
 .balign 0x800
 vectors:
     .fill   0x280, 1, 0
-    mrs     x27, S3_0_C12_C12_0     // ICC_IAR1_EL1
+    cbnz    x23, 12f
+    mrs     x22, S3_0_C12_C12_0     // ICC_IAR1_EL1
+    b       13f
+12: ldr     w22, [x23, #0xc]        // GICC_IAR (an SGI's source CPU in bits 12:10)
+13: and     x27, x22, #0x3ff
     cmp     x27, #16
     b.hs    10f
     mov     x26, x27                // an SGI
@@ -121,5 +149,8 @@ vectors:
     mov     x29, #1
     lsl     x29, x29, x28
     orr     x24, x24, x29           // an SPI 32..63
-11: msr     S3_0_C12_C12_1, x27     // ICC_EOIR1_EL1: drop priority and deactivate
+11: cbnz    x23, 14f
+    msr     S3_0_C12_C12_1, x22     // ICC_EOIR1_EL1: drop priority and deactivate
+    eret
+14: str     w22, [x23, #0x10]       // GICC_EOIR: the same, with the value GICC_IAR gave
     eret

@@ -15,14 +15,21 @@ pub struct Hardware {
     pub fp_save: unsafe extern "C" fn(u64),
     /// Loads them from the given address.
     pub fp_load: unsafe extern "C" fn(u64),
-    /// The physical address of the calling CPU's GICv3 redistributor SGI/PPI frame (its
-    /// RD_base + 64 KiB), found by `boot/` from GICR_TYPER and mapped as device memory in
-    /// KCore's EL2 map; 0 if this CPU has none.
-    pub redist_sgi_base: fn() -> u64,
+    /// The physical address of the frame holding the calling CPU's IGROUPR0 and ISENABLER0
+    /// for its private interrupts, mapped as device memory in KCore's EL2 map; 0 if this
+    /// CPU has none. GICv3: its redistributor's SGI/PPI frame (RD_base + 64 KiB), found by
+    /// `boot/` from GICR_TYPER. GICv2: the distributor, whose registers for interrupts 0-31
+    /// are banked per CPU (GIC architecture v2, 4.3).
+    pub ppi_frame: fn() -> u64,
+    /// GICv2: the GICH frame (banked per CPU), mapped as device memory in KCore's EL2 map
+    /// and in no other stage of translation; 0 on a GICv3 machine. (Not a flag beside it: a
+    /// `bool` here would give `Hardware` a niche that moves it to the end of `KCore`, and
+    /// every access to the machine would pay for the larger offset.)
+    pub gich: u64,
 }
 
-/// GICR_IGROUPR0 and GICR_ISENABLER0, in a redistributor's SGI/PPI frame (GICv3
-/// architecture, 12.11).
+/// IGROUPR0 and ISENABLER0, at the same offsets in a GICv3 redistributor's SGI/PPI frame
+/// (GICv3 architecture, 12.11) and a GICv2 distributor (GIC architecture v2, 4.3.4, 4.3.5).
 const GICR_IGROUPR0: u64 = 0x80;
 const GICR_ISENABLER0: u64 = 0x100;
 
@@ -35,7 +42,10 @@ macro_rules! read_match {
             match r {
                 $(SysReg::$v => {
                     // SAFETY: reading a system register at EL2 has no memory effects; every
-                    // register listed exists on the CPUs KCore supports (GICv3 is required).
+                    // register listed exists on the CPUs KCore supports, except the GICv3
+                    // CPU-interface ones (ICC_*, ICH_*), which layer 29 reaches only on a GICv3
+                    // machine (`crate::vcpu::vgic`), and the FGT/HCX/SME ones, reached only
+                    // where the CPU has them.
                     unsafe { asm!(concat!("mrs {}, ", $name), out(reg) v, options(nostack, nomem)) }
                 })*
             }
@@ -164,23 +174,42 @@ impl Machine for Hardware {
     }
 
     fn enable_private_irq(&self, intid: u32) {
-        let base = (self.redist_sgi_base)();
+        let base = (self.ppi_frame)();
         if base == 0 || !(16..32).contains(&intid) {
             return;
         }
         let bit = 1u32 << intid;
-        // SAFETY: `base` is this CPU's redistributor SGI frame, which `boot/` mapped as device
-        // memory in KCore's EL2 map; GICR_IGROUPR0 and GICR_ISENABLER0 are 32-bit registers.
-        // Group 1 (non-secure IRQ, as the host's own interrupts are): only this CPU's code
-        // programs its private interrupts, and the host is not running on it now.
+        // SAFETY: `base` is this CPU's redistributor SGI frame or the GICv2 distributor, which
+        // `boot/` mapped as device memory in KCore's EL2 map; IGROUPR0 and ISENABLER0 are
+        // 32-bit registers. GICv3: group 1 (non-secure IRQ, as the host's own interrupts are):
+        // only this CPU's code programs its private interrupts, and the host is not running on
+        // it now. GICv2: the group is the host's configuration (without the security
+        // extensions every interrupt signals IRQ), left as it is.
         unsafe {
-            let group = (base + GICR_IGROUPR0) as *mut u32;
-            let g = core::ptr::read_volatile(group);
-            if g & bit == 0 {
-                core::ptr::write_volatile(group, g | bit);
+            if self.gich == 0 {
+                let group = (base + GICR_IGROUPR0) as *mut u32;
+                let g = core::ptr::read_volatile(group);
+                if g & bit == 0 {
+                    core::ptr::write_volatile(group, g | bit);
+                }
             }
             core::ptr::write_volatile((base + GICR_ISENABLER0) as *mut u32, bit)
         }
+    }
+
+    fn gich_read(&self, off: u64) -> u32 {
+        assert!(self.gich != 0 && off < 0x200 && off.is_multiple_of(4), "GICH read at {off:#x}");
+        // SAFETY: `gich` is the GICH frame `boot/` mapped as device memory in KCore's EL2 map
+        // (checked non-zero: a GICv2 machine); `off` is a 32-bit register inside its first
+        // 512 bytes (GIC architecture v2, 5.3.1).
+        unsafe { core::ptr::read_volatile((self.gich + off) as *const u32) }
+    }
+
+    fn gich_write(&self, off: u64, val: u32) {
+        assert!(self.gich != 0 && off < 0x200 && off.is_multiple_of(4), "GICH write at {off:#x}");
+        // SAFETY: as for `gich_read`; the frame controls only the guest's virtual CPU
+        // interface, never KCore's memory.
+        unsafe { core::ptr::write_volatile((self.gich + off) as *mut u32, val) }
     }
 }
 

@@ -142,8 +142,15 @@ pub trait Machine: Sync {
     fn fp_save_to(&self, pa: u64);
     /// Load the executing CPU's FP/SIMD registers from KCore memory at `pa`.
     fn fp_load_from(&self, pa: u64);
-    /// Enable private interrupt `intid` (a PPI, 16..32) of the executing CPU in its GIC
-    /// redistributor (GICR_ISENABLER0; write-one-to-set, so a host that configures the same
-    /// redistributor loses nothing).
+    /// Enable private interrupt `intid` (a PPI, 16..32) of the executing CPU: in its GICv3
+    /// redistributor (GICR_ISENABLER0), or on a GICv2 in the distributor's banked
+    /// GICD_ISENABLER0 (GIC architecture v2, 4.3.5). Write-one-to-set either way, so a host
+    /// that configures the same registers loses nothing.
     fn enable_private_irq(&self, intid: u32);
+    /// Read the 32-bit register at offset `off` of the executing CPU's GICv2 virtual
+    /// interface control frame (GICH, banked per CPU; GIC architecture v2, 5.3). Only on a
+    /// GICv2 machine (a call elsewhere is a KCore bug, and implementations halt on it).
+    fn gich_read(&self, off: u64) -> u32;
+    /// Write the 32-bit register at offset `off` of the executing CPU's GICH frame.
+    fn gich_write(&self, off: u64, val: u32);
 }

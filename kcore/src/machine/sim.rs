@@ -5,7 +5,7 @@ use super::{FP_WORDS, FpRegs, Machine, SYSREG_COUNT, SysReg};
 use crate::PAGE_SIZE;
 use crate::locks::locks::MAX_CPUS;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// One TLB maintenance operation, as recorded by the simulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,7 +26,11 @@ pub struct SimMachine {
     fp: Vec<[AtomicU64; FP_WORDS]>,
     syncs: AtomicUsize,
     ppis: Vec<AtomicU64>,
+    gich: Vec<[AtomicU32; GICH_WORDS]>,
 }
+
+/// 32-bit registers in the simulated GICH frame (GICH_LR<n> end at 0x200).
+const GICH_WORDS: usize = 0x200 / 4;
 
 thread_local! {
     static CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
@@ -46,6 +50,7 @@ impl SimMachine {
             fp: (0..MAX_CPUS).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
             syncs: AtomicUsize::new(0),
             ppis: (0..MAX_CPUS).map(|_| AtomicU64::new(0)).collect(),
+            gich: (0..MAX_CPUS).map(|_| core::array::from_fn(|_| AtomicU32::new(0))).collect(),
         }
     }
 
@@ -58,6 +63,17 @@ impl SimMachine {
     /// initialisation).
     pub fn clear_ppis(&self, cpu: usize) {
         self.ppis[cpu].store(0, Ordering::Relaxed)
+    }
+
+    /// GICH register at offset `off` of CPU `cpu` (what a test observes of the GICv2
+    /// virtual interface).
+    pub fn gich_reg(&self, cpu: usize, off: u64) -> u32 {
+        self.gich[cpu][gich_index(off)].load(Ordering::Relaxed)
+    }
+
+    /// Set GICH register `off` of CPU `cpu` (what the guest's virtual CPU interface did).
+    pub fn set_gich_reg(&self, cpu: usize, off: u64, v: u32) {
+        self.gich[cpu][gich_index(off)].store(v, Ordering::Relaxed)
     }
 
     /// System register `r` of CPU `cpu` (what a test observes of the CPU).
@@ -122,6 +138,11 @@ impl SimMachine {
     }
 }
 
+fn gich_index(off: u64) -> usize {
+    assert!(off.is_multiple_of(4) && off < 0x200, "GICH offset {off:#x}");
+    (off / 4) as usize
+}
+
 impl Machine for SimMachine {
     fn load(&self, pa: u64) -> u64 {
         self.word(pa).load(Ordering::Acquire)
@@ -176,5 +197,11 @@ impl Machine for SimMachine {
     fn enable_private_irq(&self, intid: u32) {
         assert!((16..32).contains(&intid), "not a PPI: {intid}");
         self.ppis[self.cpu_index()].fetch_or(1 << intid, Ordering::Relaxed);
+    }
+    fn gich_read(&self, off: u64) -> u32 {
+        self.gich_reg(self.cpu_index(), off)
+    }
+    fn gich_write(&self, off: u64, val: u32) {
+        self.set_gich_reg(self.cpu_index(), off, val)
     }
 }

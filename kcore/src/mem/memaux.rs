@@ -14,7 +14,8 @@
 //! | `map_pfn_vm` | the VM owns every page at the matching gfn; nothing mapped there | mapped in the VM stage-2 (4 KiB, or a 2 MiB block) |
 //! | `grant_vm_page` / `revoke_vm_page` | VM page; count below the cap / above 0 | count +1 (from 0: the zero page unmapped) / -1 (at 0 unmapped from the host) |
 //! | `clear_vm_page` | VM page | unmapped from the VM and host, zeroed and cleaned to PoC, host-owned |
-//! | `map_vm_io` | the physical address is not RAM; nothing mapped there | device mapping in the VM stage-2 |
+//! | `map_vm_io` | the physical address is not RAM and not KCore's device memory; nothing mapped there | device mapping in the VM stage-2 |
+//! | `map_vm_cpuif` | (KCore's own call) a page of the GICv2 virtual CPU interface; nothing mapped there | device mapping in the VM stage-2 |
 //! | `lend_pfn_to_vm` | host page, count 0, lent to no VM; nothing mapped at gfn | lent to the (non-protected) VM at gfn and mapped there; the host keeps its access |
 //! | `reclaim_lent_page` | the page mapped at gfn is lent to that VM | unmapped from the VM (TLB invalidated); plainly the host's again |
 
@@ -26,7 +27,7 @@ use crate::locks::{LockGuard, LockId, Locks};
 use crate::machine::Machine;
 use crate::pt::nptops::S2Table;
 use crate::{BLOCK_2M, Gfn, PAGE_SHIFT, PAGE_SIZE, Pfn, align_down};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 
 /// What a successful host fault mapping installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +40,43 @@ pub struct HostMapping {
     pub device: bool,
     /// Another CPU had mapped it already.
     pub already: bool,
+}
+
+/// Device memory that is KCore's alone (the GICv2 virtual interface frames, GICH and GICV):
+/// never mapped in the host's stage-2 (an access there is refused like one to KCore's RAM),
+/// never given to a VM by the host; at most [`KcoreMmio::MAX`] ranges, set at boot.
+#[derive(Debug, Default)]
+pub struct KcoreMmio {
+    ranges: [(AtomicU64, AtomicU64); KcoreMmio::MAX],
+}
+
+impl KcoreMmio {
+    /// How many ranges KCore keeps.
+    pub const MAX: usize = 2;
+
+    /// Keep `[start, end)` (page aligned) from the host. Boot only, before the host runs.
+    pub fn add(&self, start: u64, end: u64) -> Result<()> {
+        if !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) || end <= start {
+            return Err(Error::InvalidParameter);
+        }
+        let free = self.ranges.iter().find(|r| r.1.load(Relaxed) == 0).ok_or(Error::NoMemory)?;
+        free.0.store(start, Relaxed);
+        free.1.store(end, Relaxed);
+        Ok(())
+    }
+
+    /// Does `[start, end)` overlap a range KCore keeps?
+    pub fn intersects(&self, start: u64, end: u64) -> bool {
+        self.ranges.iter().any(|r| {
+            let (s, e) = (r.0.load(Relaxed), r.1.load(Relaxed));
+            s < end && start < e
+        })
+    }
+
+    /// The ranges kept, `(start, end)`.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|r| (r.0.load(Relaxed), r.1.load(Relaxed))).filter(|r| r.1 != 0)
+    }
 }
 
 /// The memory state MemAux works on.
@@ -61,6 +99,8 @@ pub struct MemAux<'a, M: Machine> {
     ///
     /// [`KCore::zero_leaves`]: crate::kcore::KCore::zero_leaves
     pub zero_leaves: &'a AtomicU64,
+    /// Device memory that is KCore's alone.
+    pub kcore_mmio: &'a KcoreMmio,
 }
 
 /// Pages a leaf at `level` (2 or 3) covers.
@@ -132,11 +172,15 @@ impl<M: Machine> MemAux<'_, M> {
     /// `map_page_host`: resolve a host stage-2 translation fault at `ipa` by identity-mapping
     /// the largest block around it that stays inside one kind of memory: RAM the host may map
     /// (host-owned, or a VM page shared with the host, page by page), or device memory (any
-    /// range with no RAM in it). RAM the host may not touch gives [`Error::Denied`].
+    /// range with no RAM in it and none of KCore's device memory). RAM the host may not touch,
+    /// and KCore's device memory ([`KcoreMmio`]), give [`Error::Denied`].
     pub fn map_page_host(&self, ipa: u64) -> Result<HostMapping> {
         let npt = self.host.expect_npt();
         if !npt.covers(ipa) {
             return Err(Error::InvalidParameter);
+        }
+        if self.kcore_mmio.intersects(ipa, ipa + 1) {
+            return Err(Error::Denied);
         }
         let cpu = self.m.cpu_index();
         // s2page stays held while the table is updated, so the page cannot change hands
@@ -239,12 +283,13 @@ impl<M: Machine> MemAux<'_, M> {
         3
     }
 
-    /// The largest level (>= `min_level`) whose block around `ipa` holds no RAM.
+    /// The largest level (>= `min_level`) whose block around `ipa` holds no RAM and none of
+    /// KCore's device memory.
     fn largest_device_level(&self, ipa: u64, min_level: u8) -> u8 {
         for level in min_level..3 {
             let size = level_size(level);
             let base = align_down(ipa, size);
-            if !self.mb.intersects(base, base + size) {
+            if !self.mb.intersects(base, base + size) && !self.kcore_mmio.intersects(base, base + size) {
                 return level;
             }
         }
@@ -488,8 +533,25 @@ impl<M: Machine> MemAux<'_, M> {
         if !gpa.is_multiple_of(PAGE_SIZE) || !pa.is_multiple_of(PAGE_SIZE) || pa >> 48 != 0 {
             return Err(Error::InvalidParameter);
         }
-        if self.meta.get(self.m, self.mb, pa >> PAGE_SHIFT).is_some() {
+        if self.meta.get(self.m, self.mb, pa >> PAGE_SHIFT).is_some() || self.kcore_mmio.intersects(pa, pa + PAGE_SIZE)
+        {
             return Err(Error::Denied);
+        }
+        self.check_map_vm_locked(&s2, vmid, gpa >> PAGE_SHIFT, pa >> PAGE_SHIFT, 3)?;
+        let t = self.vm(vmid)?;
+        let _pt = self.locks.acquire(LockId::Pt(vmid), self.m.cpu_index());
+        t.map_locked(self.m, gpa, 3, arch::s2_device_leaf(pa, 3)).expect("checked device mapping");
+        Ok(())
+    }
+
+    /// `map_vm_cpuif`: map page `pa` of the GICv2 virtual CPU interface (GICV, one of
+    /// KCore's device ranges) at `gpa` in VM `vmid`, where the guest expects its GIC CPU
+    /// interface. KCore's own decision (layer 28, on the guest's fault there), never the
+    /// host's.
+    pub fn map_vm_cpuif(&self, vmid: u16, gpa: u64, pa: u64) -> Result<()> {
+        let s2 = self.lock_s2page();
+        if !gpa.is_multiple_of(PAGE_SIZE) || !self.kcore_mmio.intersects(pa, pa + PAGE_SIZE) {
+            return Err(Error::InvalidParameter);
         }
         self.check_map_vm_locked(&s2, vmid, gpa >> PAGE_SHIFT, pa >> PAGE_SHIFT, 3)?;
         let t = self.vm(vmid)?;
@@ -622,6 +684,30 @@ mod tests {
         // High PCIe space far above RAM.
         let m = k.mem().map_page_host(0x80_0000_0000 + 0x10).unwrap();
         assert_eq!((m.level, m.device), (1, true));
+    }
+
+    #[test]
+    fn kcore_device_memory_is_never_the_hosts_nor_a_vms_by_the_hosts_choice() {
+        let k = kcore();
+        // QEMU virt's GICv2 virtual interface frames.
+        let (gich, gicv) = (0x0803_0000, 0x0804_0000);
+        k.configure_gic_v2((gich, gich + 0x1_0000), (gicv, gicv + 0x1_0000)).unwrap();
+        assert_eq!(k.mem().map_page_host(gich + 0x100), Err(Error::Denied));
+        assert_eq!(k.mem().map_page_host(gicv + 0xfffc), Err(Error::Denied));
+        assert!(k.host.expect_npt().walk(&k.m, gich).is_none());
+        // The rest of the device space still maps, in blocks that stop short of them.
+        let m = k.mem().map_page_host(0x0900_0000).unwrap();
+        assert_eq!((m.base, m.level, m.device), (0x0900_0000, 2, true));
+        let m = k.mem().map_page_host(0x0801_0000).unwrap();
+        assert_eq!((m.base, m.level, m.device), (0x0801_0000, 3, true), "the GICC page next to them");
+        assert_eq!(k.mem().map_page_host(gich), Err(Error::Denied), "still refused");
+        // Neither the host's nor anyone's to give a VM.
+        assert_eq!(k.mem().map_vm_io(1, 0x0801_0000, gicv), Err(Error::Denied));
+        assert_eq!(k.mem().map_vm_io(1, 0x0801_0000, gich), Err(Error::Denied));
+        // Ranges are page aligned, disjoint from RAM, two at most.
+        assert_eq!(k.kcore_mmio.add(0x1000, 0x2000), Err(Error::NoMemory));
+        assert_eq!(k.configure_gic_v2((RAM, RAM + 0x1000), (gicv, gicv + 0x1000)), Err(Error::InvalidParameter));
+        assert_eq!(k.kcore_mmio.ranges().count(), 2);
     }
 
     #[test]

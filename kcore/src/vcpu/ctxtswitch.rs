@@ -14,6 +14,7 @@
 use super::guestcpu;
 use super::slot;
 use super::vcpuopsaux::VcpuPage;
+use super::vgic::{GicKind, GicV2, GicV3, VirtualCpuInterface};
 use crate::arch;
 use crate::kcore::KCore;
 use crate::machine::{FP_WORDS, FpRegs, Machine, SysReg};
@@ -59,14 +60,7 @@ pub const SWITCHED_EL2: [SysReg; 6] =
 /// Position of MDCR_EL2 in [`SWITCHED_EL2`].
 const MDCR: usize = 5;
 
-/// The virtual GIC's list registers KCore uses.
-pub const LIST_REGS: [SysReg; super::MAX_LRS as usize] =
-    [SysReg::IchLr0El2, SysReg::IchLr1El2, SysReg::IchLr2El2, SysReg::IchLr3El2];
-
-/// The active-priority registers, group 0 then group 1 ([`super::apr_count`] of each exist).
-pub const AP0R: [SysReg; 4] = [SysReg::IchAp0r0El2, SysReg::IchAp0r1El2, SysReg::IchAp0r2El2, SysReg::IchAp0r3El2];
-/// See [`AP0R`].
-pub const AP1R: [SysReg; 4] = [SysReg::IchAp1r0El2, SysReg::IchAp1r1El2, SysReg::IchAp1r2El2, SysReg::IchAp1r3El2];
+pub use super::vgic::{AP0R, AP1R, LIST_REGS};
 
 /// ICC_SRE_EL1.SRE: a guest always gets the GIC's system-register interface.
 const ICC_SRE_SRE: u64 = 1;
@@ -145,13 +139,6 @@ macro_rules! for_each_el2 {
     };
 }
 
-/// [`unrolled!`] over [`LIST_REGS`].
-macro_rules! for_each_lr {
-    ($i:ident => $body:expr) => {
-        unrolled!($i in 0 1 2 3 => $body)
-    };
-}
-
 const _: () = assert!(SWITCHED_EL2.len() == 6 && LIST_REGS.len() == 4);
 const _: () = assert!(slot::FP.is_multiple_of(2), "FP area 16-byte aligned");
 const _: () = assert!(FP_WORDS == 66);
@@ -185,33 +172,27 @@ impl<M: Machine> KCore<M> {
             m.write_sysreg(SysReg::CnthpCtlEl2, CNTHP_ENABLE);
             m.enable_private_irq(super::HYP_TIMER_INTID);
         }
-        host.sre = m.read_sysreg(SysReg::IccSreEl1);
         for_each_el2!(i => host.el2[i] = m.read_sysreg(SWITCHED_EL2[i]));
         m.fp_save(&mut host.fp);
         m.fp_load_from(page.pa + 8 * slot::FP);
         for_each_el1!(i => m.write_sysreg(el1_reg(i), page.get(m, el1_slot(i))));
-        // The virtual GIC: list registers, VMCR, then the virtual CPU interface on.
-        let mut eoi = 0;
-        for_each_lr!(i => {
-            let lr = page.get(m, slot::LRS + i as u64);
-            eoi |= lr;
-            m.write_sysreg(LIST_REGS[i], lr)
-        });
-        m.write_sysreg(SysReg::IchVmcrEl2, page.get(m, slot::VMCR));
-        let aprs = super::apr_count(m.read_sysreg(SysReg::IchVtrEl2));
-        for i in 0..aprs {
-            m.write_sysreg(AP0R[i], page.get(m, slot::APRS + i as u64));
-            m.write_sysreg(AP1R[i], page.get(m, slot::APRS + 4 + i as u64));
-        }
-        // The virtual CPU interface on; underflow maintenance if the host asked for it. The
-        // maintenance interrupt reaches KCore if it may be raised (an EOI-tracked level
-        // interrupt in a list register, or underflow): the guest exits, the host refills.
+        // The virtual GIC: list registers, VMCR, active priorities, then the virtual CPU
+        // interface on; underflow maintenance if the host asked for it. The maintenance
+        // interrupt reaches KCore if it may be raised (an EOI-tracked level interrupt in a
+        // list register, or underflow): the guest exits, the host refills.
         let uie = page.get(m, slot::FLAGS) & super::flags::UNDERFLOW_NOTIFY != 0;
-        m.write_sysreg(SysReg::IchHcrEl2, super::ICH_HCR_EN | if uie { super::ICH_HCR_UIE } else { 0 });
-        if uie || eoi & (1 << super::LR_EOI_SHIFT) != 0 {
+        // One branch on the GIC: the GICv3 path as short as before, the GICv2 one out of line.
+        let eoi = if self.vgic.kind() == GicKind::V3 {
+            host.sre = m.read_sysreg(SysReg::IccSreEl1);
+            let eoi = GicV3::load(m, page, uie);
+            m.write_sysreg(SysReg::IccSreEl1, ICC_SRE_SRE);
+            eoi
+        } else {
+            GicV2::load(m, page, uie)
+        };
+        if uie || eoi {
             m.enable_private_irq(super::MAINTENANCE_INTID);
         }
-        m.write_sysreg(SysReg::IccSreEl1, ICC_SRE_SRE);
         // Where the guest resumes, and the controls it runs under.
         m.write_sysreg(SysReg::ElrEl2, page.get(m, slot::PC));
         m.write_sysreg(SysReg::SpsrEl2, page.get(m, slot::PSTATE));
@@ -252,21 +233,16 @@ impl<M: Machine> KCore<M> {
         let m = &self.m;
         for_each_el1!(i => page.set(m, el1_slot(i), m.read_sysreg(el1_reg(i))));
         m.fp_save_to(page.pa + 8 * slot::FP);
-        for_each_lr!(i => page.set(m, slot::LRS + i as u64, m.read_sysreg(LIST_REGS[i])));
-        page.set(m, slot::VMCR, m.read_sysreg(SysReg::IchVmcrEl2));
-        // The active priorities the CPU has; the words for those it lacks read as zero.
-        let aprs = super::apr_count(m.read_sysreg(SysReg::IchVtrEl2));
-        for i in 0..4 {
-            let (ap0, ap1) = if i < aprs { (m.read_sysreg(AP0R[i]), m.read_sysreg(AP1R[i])) } else { (0, 0) };
-            page.set(m, slot::APRS + i as u64, ap0);
-            page.set(m, slot::APRS + 4 + i as u64, ap1);
+        if self.vgic.kind() == GicKind::V3 {
+            GicV3::save(m, page);
+            m.write_sysreg(SysReg::IccSreEl1, host.sre);
+        } else {
+            GicV2::save(m, page);
         }
-        m.write_sysreg(SysReg::IchHcrEl2, 0);
         // The host's own timer is back: KCore's alarm for it is off.
         m.write_sysreg(SysReg::CnthpCtlEl2, 0);
         m.fp_load(&host.fp);
         self.load_el1(&host.el1);
-        m.write_sysreg(SysReg::IccSreEl1, host.sre);
         // Host TLB entries are tagged with the host's VMID: restoring VTTBR is enough, no
         // invalidation on this path.
         for_each_el2!(i => m.write_sysreg(SWITCHED_EL2[i], host.el2[i]));
@@ -294,8 +270,12 @@ impl<M: Machine> KCore<M> {
             return false;
         }
         m.write_sysreg(SysReg::CntvCtlEl0, ctl | CNTV_IMASK); // the physical PPI drops
-        let timer_lr = LIST_REGS[super::TIMER_LR];
-        m.write_sysreg(timer_lr, super::timer_lr_pended(m.read_sysreg(timer_lr)));
+        let i = super::TIMER_LR;
+        if self.vgic.kind() == GicKind::V3 {
+            GicV3::write_lr(m, i, super::timer_lr_pended(GicV3::read_lr(m, i)));
+        } else {
+            GicV2::write_lr(m, i, super::timer_lr_pended(GicV2::read_lr(m, i)));
+        }
         m.sync_context();
         true
     }

@@ -10,6 +10,7 @@ pub mod guestcpu;
 pub mod sysregs;
 pub mod vcpuops;
 pub mod vcpuopsaux;
+pub mod vgic;
 
 use crate::machine::SysReg;
 

@@ -192,6 +192,12 @@ impl<M: Machine> KCore<M> {
         if self.guest_cpu.features().sme && self.m.read_sysreg(SysReg::SvcrEl0) & 1 != 0 {
             return Err(Error::BadState);
         }
+        // GICv2: before a vCPU first runs, its GIC CPU interface (GICV) is in the VM's stage-2;
+        // tables for it come from the VM's pool, and a short pool fails the run before
+        // anything changed (donate and retry).
+        if f & flags::FIRST_RUN != 0 {
+            self.map_guest_cpuif(vmid, info)?;
+        }
         // The injections, checked against the list registers as a whole before any is
         // written: a refused one leaves the vCPU as it was (and it does not run).
         if wanted.iter().any(Option::is_some) {
@@ -214,6 +220,24 @@ impl<M: Machine> KCore<M> {
         page.set(&self.m, slot::FLAGS, if opts & 1 != 0 { flags::UNDERFLOW_NOTIFY } else { 0 });
         info.set_vcpu(vcpu, VcpuState::Active);
         Ok((vmid, vcpu, page))
+    }
+
+    /// On a GICv2 machine: map the GICV frame at VM `vmid`'s GIC CPU interface window
+    /// ([`super::vgic::GUEST_GICC`]), page for page, where it is not mapped yet and the VM
+    /// has no RAM there. Nothing to do on a GICv3.
+    fn map_guest_cpuif(&self, vmid: u16, info: &crate::vm::VmInfo) -> Result<()> {
+        let window = super::vgic::GUEST_GICC..super::vgic::GUEST_GICC + super::vgic::GUEST_GICC_SIZE;
+        for ipa in window.step_by(crate::PAGE_SIZE as usize) {
+            let Some(pa) = self.vgic.guest_cpuif_page(ipa) else { return Ok(()) };
+            if info.is_ram(ipa) {
+                continue;
+            }
+            match self.mem().map_vm_cpuif(vmid, ipa, pa) {
+                Ok(()) | Err(Error::Exists) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The state a vCPU that never ran starts in: a protected VM's at its first image's load
