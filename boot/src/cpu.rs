@@ -28,6 +28,9 @@ bitflags! {
         const APK = 1 << 40;
         /// Do not trap pointer-authentication instructions.
         const API = 1 << 41;
+        /// Allocation tag access at EL1/EL0 (FEAT_MTE2): the host may use MTE as on bare
+        /// metal; with it clear its MTE register accesses would trap (guests run with it clear).
+        const ATA = 1 << 56;
     }
 }
 
@@ -47,6 +50,7 @@ pub struct Features {
     fgt: bool,
     sve: bool,
     sme: bool,
+    mte2: bool,
     gicv3: bool,
     pmu: bool,
     spe: bool,
@@ -89,6 +93,7 @@ impl Features {
             fgt: field(mmfr0, 56) != 0,
             sve: field(pfr0, 32) != 0,
             sme: field(pfr1, 24) != 0,
+            mte2: field(pfr1, 8) >= 2,
             gicv3: field(pfr0, 24) != 0,
             pmu: pmuver != 0 && pmuver != 0xf,
             spe: field(dfr0, 32) != 0,
@@ -143,6 +148,9 @@ impl El2Regs {
         let mut hcr = Hcr::RW | Hcr::TSC | Hcr::VM;
         if f.pauth {
             hcr |= Hcr::API | Hcr::APK;
+        }
+        if f.mte2 {
+            hcr |= Hcr::ATA;
         }
         El2Regs {
             ttbr0_el2: el2_root,

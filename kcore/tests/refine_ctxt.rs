@@ -95,6 +95,7 @@ fn refine(steps: &[Step], host_seed: u64, guest_seed: u64, f: CpuFeatures) -> Re
     let mut ids = [0u64; ID_REGS];
     ids[id_index(7, 0).unwrap()] = (f.fgt as u64) << 56;
     ids[id_index(7, 1).unwrap()] = (f.hcx as u64) << 40;
+    ids[id_index(4, 1).unwrap()] = if f.mte2 { 2 << 8 } else { 0 }; // ID_AA64PFR1_EL1.MTE
     k.guest_cpu.configure(&ids, 40);
     for (i, r) in SysReg::ALL.iter().enumerate() {
         k.m.set_sysreg(0, *r, mix(host_seed, i as u64));
@@ -222,8 +223,9 @@ proptest! {
         guest in any::<u64>(),
         fgt in any::<bool>(),
         hcx in any::<bool>(),
+        mte2 in any::<bool>(),
     ) {
-        let f = CpuFeatures { fgt, hcx, sme: false };
+        let f = CpuFeatures { fgt, hcx, sme: false, mte2 };
         let a = refine(&steps, host, guest, f)?;
         let b = refine(&steps, other_host, guest, f)?;
         prop_assert_eq!(a, b, "a guest's saved context depends on the host's registers");
@@ -276,7 +278,7 @@ fn spec_round_trip_is_the_identity() {
         vmcr: 8,
         aprs: [1 << 20, 0, 0, 0, 1 << 5, 0, 0, 0],
     };
-    let f = CpuFeatures { fgt: true, hcx: true, sme: false };
+    let f = CpuFeatures { fgt: true, hcx: true, sme: false, mte2: true };
     let (inside, host) = ctxt::enter(&cpu, &guest, 1, 0x4000_0000, 0, f, false);
     let (back, saved) = ctxt::exit(&inside, &host, guest.x, guest.pc, guest.pstate);
     assert_eq!(saved, guest);

@@ -45,7 +45,10 @@ macro_rules! with_sysregs {
             // reached directly when a guest's access to it traps. SVCR (FEAT_SME) is read
             // before a guest runs.
             MdcrEl2 "mdcr_el2", HfgrtrEl2 "S3_4_C1_C1_4", HfgwtrEl2 "S3_4_C1_C1_5",
-            HcrxEl2 "S3_4_C1_C2_2", SvcrEl0 "S3_3_C4_C2_2"
+            HcrxEl2 "S3_4_C1_C2_2", SvcrEl0 "S3_3_C4_C2_2",
+            // FEAT_MTE2's state registers, switched where it exists: TFSR_EL1, TFSRE0_EL1
+            // (tag-check fault status), RGSR_EL1 (random tag seed), GCR_EL1 (tag control).
+            TfsrEl1 "S3_0_C5_C6_0", Tfsre0El1 "S3_0_C5_C6_1", RgsrEl1 "S3_0_C1_C0_5", GcrEl1 "S3_0_C1_C0_6"
         }
     };
 }

@@ -105,6 +105,9 @@ pub fn host_saved(f: CpuFeatures) -> Vec<SysReg> {
     if f.hcx {
         r.push(SysReg::HcrxEl2);
     }
+    if f.mte2 {
+        r.extend([SysReg::TfsrEl1, SysReg::Tfsre0El1, SysReg::RgsrEl1, SysReg::GcrEl1]);
+    }
     r
 }
 
@@ -203,6 +206,12 @@ pub fn enter(
     // HCRX_EL2: only the memory copy/set instructions (MSCEn, bit 11) as the host has them.
     if f.hcx {
         set(&mut c, SysReg::HcrxEl2, cpu.regs[&SysReg::HcrxEl2] & (1 << 11));
+    }
+    // FEAT_MTE2: the guest runs with none of the host's tag-check fault status (it has no
+    // tag access; its own asynchronous tag-check faults land in these and are dropped).
+    if f.mte2 {
+        set(&mut c, SysReg::TfsrEl1, 0);
+        set(&mut c, SysReg::Tfsre0El1, 0);
     }
     // CNTHCTL_EL2: EL1PCTEN (physical counter readable), not EL1PCEN (physical timer traps).
     set(&mut c, SysReg::CnthctlEl2, 1);

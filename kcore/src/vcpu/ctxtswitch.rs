@@ -88,12 +88,20 @@ pub struct HostCtxt {
     pub hfgxtr: [u64; 2],
     /// HCRX_EL2 (where FEAT_HCX exists).
     pub hcrx: u64,
+    /// [`MTE_STATE`] (where FEAT_MTE2 exists).
+    pub mte: [u64; 4],
 }
+
+/// The host's MTE state registers, kept while a guest runs: a guest has no tag access
+/// (HCR_EL2.ATA clear, so these trap), but a guest that turns tag checking on through its
+/// SCTLR_EL1 would have its asynchronous tag-check faults recorded in TFSR_EL1/TFSRE0_EL1;
+/// the host gets its own values back.
+pub const MTE_STATE: [SysReg; 4] = [SysReg::TfsrEl1, SysReg::Tfsre0El1, SysReg::RgsrEl1, SysReg::GcrEl1];
 
 impl HostCtxt {
     /// An empty context, to be filled by [`KCore::switch_to_guest`].
     pub const fn new() -> Self {
-        HostCtxt { fp: [0; FP_WORDS], el1: [0; 26], sre: 0, el2: [0; 6], hfgxtr: [0; 2], hcrx: 0 }
+        HostCtxt { fp: [0; FP_WORDS], el1: [0; 26], sre: 0, el2: [0; 6], hfgxtr: [0; 2], hcrx: 0, mte: [0; 4] }
     }
 }
 
@@ -213,6 +221,14 @@ impl<M: Machine> KCore<M> {
             host.hcrx = m.read_sysreg(SysReg::HcrxEl2);
             m.write_sysreg(SysReg::HcrxEl2, guestcpu::guest_hcrx(host.hcrx));
         }
+        if f.mte2 {
+            for (v, r) in host.mte.iter_mut().zip(MTE_STATE) {
+                *v = m.read_sysreg(r);
+            }
+            // Nothing of the host's fault status is left for the guest's run.
+            m.write_sysreg(SysReg::TfsrEl1, 0);
+            m.write_sysreg(SysReg::Tfsre0El1, 0);
+        }
         m.sync_context();
     }
 
@@ -253,6 +269,11 @@ impl<M: Machine> KCore<M> {
         }
         if f.hcx {
             m.write_sysreg(SysReg::HcrxEl2, host.hcrx);
+        }
+        if f.mte2 {
+            for (v, r) in host.mte.iter().zip(MTE_STATE) {
+                m.write_sysreg(r, *v);
+            }
         }
         m.sync_context();
     }

@@ -29,6 +29,10 @@ pub struct CpuFeatures {
     pub hcx: bool,
     /// FEAT_SME: SVCR exists (ID_AA64PFR1_EL1.SME).
     pub sme: bool,
+    /// FEAT_MTE2: allocation tags in memory (ID_AA64PFR1_EL1.MTE >= 2). The host may use
+    /// them (HCR_EL2.ATA); guests may not, and their tag-check faults must not reach the
+    /// host's TFSR registers, so the MTE state registers are switched.
+    pub mte2: bool,
 }
 
 impl CpuFeatures {
@@ -38,7 +42,7 @@ impl CpuFeatures {
             let i = id_index(reg.0, reg.1).expect("an ID register");
             (raw[i] >> shift) & 0xf
         };
-        CpuFeatures { fgt: f(MMFR0, 56) != 0, hcx: f(MMFR1, 40) != 0, sme: f(PFR1, 24) != 0 }
+        CpuFeatures { fgt: f(MMFR0, 56) != 0, hcx: f(MMFR1, 40) != 0, sme: f(PFR1, 24) != 0, mte2: f(PFR1, 8) >= 2 }
     }
 }
 
@@ -231,7 +235,7 @@ impl GuestCpu {
     /// ID registers `raw` (indexed by [`id_index`]); VMs have `ipa_bits` of IPA space.
     pub fn configure(&self, raw: &[u64; ID_REGS], ipa_bits: u32) {
         let f = CpuFeatures::from_id_regs(raw);
-        self.features.store(f.fgt as u64 | (f.hcx as u64) << 1 | (f.sme as u64) << 2, Relaxed);
+        self.features.store(f.fgt as u64 | (f.hcx as u64) << 1 | (f.sme as u64) << 2 | (f.mte2 as u64) << 3, Relaxed);
         for (i, id) in self.ids.iter().enumerate() {
             id.store(sanitise(i, raw[i], ipa_bits), Relaxed);
         }
@@ -240,7 +244,7 @@ impl GuestCpu {
     /// The CPU's features.
     pub fn features(&self) -> CpuFeatures {
         let f = self.features.load(Relaxed);
-        CpuFeatures { fgt: f & 1 != 0, hcx: f & 2 != 0, sme: f & 4 != 0 }
+        CpuFeatures { fgt: f & 1 != 0, hcx: f & 2 != 0, sme: f & 4 != 0, mte2: f & 8 != 0 }
     }
 
     /// What a guest reads from ID register `i` (an [`id_index`]).
@@ -265,7 +269,7 @@ mod tests {
     fn hidden_features_read_as_absent_on_qemu_max() {
         let raw = max_cpu();
         let f = CpuFeatures::from_id_regs(&raw);
-        assert_eq!(f, CpuFeatures { fgt: true, hcx: true, sme: true });
+        assert_eq!(f, CpuFeatures { fgt: true, hcx: true, sme: true, mte2: false });
         let g = GuestCpu::default();
         g.configure(&raw, 40);
         let id = |crm, op2| g.id_reg(id_index(crm, op2).unwrap());
