@@ -11,6 +11,7 @@
 mod common;
 
 use common::*;
+use kcore::Pfn;
 use kcore::error::Error;
 use kcore::invariants;
 use kcore::kcore::KCore;
@@ -20,7 +21,6 @@ use kcore::psci;
 use kcore::spec::vcpu::{AbsVcpu, AbsVcpus, GuestTrap, Pending, Run};
 use kcore::vcpu::vcpuops::Trap;
 use kcore::vcpu::vcpuopsaux::{PageRegs, VcpuPage};
-use kcore::{PAGE_SHIFT, Pfn};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 
@@ -80,13 +80,7 @@ fn setup() -> (KCore<SimMachine>, u16) {
     let (k, kp) = bare_kcore();
     let img: Vec<u8> = (0..LEN).map(|i| (i * 3) as u8).collect();
     let sig = sign_image(&kp, LOAD, &img);
-    let w = |pfn: Pfn, b: &[u8]| {
-        for (i, c) in b.chunks(8).enumerate() {
-            let mut x = [0u8; 8];
-            x[..c.len()].copy_from_slice(c);
-            kcore::machine::Machine::store(&k.m, (pfn << PAGE_SHIFT) + 8 * i as u64, u64::from_le_bytes(x));
-        }
-    };
+    let w = |pfn: Pfn, b: &[u8]| write_bytes(&k, pfn, b);
     w(P0 + 10, &sig);
     w(P0 + 11, &img);
     let vmid = k.register_vm(P0 + 20).unwrap();

@@ -8,7 +8,6 @@
 mod common;
 
 use common::*;
-use kcore::PAGE_SHIFT;
 use kcore::error::Error;
 use kcore::invariants::{self, Violation};
 use kcore::kcore::KCore;
@@ -33,13 +32,7 @@ fn setup_with(pool: u64) -> (KCore<SimMachine>, u16) {
     k.configure_gic_v2((GICH, GICH + 0x1_0000), (GICV, GICV + 0x1_0000)).unwrap();
     let img: Vec<u8> = (0..LEN).map(|i| (i * 7) as u8).collect();
     let sig = sign_image(&kp, LOAD, &img);
-    let w = |pfn: u64, b: &[u8]| {
-        for (i, c) in b.chunks(8).enumerate() {
-            let mut x = [0u8; 8];
-            x[..c.len()].copy_from_slice(c);
-            kcore::machine::Machine::store(&k.m, (pfn << PAGE_SHIFT) + 8 * i as u64, u64::from_le_bytes(x));
-        }
-    };
+    let w = |pfn: u64, b: &[u8]| write_bytes(&k, pfn, b);
     w(P0 + 10, &sig);
     w(P0 + 11, &img);
     let vmid = k.register_vm(P0 + 20).unwrap();

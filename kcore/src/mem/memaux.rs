@@ -537,11 +537,7 @@ impl<M: Machine> MemAux<'_, M> {
         {
             return Err(Error::Denied);
         }
-        self.check_map_vm_locked(&s2, vmid, gpa >> PAGE_SHIFT, pa >> PAGE_SHIFT, 3)?;
-        let t = self.vm(vmid)?;
-        let _pt = self.locks.acquire(LockId::Pt(vmid), self.m.cpu_index());
-        t.map_locked(self.m, gpa, 3, arch::s2_device_leaf(pa, 3)).expect("checked device mapping");
-        Ok(())
+        self.map_device_page_locked(&s2, vmid, gpa, pa)
     }
 
     /// `map_vm_cpuif`: map page `pa` of the GICv2 virtual CPU interface (GICV, one of
@@ -553,7 +549,12 @@ impl<M: Machine> MemAux<'_, M> {
         if !gpa.is_multiple_of(PAGE_SIZE) || !self.kcore_mmio.intersects(pa, pa + PAGE_SIZE) {
             return Err(Error::InvalidParameter);
         }
-        self.check_map_vm_locked(&s2, vmid, gpa >> PAGE_SHIFT, pa >> PAGE_SHIFT, 3)?;
+        self.map_device_page_locked(&s2, vmid, gpa, pa)
+    }
+
+    /// Map device page `pa` at `gpa` in VM `vmid` if the gfn is free and tables can be had.
+    fn map_device_page_locked(&self, s2: &LockGuard<'_>, vmid: u16, gpa: u64, pa: u64) -> Result<()> {
+        self.check_map_vm_locked(s2, vmid, gpa >> PAGE_SHIFT, pa >> PAGE_SHIFT, 3)?;
         let t = self.vm(vmid)?;
         let _pt = self.locks.acquire(LockId::Pt(vmid), self.m.cpu_index());
         t.map_locked(self.m, gpa, 3, arch::s2_device_leaf(pa, 3)).expect("checked device mapping");

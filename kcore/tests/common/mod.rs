@@ -61,6 +61,15 @@ pub fn bare_kcore() -> (KCore<SimMachine>, ed25519_compact::KeyPair) {
     (k, kp)
 }
 
+/// Write `bytes` at the start of page `pfn` (the last word zero-padded).
+pub fn write_bytes(k: &KCore<SimMachine>, pfn: Pfn, bytes: &[u8]) {
+    for (i, c) in bytes.chunks(8).enumerate() {
+        let mut x = [0u8; 8];
+        x[..c.len()].copy_from_slice(c);
+        k.m.store((pfn << PAGE_SHIFT) + 8 * i as u64, u64::from_le_bytes(x));
+    }
+}
+
 /// Sign `image` for loading at `load_ipa`, as the signing tool does.
 pub fn sign_image(kp: &ed25519_compact::KeyPair, load_ipa: u64, image: &[u8]) -> [u8; 64] {
     let mut msg = kcore::vm::bootaux::signed_header(load_ipa, image.len() as u64).to_vec();
