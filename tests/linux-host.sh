@@ -147,6 +147,7 @@ grep -c ^processor /proc/cpuinfo
 dmesg | grep -c "CPU: All CPU(s) started at EL1"
 dmesg | grep -c "efi: UEFI not found"
 grep "System RAM" /proc/iomem | tr -d " " | cut -d: -f1 | tr "\n" " "; echo
+grep ": reserved$" /proc/iomem | tr -d " " | cut -d: -f1 | tr "\n" " "; echo
 kvm-smoke 5'
 uefi_addr=$(sed -n 's/.*KCore image at \(0x[0-9a-f]*\)[.][.]\(0x[0-9a-f]*\) .*/\1/p' "$OUT/uefi.log" | head -1)
 uefi_end=$(sed -n 's/.*KCore image at \(0x[0-9a-f]*\)[.][.]\(0x[0-9a-f]*\) .*/\2/p' "$OUT/uefi.log" | head -1)
@@ -161,11 +162,26 @@ in_host_ram() {
 image_hidden() {
     [ -n "$uefi_addr" ] && [ -n "$(line uefi 4)" ] && ! in_host_ram "$uefi_addr" && ! in_host_ram "$((uefi_end - 1))"
 }
+# fw_reserved_in_host: every region KCore logged as firmware-reserved lies within one the host
+# kernel reserved (/proc/iomem "reserved", line 5): the host does not allocate it either.
+fw_reserved_in_host() {
+    local n=0 s e r ok
+    while read -r s e; do
+        ok=0
+        for r in $(line uefi 5); do
+            [ "$((s))" -ge "$((0x${r%-*}))" ] && [ "$((e - 1))" -le "$((0x${r#*-}))" ] && ok=1
+        done
+        [ "$ok" = 1 ] || return 1
+        n=$((n + 1))
+    done < <(sed -n 's/.*firmware-reserved \(0x[0-9a-f]*\)[.][.]\(0x[0-9a-f]*\):.*/\1 \2/p' "$OUT/uefi.log")
+    [ "$n" -gt 0 ]
+}
 check "UEFI: command exits 0" test "$(status uefi)" = 0
 check "UEFI: the firmware started KCore's loader, which read kcore.cfg" console_has uefi 'KCore UEFI loader: kcore.cfg: kernel \vmlinuz, initrd \initrd.img'
 check "UEFI: KCore runs where the firmware loaded it ($uefi_addr), not at its link address" \
     bash -c "[ -n '$uefi_addr' ] && [ '$uefi_addr' != 0x40200000 ] && grep -q 'KCore image at $uefi_addr[.][.].* (relocated' '$OUT/uefi.log'"
 check "UEFI: the firmware's runtime and reserved regions are kept out of KCore's memory" console_has uefi "firmware-reserved "
+check "UEFI: and the host kernel reserves them too (not in its allocator)" fw_reserved_in_host
 check "UEFI: both CPUs online, started at EL1" test "$(line uefi 1) $(line uefi 2)" = "2 1"
 check "UEFI: the host runs without EFI runtime services (no EFI system table)" test "$(line uefi 3)" = 1
 check "UEFI: KCore's image is not in the host's memory map" image_hidden
