@@ -30,6 +30,9 @@
 #                       \EFI\BOOT\BOOTAA64.EFI = KCore, \vmlinuz, \initrd.img and \kcore.cfg
 #                       naming them with the command line); KCore runs wherever the firmware
 #                       loaded it and boots the host from there (see README, "UEFI boot")
+#   --uefi-dtb          --uefi with the device tree from a file: the machine's (dumped by QEMU) goes
+#                       on the partition as \virt.dtb and kcore.cfg names it (dtb=\virt.dtb), as
+#                       for firmware that publishes only ACPI tables
 #   --direct            boot the host kernel directly at EL2 with no KCore (for comparison)
 #   --debug             use the debug build of KCore (checks its invariants after every trap)
 #   --no-setup          skip scripts/setup.sh (dependencies already installed)
@@ -49,7 +52,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/out"
 
 cpus=2 mem=1G cpu=max gic=3 host_kernel="" exec_cmd="" have_exec=0 append="" timeout_s=600
-verbose=0 direct=0 uefi=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0 vm=0 with_demo=0 demo=0
+verbose=0 direct=0 uefi=0 uefi_dtb=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0 vm=0 with_demo=0 demo=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpus) cpus="$2"; shift 2 ;;
@@ -63,6 +66,7 @@ while [ $# -gt 0 ]; do
         --verbose) verbose=1; shift ;;
         --direct) direct=1; shift ;;
         --uefi) uefi=1; shift ;;
+        --uefi-dtb) uefi=1; uefi_dtb=1; shift ;;
         --debug) debug=1; shift ;;
         --no-setup) setup=0; shift ;;
         --semihosting) semihosting=1; shift ;;
@@ -167,6 +171,15 @@ if [ "$uefi" = 1 ]; then
     cfg="$(mktemp)"
     printf '%s\n' "# KCore's UEFI boot (scripts/run.sh --uefi): the host kernel, its initrd, its command line" \
         'kernel=\vmlinuz' 'initrd=\initrd.img' "cmdline=$cmdline" > "$cfg"
+    if [ "$uefi_dtb" = 1 ]; then
+        # The device tree from a file, as firmware that publishes only ACPI tables needs:
+        # this same machine's (QEMU's, dumped with the same options) goes on the partition
+        # and kcore.cfg names it.
+        dtb_file="$(mktemp)"
+        "${qemu[@]}" "${qemu_extra[@]}" -M "dumpdtb=$dtb_file" > /dev/null 2>&1 ||
+            { echo "run.sh: could not dump the machine's device tree" >&2; exit 2; }
+        echo 'dtb=\virt.dtb' >> "$cfg"
+    fi
     kib=$(( ($(stat -c %s "$kcore_bin") + $(stat -c %s "$host_kernel") + $(stat -c %s "$initrd")) / 1024 + 8192 ))
     rm -f "$esp"
     PATH="$PATH:/usr/sbin:/sbin" mkfs.vfat -C -n KCORE-ESP "$esp" "$kib" > /dev/null
@@ -176,6 +189,10 @@ if [ "$uefi" = 1 ]; then
     mcopy -i "$esp" "$initrd" ::/initrd.img
     mcopy -i "$esp" "$cfg" ::/kcore.cfg
     rm -f "$cfg"
+    if [ "$uefi_dtb" = 1 ]; then
+        mcopy -i "$esp" "$dtb_file" ::/virt.dtb
+        rm -f "$dtb_file"
+    fi
     # acpi=off: edk2's ArmVirtQemu then publishes QEMU's device tree to the OS loader.
     qemu+=(-M acpi=off -bios "$uefi_fw" -drive "if=virtio,format=raw,file=$esp")
 elif [ "$direct" = 1 ]; then

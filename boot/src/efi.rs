@@ -20,6 +20,9 @@
 //! kernel=\vmlinuz
 //! initrd=\initrd.img
 //! cmdline=console=ttyAMA0
+//! # optional: a device tree file to use instead of the firmware's (firmware that
+//! # publishes only ACPI tables)
+//! dtb=\board.dtb
 //! ```
 
 use crate::fdtedit::FdtEdit;
@@ -239,14 +242,6 @@ unsafe fn load(image: Handle, st: *mut SystemTable, con: &mut Con) -> Result<cor
     // SAFETY: the caller's promise: `st` and its boot services table are valid.
     let (st, bs) = unsafe { (&*st, &*(*st).boot_services) };
 
-    // The firmware's device tree.
-    // SAFETY: the configuration table has `number_of_table_entries` entries (UEFI spec 4.6).
-    let tables = unsafe { core::slice::from_raw_parts(st.configuration_table, st.number_of_table_entries) };
-    let fw_dtb = tables.iter().find(|t| t.guid.eq(&DTB_TABLE)).map(|t| t.table as u64).ok_or(Failure(
-        "the firmware offers no device tree (QEMU: -M virt,acpi=off makes its UEFI publish one)",
-        NOT_FOUND,
-    ))?;
-
     // The volume KCore was loaded from.
     let mut li: *mut c_void = core::ptr::null_mut();
     // SAFETY: HandleProtocol with a valid handle, GUID and out pointer.
@@ -289,6 +284,33 @@ unsafe fn load(image: Handle, st: *mut SystemTable, con: &mut Con) -> Result<cor
         return Err(Failure("the kernel is not an arm64 Image with text_offset 0 (uncompressed vmlinuz)", LOAD_ERROR));
     }
 
+    // The device tree: the file kcore.cfg names (firmware that publishes only ACPI tables),
+    // else the firmware's (the configuration table with the device-tree GUID).
+    // `dtb_limit`: how many bytes of it there are to read (a file's length).
+    let (fw_dtb, dtb_limit) = match cfg.dtb {
+        Some(path) => {
+            // SAFETY: as above.
+            let (at, len) = unsafe { read_file(bs, root, path, EFI_PAGE, 0) }
+                .map_err(|f| Failure("cannot read the device tree named in kcore.cfg", f.1))?;
+            let _ = writeln!(con, "KCore UEFI loader: device tree from {path}, not the firmware's");
+            if len < 8 {
+                return Err(Failure("the device tree file is too short", LOAD_ERROR));
+            }
+            (at, len)
+        }
+        None => {
+            // SAFETY: the configuration table has `number_of_table_entries` entries (UEFI
+            // spec 4.6).
+            let tables = unsafe { core::slice::from_raw_parts(st.configuration_table, st.number_of_table_entries) };
+            let at = tables.iter().find(|t| t.guid.eq(&DTB_TABLE)).map(|t| t.table as u64).ok_or(Failure(
+                "the firmware offers no device tree (QEMU: -M virt,acpi=off makes its UEFI publish one; \
+                 or name one in kcore.cfg: dtb=\\PATH)",
+                NOT_FOUND,
+            ))?;
+            (at, 64 << 20)
+        }
+    };
+
     let initrd = match cfg.initrd {
         // SAFETY: as above.
         Some(path) => Some(
@@ -300,16 +322,16 @@ unsafe fn load(image: Handle, st: *mut SystemTable, con: &mut Con) -> Result<cor
 
     // The device tree, copied with room for the additions and for KCore's own edit of the
     // memory node later.
-    // SAFETY: the firmware's table points at a device tree, whose header starts with its
-    // magic and total size (big-endian u32s).
+    // SAFETY: the firmware's table points at a device tree, and a file was checked to have
+    // the 8 header bytes: its magic and total size (big-endian u32s).
     let (magic, fw_size) = unsafe {
         (
             u32::from_be(core::ptr::read_unaligned(fw_dtb as *const u32)),
             u32::from_be(core::ptr::read_unaligned((fw_dtb + 4) as *const u32)) as u64,
         )
     };
-    if magic != 0xd00d_feed || !(40..=64 << 20).contains(&fw_size) {
-        return Err(Failure("the firmware's device tree is not a flattened device tree", LOAD_ERROR));
+    if magic != 0xd00d_feed || !(40..=dtb_limit.min(64 << 20)).contains(&fw_size) {
+        return Err(Failure("the device tree is not a flattened device tree", LOAD_ERROR));
     }
     let dtb_size = (fw_size + cfg.cmdline.len() as u64 + (64 << 10)).next_multiple_of(EFI_PAGE);
     // SAFETY: boot services run.
@@ -509,12 +531,14 @@ struct Config<'a> {
     kernel: &'a str,
     initrd: Option<&'a str>,
     cmdline: &'a str,
+    /// A device tree file to use instead of the firmware's.
+    dtb: Option<&'a str>,
 }
 
 impl<'a> Config<'a> {
     fn parse(text: &'a [u8]) -> Result<Config<'a>, Failure> {
         let text = core::str::from_utf8(text).map_err(|_| Failure("kcore.cfg is not text", LOAD_ERROR))?;
-        let mut c = Config { kernel: "", initrd: None, cmdline: "" };
+        let mut c = Config { kernel: "", initrd: None, cmdline: "", dtb: None };
         for line in text.lines() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -526,7 +550,8 @@ impl<'a> Config<'a> {
                 "kernel" => c.kernel = v,
                 "initrd" => c.initrd = Some(v).filter(|s| !s.is_empty()),
                 "cmdline" => c.cmdline = v,
-                _ => return Err(Failure("kcore.cfg: unknown key (kernel, initrd, cmdline)", LOAD_ERROR)),
+                "dtb" => c.dtb = Some(v).filter(|s| !s.is_empty()),
+                _ => return Err(Failure("kcore.cfg: unknown key (kernel, initrd, cmdline, dtb)", LOAD_ERROR)),
             }
         }
         if c.kernel.is_empty() {
