@@ -413,6 +413,8 @@ static long kserv_back_page(struct kserv_vcpu *vcpu, u64 ipa)
 #define KSERV_GICV2_CPU_IPA 0x08010000ULL
 
 bool kserv_gic_v2;
+module_param_named(gic_v2, kserv_gic_v2, bool, 0444);
+MODULE_PARM_DESC(gic_v2, "KCore runs on a GICv2 (it says so at load): VMs get an in-kernel GICv2, not a GICv3");
 
 /* Is `ipa` the GIC's? Then its frame (-1 the distributor, else a redistributor) and offset. */
 static bool kserv_gic_frame(struct kserv_vm *vm, u64 ipa, int *frame, u64 *offset)
@@ -597,6 +599,12 @@ static long kserv_gic_attr(struct kserv_gic_dev *dev, void __user *argp, bool se
 		if (a.group == KVM_DEV_ARM_VGIC_GRP_CTRL && a.attr != KVM_DEV_ARM_VGIC_CTRL_INIT)
 			return -ENXIO;
 		break;
+	case KVM_DEV_ARM_VGIC_GRP_DIST_REGS:
+	case KVM_DEV_ARM_VGIC_GRP_CPU_REGS:
+		/* GICv2 only (QEMU writes them at every reset of its kvm-arm-gic). */
+		if (!vm->gic_v2)
+			return -ENXIO;
+		break;
 	default:
 		/* No state save or restore groups: a VMM then skips them (QEMU registers a
 		 * migration blocker). */
@@ -649,6 +657,41 @@ static long kserv_gic_attr(struct kserv_gic_dev *dev, void __user *argp, bool se
 			r = vm->vgic ? -EBUSY : -EINVAL;
 		else
 			vm->nr_irqs = n;
+		break;
+	}
+	case KVM_DEV_ARM_VGIC_GRP_DIST_REGS:
+	case KVM_DEV_ARM_VGIC_GRP_CPU_REGS: {
+		/*
+		 * A GICv2 register as CPU `cpu` sees it (KVM API, arm-vgic.rst: a 32-bit value,
+		 * the CPU in bits 39:32 of attr, the offset in 31:0). The distributor's are the
+		 * model's, read and written as that CPU's own accesses. The CPU interface's state
+		 * (GICC_CTLR, PMR, BPR, APRs: GICH_VMCR and GICH_APR) is KCore's, switched with
+		 * the vCPU and not shown to the host: writes are accepted and have no effect
+		 * (each vCPU's interface starts from its reset state), reads give 0.
+		 */
+		u32 cpu = (a.attr & KVM_DEV_ARM_VGIC_CPUID_MASK) >> KVM_DEV_ARM_VGIC_CPUID_SHIFT, val = 0;
+		u64 off = a.attr & KVM_DEV_ARM_VGIC_OFFSET_MASK, w;
+		u32 __user *uval = (u32 __user *)(unsigned long)a.addr;
+
+		if (a.attr & ~(KVM_DEV_ARM_VGIC_CPUID_MASK | KVM_DEV_ARM_VGIC_OFFSET_MASK) || off & 3 ||
+		    off >= (a.group == KVM_DEV_ARM_VGIC_GRP_DIST_REGS ? KSERV_GICV2_DIST_SIZE : 0x2000))
+			r = -EINVAL;
+		else if (!vm->vgic)
+			r = -EBUSY;	/* not initialised yet (CTRL_INIT) */
+		else if (cpu >= vm->gic_vcpus)
+			r = -EINVAL;
+		else if (set && get_user(val, uval))
+			r = -EFAULT;
+		if (r || a.group == KVM_DEV_ARM_VGIC_GRP_CPU_REGS)
+			goto regs_done;
+		w = val;
+		spin_lock(&vm->irq_lock);
+		r = kserv_core_vgic_v2_mmio(vm->vgic, cpu, off, 4, set, &w);
+		spin_unlock(&vm->irq_lock);
+		val = w;
+regs_done:
+		if (!r && !set && put_user(val, uval))
+			r = -EFAULT;
 		break;
 	}
 	case KVM_DEV_ARM_VGIC_GRP_CTRL: {

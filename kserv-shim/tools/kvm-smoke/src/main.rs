@@ -42,6 +42,7 @@ const IOEVENTFD_DATAMATCH: u64 = 1 << 0;
 const IOEVENTFD_PIO: u64 = 1 << 1;
 const IOEVENTFD_DEASSIGN: u64 = 1 << 2;
 const KVM_SET_DEVICE_ATTR: libc::c_ulong = iow(0xe1, 24);
+const KVM_GET_DEVICE_ATTR: libc::c_ulong = iow(0xe2, 24);
 /// `_IOWR(KVMIO, 0xe0, struct kvm_create_device)`.
 const KVM_CREATE_DEVICE: libc::c_ulong = (3 << 30) | (12 << 16) | (0xae << 8) | 0xe0;
 const KVM_DEV_TYPE_ARM_VGIC_V3: u32 = 7;
@@ -51,6 +52,9 @@ const KVM_CREATE_DEVICE_TEST: u32 = 1;
 /// The GICv2 device's address types (Documentation/virt/kvm/devices/arm-vgic.rst).
 const VGIC_V2_ADDR_DIST: u64 = 0;
 const VGIC_V2_ADDR_CPU: u64 = 1;
+/// The GICv2 device's register groups: a 32-bit value, the CPU in attr bits 39:32.
+const VGIC_GRP_DIST_REGS: u32 = 1;
+const VGIC_GRP_CPU_REGS: u32 = 2;
 /// Attribute groups and attributes of the GICv3 device (Documentation/virt/kvm/devices/arm-vgic-v3.rst).
 const VGIC_GRP_ADDR: u32 = 0;
 const VGIC_ADDR_DIST: u64 = 2;
@@ -431,6 +435,22 @@ fn make_gic_v2(vm: &OwnedFd) -> OwnedFd {
     device_attr(&dev, VGIC_GRP_ADDR, VGIC_V2_ADDR_CPU, 0x0801_0000);
     if try_attr(VGIC_GRP_ADDR, VGIC_V2_ADDR_DIST, 0x0800_0000) != Err(libc::EEXIST) {
         fail("a GICv2 distributor placed twice");
+    }
+    // The registers as QEMU's reset writes and its migration reads them: the distributor's
+    // are the model's, per CPU; the CPU interface's are KCore's (writes accepted, no effect).
+    let get_reg = |group: u32, attr: u64| {
+        let mut v = 0u32;
+        let mut a = [u64::from(group) << 32, attr, &mut v as *mut u32 as u64];
+        ioctl_ptr(&dev, KVM_GET_DEVICE_ATTR, &mut a).map(|_| v)
+    };
+    if get_reg(VGIC_GRP_DIST_REGS, 4) != Ok(1) {
+        fail("GICD_TYPER through the DIST_REGS group is not 64 lines, 1 CPU");
+    }
+    if get_reg(VGIC_GRP_DIST_REGS, 0x800) != Ok(0) || get_reg(VGIC_GRP_DIST_REGS, (1 << 32) | 4) != Err(libc::EINVAL) {
+        fail("DIST_REGS: ITARGETSR0 of a uniprocessor is not 0, or a second CPU is not refused");
+    }
+    if try_attr(VGIC_GRP_CPU_REGS, 0x4, 0xf0) != Ok(0) || try_attr(VGIC_GRP_DIST_REGS, 0x1000, 0) != Err(libc::EINVAL) {
+        fail("CPU_REGS: a GICC_PMR write is not accepted, or a distributor offset past 4 KiB is not refused");
     }
     dev
 }
