@@ -351,6 +351,16 @@ vm_checks linux-bpo "Linux guest (6.12 host, max)"
 host linux-a57-61 --with-qemu --cpus 2 --cpu cortex-a57 --timeout 900 --exec "MODE=boot
 $(cat "$ROOT/tests/vm-linux.sh")"
 vm_checks linux-a57-61 "Linux guest (6.1 host, cortex-a57)"
+# On a GICv2 machine (gic-version=2, 2 cortex-a57 CPUs): run-guest follows kserv.gic_v2 and
+# Debian's QEMU asks for -M virt,gic-version=2: its kvm-arm-gic on the module's GICv2 device
+# (distributor emulated in the host kernel, GICD_SGIR for the guest's IPIs, the guest's CPU
+# interface KCore's GICV), QEMU's GICv2m MSI frame for virtio-pci, KCore's timer.
+host linux-gicv2 --with-qemu --gic 2 --cpus 2 --cpu cortex-a57 --timeout 900 --exec "MODE=boot
+echo \"run-guest-gic \$(cat /sys/module/kserv/parameters/gic_v2)\"
+$(cat "$ROOT/tests/vm-linux.sh")"
+vm_checks linux-gicv2 "Linux guest (GICv2 host, cortex-a57)"
+check "Linux guest (GICv2 host): the module says VMs get a GICv2 (kserv.gic_v2)" grep -qx "run-guest-gic Y" "$OUT/linux-gicv2.out"
+check "Linux guest (GICv2 host): the guest's kernel runs on a GICv2 with QEMU's GICv2m" grep -q "^full: .*GICv2m: range" "$OUT/linux-gicv2.out"
 
 # The debug build of KCore checks every security invariant (kcore::invariants) after each
 # host trap and halts on a violation; boot a host on it and touch KCore memory once.
