@@ -272,6 +272,73 @@ mod tests {
         assert_eq!(g.dist_v2_read(1, 0x200, 4).map(|v| v & 1), Ok(0), "SGI 0 of vCPU 1 is in a list register");
     }
 
+    /// The delivery shortcuts (idle memo, candidate bitmaps) give the same answers under
+    /// GICv2 routing and SGIs: after any sequence of distributor writes (targets and SGIR
+    /// among them), lines, takes and deactivations, `has_pending` agrees with a full scan.
+    mod shortcuts {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn scan(g: &Vgic, vcpu: usize) -> bool {
+            (0..g.nr_irqs.min(1020) as u32).any(|intid| {
+                g.irq(vcpu, intid).is_some_and(|irq| {
+                    (intid < PRIVATE as u32 || g.target(irq) == Some(vcpu)) && g.deliverable(intid, irq)
+                })
+            })
+        }
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Dist(usize, u64, u64),
+            Spi(u32, bool),
+            Take(usize),
+            Done(usize, u32),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let dist = prop_oneof![
+                Just(0u64),
+                Just(0x100),
+                Just(0x104),
+                Just(0x184),
+                Just(0x204),
+                Just(0x284),
+                Just(0x304),
+                Just(0x828),
+                Just(0x82c),
+                Just(0xc08),
+                Just(0xf00),
+                Just(0xf10),
+                Just(0xf20)
+            ];
+            prop_oneof![
+                (0usize..3, dist, any::<u32>()).prop_map(|(v, o, x)| Op::Dist(v, o, u64::from(x))),
+                (32u32..48, any::<bool>()).prop_map(|(i, l)| Op::Spi(i, l)),
+                (0usize..3).prop_map(Op::Take),
+                (0usize..3, prop_oneof![0u32..4, 32u32..48]).prop_map(|(v, i)| Op::Done(v, i)),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn has_pending_agrees_with_a_full_scan(ops in prop::collection::vec(op(), 1..60)) {
+                let mut g = Vgic::new_v2(3, 64).unwrap();
+                g.dist_v2_write(0, 0, 4, 1).unwrap();
+                for o in ops {
+                    match o {
+                        Op::Dist(v, off, x) => { let _ = g.dist_v2_write(v, off, 4, x); }
+                        Op::Spi(i, l) => { g.set_spi_line(i, l); }
+                        Op::Take(v) => { let mut out = [Injection { intid: 0, attrs: 0 }; 2]; g.take(v, 2, &mut out); }
+                        Op::Done(v, i) => g.deactivated(v, i),
+                    }
+                    for v in 0..3 {
+                        prop_assert_eq!(g.has_pending(v), scan(&g, v), "vCPU {}", v);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_accesses_are_refused() {
         let mut g = gic();
