@@ -1214,11 +1214,20 @@ impl Fuzzer<'_> {
     fn device_attr(&mut self) -> Fields {
         let flags = if self.rng.below(10) != 0 { 0 } else { self.rng.next() as u32 };
         let group = self.small_or_random(9);
-        let attr = if self.rng.one_in(5) { self.rng.next() } else { self.rng.below(5) };
+        let attr = match self.rng.below(10) {
+            0 | 1 => self.rng.next(),
+            // A GICv2 register (DIST_REGS, CPU_REGS): an offset, the CPU in bits 39:32.
+            2..=4 => {
+                self.rng.pick(&[0, 4, 0x100, 0x204, 0x800, 0x828, 0xc08, 0xf00, 0xf20, 0xffc, 0x1000])
+                    | (self.rng.below(10) << 32)
+            }
+            _ => self.rng.below(5),
+        };
         let r = self.rng.next();
         let value = self.rng.pick(&[
             0x0800_0000,
             0x080a_0000,
+            0x0801_0000,
             64,
             96,
             1024,
