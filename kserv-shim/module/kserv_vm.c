@@ -13,9 +13,10 @@
  * KCore scrubs what it owns and hands every page back, and only then are pages unpinned or
  * freed. KVM_CREATE_DEVICE makes the VM's GIC, a GICv3 or, when KCore runs on a GICv2, a
  * GICv2 (whose CPU interface is KCore's GICV, mapped in the guest): its distributor (and a
- * GICv3's redistributors) are emulated here (kserv-core's model, under the VM's irq_lock), KVM_IRQ_LINE drives SPIs, and
- * before each run the most urgent pending interrupts go into the vCPU's list registers
- * through KCore (VCPU_IRQ_STATE, INJECT_IRQ); a vCPU in WFI sleeps until one is pending.
+ * GICv3's redistributors) are emulated here (kserv-core's model, under the VM's irq_lock),
+ * KVM_IRQ_LINE drives SPIs, and before each run the most urgent pending interrupts go into
+ * the vCPU's list registers through KCore (VCPU_IRQ_STATE, INJECT_IRQ); a vCPU in WFI sleeps
+ * until one is pending.
  * irqfd, ioeventfd and the rest come next; until then KVM_CHECK_EXTENSION reports nothing,
  * so a VMM does not mistake this for a complete KVM.
  */
@@ -606,8 +607,8 @@ static long kserv_gic_attr(struct kserv_gic_dev *dev, void __user *argp, bool se
 			return -ENXIO;
 		break;
 	default:
-		/* No state save or restore groups: a VMM then skips them (QEMU registers a
-		 * migration blocker). */
+		/* No GICv3 state save or restore groups: a VMM then skips them (QEMU
+		 * registers a migration blocker). */
 		return -ENXIO;
 	}
 	if (has)
@@ -1119,7 +1120,7 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 		value = 0;
 		if (r == KCORE_E_NO_MEMORY) {
 			/* KCore needs table pages first (on a GICv2: those mapping its virtual CPU
-			 * interface into the VM, at the vCPU's first run): donate one, go round. */
+			 * interface into the VM, at the VM's first run): donate one, go round. */
 			mutex_lock(&vm->lock);
 			r = kserv_donate(vm);
 			mutex_unlock(&vm->lock);
