@@ -137,6 +137,12 @@ pub const FEATURE_NON_PROTECTED: u64 = 1 << 3;
 /// and EL1 physical timer accesses are exits (8, 9); the host's timer deadline preempts
 /// guests.
 pub const FEATURE_FULL_GUESTS: u64 = 1 << 4;
+/// Feature bit, set only on a machine whose GIC is a GICv2 (GIC architecture v2, with the
+/// virtualization extensions): guests get the GICv2 virtual CPU interface at
+/// [`crate::vcpu::vgic::GUEST_GICC`] and their distributor is a GICv2 one (GICD_SGIR writes are
+/// MMIO exits; there is no SGI exit). Clear on a GICv3. Not part of [`FEATURES`]: it describes
+/// the machine, not this KCore.
+pub const FEATURE_GICV2: u64 = 1 << 5;
 /// Every feature this KCore has.
 pub const FEATURES: u64 =
     FEATURE_HOST_STAGE2 | FEATURE_VM_LIFECYCLE | FEATURE_VCPU_RUN | FEATURE_NON_PROTECTED | FEATURE_FULL_GUESTS;

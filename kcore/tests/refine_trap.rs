@@ -154,6 +154,7 @@ fn refine(events: &[Event], host_pc: u64, host_pstate: u64) -> Result<(), TestCa
         report_lrs: false,
         ids: configure_guest_cpu(&k),
         mdscr: BTreeMap::new(),
+        gic_v2: matches!(k.vgic.kind(), kcore::vcpu::vgic::GicKind::V2 { .. }),
     };
     let mut host = TrapFrame { elr: host_pc, spsr: host_pstate, ..TrapFrame::default() };
     for (i, x) in host.x.iter_mut().enumerate() {

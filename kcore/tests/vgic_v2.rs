@@ -167,6 +167,27 @@ fn a_short_pool_fails_the_first_run_until_the_host_donates() {
     invariants::check(&k).unwrap();
 }
 
+/// A VMM sets a non-protected vCPU's registers before it first runs (KVM_SET_ONE_REG, which
+/// gives the vCPU its first-run reset then): its first run still maps GICV.
+#[test]
+fn registers_set_before_the_first_run_still_get_gicv_mapped() {
+    let (k, _) = bare_kcore();
+    k.configure_gic_v2((GICH, GICH + 0x1_0000), (GICV, GICV + 0x1_0000)).unwrap();
+    let vmid = k.register_vm_kind(P0 + 20, 1).unwrap();
+    for i in 0..12 {
+        k.mem().donate_to_pool(vmid, P0 + 22 + i).unwrap();
+    }
+    k.register_vcpu(vmid as u64, 0).unwrap();
+    k.add_ram_region(vmid as u64, LOAD, 16 << 20).unwrap();
+    k.set_vcpu_reg(vmid as u64, 0, slot::PC, LOAD).unwrap();
+    k.verify_vm(vmid as u64).unwrap();
+    let (_, _, page) = k.prepare_run(vmid as u64, 0, 0).unwrap();
+    assert_eq!(page.get(&k.m, slot::PC), LOAD, "the host's PC, no second reset");
+    let npt = k.vms[vmid as usize - 1].npt().unwrap();
+    assert_eq!(npt.walk(&k.m, GUEST_GICC).unwrap().output(GUEST_GICC), GICV);
+    invariants::check(&k).unwrap();
+}
+
 #[test]
 fn gicv3_guests_get_no_gicv_mapping() {
     let (k, kp) = bare_kcore();

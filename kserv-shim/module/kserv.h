@@ -42,7 +42,8 @@ struct kserv_vm {
 	spinlock_t irq_lock;		/* guards vgic's state */
 	void *vgic;
 	bool gic_created;
-	u64 gicd, gicr;
+	bool gic_v2;			/* the device is a GICv2 (KVM_DEV_TYPE_ARM_VGIC_V2) */
+	u64 gicd, gicr;			/* distributor; redistributors (v3) or CPU interface (v2) */
 	u32 nr_irqs, gic_vcpus;
 	wait_queue_head_t wq;		/* vCPUs waiting for an interrupt */
 	struct task_struct *running[KSERV_MAX_VCPUS];	/* in KVM_RUN, under irq_lock */
@@ -79,6 +80,9 @@ u64 kserv_core_reg_list_at(u64 i);
 size_t kserv_core_vgic_size(void);
 int kserv_core_vgic_init(void *g, u32 vcpus, u32 nr_irqs);
 int kserv_core_vgic_mmio(void *g, int redist, u64 offset, u32 size, bool write, u64 *value);
+/* ... and its GICv2 distributor: the same state, accesses made by vCPU `vcpu`. */
+int kserv_core_vgic_init_v2(void *g, u32 vcpus, u32 nr_irqs);
+int kserv_core_vgic_v2_mmio(void *g, u32 vcpu, u64 offset, u32 size, bool write, u64 *value);
 int kserv_core_vgic_spi(void *g, u32 intid, bool level);
 u64 kserv_core_vgic_sgi(void *g, u32 from, u64 value);
 u64 kserv_core_vgic_take(void *g, u32 vcpu);
@@ -94,6 +98,8 @@ bool kserv_core_boot_stub(const void *page, u64 offset, u64 *entry, u64 *x0);
 
 /* Pages of a VM's stage-2 root (KCORE_VERSION x3): 1, or 2^n on a small-PA CPU. */
 extern unsigned int kserv_root_order;
+/* KCore runs on a GICv2 (KCORE_VERSION x2 bit 5): VMs get a GICv2 device, not a GICv3. */
+extern bool kserv_gic_v2;
 
 /* kserv_vm.c: /dev/kvm. */
 int kserv_dev_register(void);

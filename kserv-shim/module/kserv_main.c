@@ -69,6 +69,7 @@ static int __init kserv_init(void)
 		return -ENODEV;
 	}
 	kserv_root_order = ilog2(res.a3);
+	kserv_gic_v2 = res.a2 & KCORE_FEATURE_GICV2;
 	pr_info("kserv: KCore ABI %lu.%lu, features %#lx, %lu-page VM roots\n", major, minor, res.a2,
 		res.a3);
 	return kserv_dev_register();

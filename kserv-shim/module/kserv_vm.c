@@ -11,10 +11,12 @@
  * and KVM_RUN (MMIO exits to the VMM, faults backed here, WFI slept until the guest timer's
  * deadline, power-off as a system event) run a guest. Closing the last fd destroys the VM:
  * KCore scrubs what it owns and hands every page back, and only then are pages unpinned or
- * freed. KVM_CREATE_DEVICE makes the VM's GICv3: its distributor and redistributors are
- * emulated here (kserv-core's model, under the VM's irq_lock), KVM_IRQ_LINE drives SPIs, and
- * before each run the most urgent pending interrupts go into the vCPU's list registers
- * through KCore (VCPU_IRQ_STATE, INJECT_IRQ); a vCPU in WFI sleeps until one is pending.
+ * freed. KVM_CREATE_DEVICE makes the VM's GIC, a GICv3 or, when KCore runs on a GICv2, a
+ * GICv2 (whose CPU interface is KCore's GICV, mapped in the guest): its distributor (and a
+ * GICv3's redistributors) are emulated here (kserv-core's model, under the VM's irq_lock),
+ * KVM_IRQ_LINE drives SPIs, and before each run the most urgent pending interrupts go into
+ * the vCPU's list registers through KCore (VCPU_IRQ_STATE, INJECT_IRQ); a vCPU in WFI sleeps
+ * until one is pending.
  * irqfd, ioeventfd and the rest come next; until then KVM_CHECK_EXTENSION reports nothing,
  * so a VMM does not mistake this for a complete KVM.
  */
@@ -406,12 +408,29 @@ static long kserv_back_page(struct kserv_vcpu *vcpu, u64 ipa)
 #define KSERV_GIC_DIST_SIZE 0x10000
 #define KSERV_GIC_REDIST_SIZE 0x20000
 #define KSERV_GIC_ADDR_UNDEF (~0ULL)	/* a frame not placed yet */
+/* GICv2: a 4 KiB distributor (GIC architecture v2, 4.1.2); the CPU interface is where KCore
+ * maps the GICV frame for every guest (docs/ABI.md, "On a GICv2 machine"), nowhere else. */
+#define KSERV_GICV2_DIST_SIZE 0x1000
+#define KSERV_GICV2_CPU_IPA 0x08010000ULL
+
+bool kserv_gic_v2;
+module_param_named(gic_v2, kserv_gic_v2, bool, 0444);
+MODULE_PARM_DESC(gic_v2, "KCore runs on a GICv2 (it says so at load): VMs get an in-kernel GICv2, not a GICv3");
 
 /* Is `ipa` the GIC's? Then its frame (-1 the distributor, else a redistributor) and offset. */
 static bool kserv_gic_frame(struct kserv_vm *vm, u64 ipa, int *frame, u64 *offset)
 {
 	if (!vm->vgic)
 		return false;
+	if (vm->gic_v2) {
+		/* Only the distributor: the CPU interface is KCore's (an access there that
+		 * reaches the host is not the GIC's: RAM or the VMM's). */
+		if (ipa < vm->gicd || ipa - vm->gicd >= KSERV_GICV2_DIST_SIZE)
+			return false;
+		*frame = -1;
+		*offset = ipa - vm->gicd;
+		return true;
+	}
 	if (ipa >= vm->gicd && ipa - vm->gicd < KSERV_GIC_DIST_SIZE) {
 		*frame = -1;
 		*offset = ipa - vm->gicd;
@@ -572,7 +591,8 @@ static long kserv_gic_attr(struct kserv_gic_dev *dev, void __user *argp, bool se
 		return -EFAULT;
 	switch (a.group) {
 	case KVM_DEV_ARM_VGIC_GRP_ADDR:
-		if (a.attr != KVM_VGIC_V3_ADDR_TYPE_DIST && a.attr != KVM_VGIC_V3_ADDR_TYPE_REDIST)
+		if (vm->gic_v2 ? a.attr != KVM_VGIC_V2_ADDR_TYPE_DIST && a.attr != KVM_VGIC_V2_ADDR_TYPE_CPU
+			       : a.attr != KVM_VGIC_V3_ADDR_TYPE_DIST && a.attr != KVM_VGIC_V3_ADDR_TYPE_REDIST)
 			return -ENXIO;
 		break;
 	case KVM_DEV_ARM_VGIC_GRP_NR_IRQS:
@@ -580,39 +600,51 @@ static long kserv_gic_attr(struct kserv_gic_dev *dev, void __user *argp, bool se
 		if (a.group == KVM_DEV_ARM_VGIC_GRP_CTRL && a.attr != KVM_DEV_ARM_VGIC_CTRL_INIT)
 			return -ENXIO;
 		break;
+	case KVM_DEV_ARM_VGIC_GRP_DIST_REGS:
+	case KVM_DEV_ARM_VGIC_GRP_CPU_REGS:
+		/* GICv2 only (QEMU writes them at every reset of its kvm-arm-gic). */
+		if (!vm->gic_v2)
+			return -ENXIO;
+		break;
 	default:
-		/* No state save or restore groups: a VMM then skips them (QEMU registers a
-		 * migration blocker). */
+		/* No GICv3 state save or restore groups: a VMM then skips them (QEMU
+		 * registers a migration blocker). */
 		return -ENXIO;
 	}
 	if (has)
 		return 0;
 	mutex_lock(&vm->lock);
 	switch (a.group) {
-	case KVM_DEV_ARM_VGIC_GRP_ADDR:
-		if (set) {
-			u64 *slot = a.attr == KVM_VGIC_V3_ADDR_TYPE_DIST ? &vm->gicd : &vm->gicr;
+	case KVM_DEV_ARM_VGIC_GRP_ADDR: {
+		/* The distributor's address type differs between the two UAPIs (0 and 2). */
+		bool dist = a.attr == (vm->gic_v2 ? KVM_VGIC_V2_ADDR_TYPE_DIST : KVM_VGIC_V3_ADDR_TYPE_DIST);
 
-			/* As KVM: 64 KiB aligned, set once, before the VM first runs (QEMU places
-			 * the frames after CTRL_INIT, kvmtool before). */
+		if (set) {
+			u64 *slot = dist ? &vm->gicd : &vm->gicr;
+			/* As KVM: GICv3 frames 64 KiB aligned, GICv2 ones 4 KiB. */
+			u64 align = vm->gic_v2 ? 0xfff : 0xffff;
+
+			/* As KVM: set once, before the VM first runs (QEMU places the frames
+			 * after CTRL_INIT, kvmtool before). */
 			if (copy_from_user(&v, (void __user *)(unsigned long)a.addr, sizeof(v)))
 				r = -EFAULT;
-			else if (v & 0xffff || v == KSERV_GIC_ADDR_UNDEF)
+			else if (v & align || v == KSERV_GIC_ADDR_UNDEF || v >= KSERV_IPA_LIMIT)
 				r = -EINVAL;
+			else if (vm->gic_v2 && !dist && v != KSERV_GICV2_CPU_IPA)
+				r = -EINVAL;	/* KCore puts the guest's CPU interface there alone */
 			else if (vm->verified)
 				r = -EBUSY;
 			else if (*slot != KSERV_GIC_ADDR_UNDEF)
 				r = -EEXIST;
-			else if (a.attr == KVM_VGIC_V3_ADDR_TYPE_DIST)
-				vm->gicd = v;
 			else
-				vm->gicr = v;
+				*slot = v;
 		} else {
-			v = a.attr == KVM_VGIC_V3_ADDR_TYPE_DIST ? vm->gicd : vm->gicr;
+			v = dist ? vm->gicd : vm->gicr;
 			if (copy_to_user((void __user *)(unsigned long)a.addr, &v, sizeof(v)))
 				r = -EFAULT;
 		}
 		break;
+	}
 	case KVM_DEV_ARM_VGIC_GRP_NR_IRQS: {
 		u32 n;
 
@@ -626,6 +658,41 @@ static long kserv_gic_attr(struct kserv_gic_dev *dev, void __user *argp, bool se
 			r = vm->vgic ? -EBUSY : -EINVAL;
 		else
 			vm->nr_irqs = n;
+		break;
+	}
+	case KVM_DEV_ARM_VGIC_GRP_DIST_REGS:
+	case KVM_DEV_ARM_VGIC_GRP_CPU_REGS: {
+		/*
+		 * A GICv2 register as CPU `cpu` sees it (KVM API, arm-vgic.rst: a 32-bit value,
+		 * the CPU in bits 39:32 of attr, the offset in 31:0). The distributor's are the
+		 * model's, read and written as that CPU's own accesses. The CPU interface's state
+		 * (GICC_CTLR, PMR, BPR, APRs: GICH_VMCR and GICH_APR) is KCore's, switched with
+		 * the vCPU and not shown to the host: writes are accepted and have no effect
+		 * (each vCPU's interface starts from its reset state), reads give 0.
+		 */
+		u32 cpu = (a.attr & KVM_DEV_ARM_VGIC_CPUID_MASK) >> KVM_DEV_ARM_VGIC_CPUID_SHIFT, val = 0;
+		u64 off = a.attr & KVM_DEV_ARM_VGIC_OFFSET_MASK, w;
+		u32 __user *uval = (u32 __user *)(unsigned long)a.addr;
+
+		if (a.attr & ~(KVM_DEV_ARM_VGIC_CPUID_MASK | KVM_DEV_ARM_VGIC_OFFSET_MASK) || off & 3 ||
+		    off >= (a.group == KVM_DEV_ARM_VGIC_GRP_DIST_REGS ? KSERV_GICV2_DIST_SIZE : 0x2000))
+			r = -EINVAL;
+		else if (!vm->vgic)
+			r = -EBUSY;	/* not initialised yet (CTRL_INIT) */
+		else if (cpu >= vm->gic_vcpus)
+			r = -EINVAL;
+		else if (set && get_user(val, uval))
+			r = -EFAULT;
+		if (r || a.group == KVM_DEV_ARM_VGIC_GRP_CPU_REGS)
+			goto regs_done;
+		w = val;
+		spin_lock(&vm->irq_lock);
+		r = kserv_core_vgic_v2_mmio(vm->vgic, cpu, off, 4, set, &w);
+		spin_unlock(&vm->irq_lock);
+		val = w;
+regs_done:
+		if (!r && !set && put_user(val, uval))
+			r = -EFAULT;
 		break;
 	}
 	case KVM_DEV_ARM_VGIC_GRP_CTRL: {
@@ -643,8 +710,12 @@ static long kserv_gic_attr(struct kserv_gic_dev *dev, void __user *argp, bool se
 			r = -ENOMEM;
 			break;
 		}
-		/* A redistributor for each vCPU id up to the highest created. */
-		r = kserv_core_vgic_init(g, fls(vm->vcpus), vm->nr_irqs ? vm->nr_irqs : 64);
+		/* A redistributor (GICv2: a CPU interface) for each vCPU id up to the highest
+		 * created. */
+		if (vm->gic_v2)
+			r = kserv_core_vgic_init_v2(g, fls(vm->vcpus), vm->nr_irqs ? vm->nr_irqs : 64);
+		else
+			r = kserv_core_vgic_init(g, fls(vm->vcpus), vm->nr_irqs ? vm->nr_irqs : 64);
 		if (r) {
 			kvfree(g);
 			break;
@@ -692,7 +763,11 @@ static const struct file_operations kserv_gic_fops = {
 	.llseek = noop_llseek,
 };
 
-/* KVM_CREATE_DEVICE: the VM's GICv3 (one). */
+/*
+ * KVM_CREATE_DEVICE: the VM's GIC (one), of the kind the machine's GIC lets KCore give its
+ * guests: a GICv3 on a GICv3, a GICv2 on a GICv2 (KCORE_VERSION says which). The other kind
+ * is refused with ENODEV, test mode included, so a VMM probing for both finds the right one.
+ */
 static long kserv_create_device(struct file *vm_file, void __user *argp)
 {
 	struct kserv_vm *vm = vm_file->private_data;
@@ -702,7 +777,8 @@ static long kserv_create_device(struct file *vm_file, void __user *argp)
 
 	if (copy_from_user(&cd, argp, sizeof(cd)))
 		return -EFAULT;
-	if (cd.type != KVM_DEV_TYPE_ARM_VGIC_V3 || cd.flags & ~KVM_CREATE_DEVICE_TEST)
+	if (cd.type != (kserv_gic_v2 ? KVM_DEV_TYPE_ARM_VGIC_V2 : KVM_DEV_TYPE_ARM_VGIC_V3) ||
+	    cd.flags & ~KVM_CREATE_DEVICE_TEST)
 		return -ENODEV;
 	if (cd.flags & KVM_CREATE_DEVICE_TEST)
 		return 0;
@@ -712,13 +788,15 @@ static long kserv_create_device(struct file *vm_file, void __user *argp)
 		return -EEXIST;
 	}
 	vm->gic_created = true;
+	vm->gic_v2 = kserv_gic_v2;
 	mutex_unlock(&vm->lock);
 	dev = kzalloc(sizeof(*dev), GFP_KERNEL);
 	fd = -ENOMEM;
 	if (dev) {
 		dev->vm = vm;
 		dev->vm_file = get_file(vm_file);
-		fd = anon_inode_getfd("kvm-vgic-v3", &kserv_gic_fops, dev, O_RDWR | O_CLOEXEC);
+		fd = anon_inode_getfd(kserv_gic_v2 ? "kvm-arm-vgic-v2" : "kvm-vgic-v3", &kserv_gic_fops, dev,
+				      O_RDWR | O_CLOEXEC);
 		if (fd < 0) {
 			fput(vm_file);
 			kfree(dev);
@@ -1040,6 +1118,16 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 			kserv_lrs_reported(vcpu, lrs);
 		}
 		value = 0;
+		if (r == KCORE_E_NO_MEMORY) {
+			/* KCore needs table pages first (on a GICv2: those mapping its virtual CPU
+			 * interface into the VM, at the VM's first run): donate one, go round. */
+			mutex_lock(&vm->lock);
+			r = kserv_donate(vm);
+			mutex_unlock(&vm->lock);
+			if (r)
+				return r;
+			continue;
+		}
 		if (r == KCORE_E_BAD_STATE) {
 			/* Off (waits for the guest's CPU_ON) or running elsewhere: wait. */
 			schedule_timeout_interruptible(msecs_to_jiffies(10));
@@ -1059,12 +1147,15 @@ static long kserv_vcpu_run_loop(struct kserv_vcpu *vcpu)
 				u64 v = x[3];
 
 				spin_lock(&vm->irq_lock);
-				if (kserv_core_vgic_mmio(vm->vgic, frame, off, 1U << (x[2] >> 1), x[2] & 1, &v))
+				if (vm->gic_v2 ? kserv_core_vgic_v2_mmio(vm->vgic, vcpu->id, off, 1U << (x[2] >> 1),
+									 x[2] & 1, &v)
+					       : kserv_core_vgic_mmio(vm->vgic, frame, off, 1U << (x[2] >> 1),
+								      x[2] & 1, &v))
 					v = 0;
 				spin_unlock(&vm->irq_lock);
 				value = x[2] & 1 ? 0 : v;
 				if (x[2] & 1)
-					kserv_kick(vm);	/* an enable or pending bit may have changed */
+					kserv_kick(vm);	/* an enable or pending bit, or a GICv2 SGI */
 				break;
 			}
 			/* A write a VMM asked to hear of through an eventfd: signalled, no exit. */

@@ -224,6 +224,8 @@ pub struct AbsTop {
     pub ids: [u64; 56],
     /// Each vCPU's MDSCR_EL1 while it is not running (zero at reset).
     pub mdscr: BTreeMap<(u16, usize), u64>,
+    /// The machine's GIC is a GICv2 (fixed at boot).
+    pub gic_v2: bool,
 }
 
 /// What the host's VCPU_RUN returns when the guest exits: x0..x4, and x5..x7 (the list
@@ -367,8 +369,9 @@ impl AbsTop {
             abi::KCORE_VERSION => {
                 x[0] = 0;
                 x[1] = (abi::ABI_MAJOR << 16) | abi::ABI_MINOR;
-                // Host stage-2, VM lifecycle, vCPU run, non-protected VMs, full guests.
-                x[2] = 0b1_1111;
+                // Host stage-2, VM lifecycle, vCPU run, non-protected VMs, full guests; and
+                // bit 5 if the machine's GIC is a GICv2.
+                x[2] = 0b1_1111 | (self.gic_v2 as u64) << 5;
                 x[3] = crate::arch::s2_root_pages(self.boot.mem.ia_bits);
             }
             abi::VENDOR_HYP_CALL_UID => {

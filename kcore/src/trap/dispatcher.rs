@@ -37,7 +37,8 @@ pub fn host_hvc<M: Machine>(k: &KCore<M>, x: &mut [u64; 8]) -> HostCall {
     let r: Result<Option<u64>> = match id {
         abi::KCORE_VERSION => {
             x[1] = (abi::ABI_MAJOR << 16) | abi::ABI_MINOR;
-            x[2] = abi::FEATURES;
+            let gicv2 = matches!(k.vgic.kind(), crate::vcpu::vgic::GicKind::V2 { .. });
+            x[2] = abi::FEATURES | if gicv2 { abi::FEATURE_GICV2 } else { 0 };
             x[3] = k.host.root_pages();
             Ok(None)
         }
@@ -113,6 +114,15 @@ mod tests {
         host_hvc(&k, &mut x);
         // A 40-bit IPA space: a VM's root is two concatenated level-1 tables.
         assert_eq!(&x[..4], &[0, 6, abi::FEATURES, 2]);
+    }
+
+    #[test]
+    fn version_says_when_the_gic_is_a_gicv2() {
+        let k = kcore();
+        k.vgic.configure_v2(0x0804_0000);
+        let mut x = [abi::KCORE_VERSION as u64, 9, 9, 9, 0, 0, 0, 0];
+        host_hvc(&k, &mut x);
+        assert_eq!(x[2], abi::FEATURES | abi::FEATURE_GICV2);
     }
 
     #[test]

@@ -192,11 +192,13 @@ impl<M: Machine> KCore<M> {
         if self.guest_cpu.features().sme && self.m.read_sysreg(SysReg::SvcrEl0) & 1 != 0 {
             return Err(Error::BadState);
         }
-        // GICv2: before a vCPU first runs, its GIC CPU interface (GICV) is in the VM's stage-2;
+        // GICv2: before the VM's first run, its GIC CPU interface (GICV) is in its stage-2;
         // tables for it come from the VM's pool, and a short pool fails the run before
-        // anything changed (donate and retry).
-        if f & flags::FIRST_RUN != 0 {
+        // anything changed (donate and retry). Per VM, not per vCPU's first run: a vCPU
+        // whose registers the host set before it ran has had its first-run reset already.
+        if !info.cpuif_mapped() {
             self.map_guest_cpuif(vmid, info)?;
+            info.set_cpuif_mapped();
         }
         // The injections, checked against the list registers as a whole before any is
         // written: a refused one leaves the vCPU as it was (and it does not run).

@@ -12,7 +12,7 @@ pub mod bootops;
 pub mod mmioguard;
 pub mod vmpower;
 
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 
 /// vCPUs per VM.
 pub const MAX_VCPUS: usize = 8;
@@ -158,6 +158,7 @@ pub struct VmInfo {
     boot_arg: AtomicU64,
     mmio_guard: mmioguard::MmioGuard,
     shares: ShareCalls,
+    cpuif_mapped: AtomicBool,
 }
 
 /// How many MEM_SHARE and MEM_UNSHARE calls a VM's guest made, answered and refused, for the
@@ -205,6 +206,14 @@ impl ShareCalls {
 }
 
 impl VmInfo {
+    /// A vCPU's run has put the GIC CPU interface in the VM's stage-2 (on a GICv2 machine;
+    /// on a GICv3 there is nothing to put), so later runs need not look.
+    pub fn cpuif_mapped(&self) -> bool {
+        self.cpuif_mapped.load(Relaxed)
+    }
+    pub(crate) fn set_cpuif_mapped(&self) {
+        self.cpuif_mapped.store(true, Relaxed);
+    }
     /// What vCPU 0 of a protected VM finds in x0 at its first run (VERIFY_VM x2: its boot
     /// argument, Linux's device-tree address; untrusted input for the guest alone).
     pub fn boot_arg(&self) -> u64 {
@@ -316,6 +325,7 @@ impl VmInfo {
         self.image_count.store(0, Relaxed);
         self.ram_count.store(0, Relaxed);
         self.boot_arg.store(0, Relaxed);
+        self.cpuif_mapped.store(false, Relaxed);
         self.mmio_guard.clear();
         self.shares.clear();
         self.set_kind(VmKind::Protected);

@@ -32,9 +32,48 @@ pub unsafe extern "C" fn kserv_core_vgic_init(p: *mut Vgic, vcpus: u32, nr_irqs:
     if g.reset_in_place(vcpus as usize, nr_irqs as usize) { 0 } else { -crate::errno::EINVAL }
 }
 
+/// [`kserv_core_vgic_init`] for a GICv2 distributor ([`crate::vgic::v2`]): at most 8 vCPUs.
+///
+/// # Safety
+/// See [`vgic`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_init_v2(p: *mut Vgic, vcpus: u32, nr_irqs: u32) -> i32 {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    if g.reset_in_place_v2(vcpus as usize, nr_irqs as usize) { 0 } else { -crate::errno::EINVAL }
+}
+
+/// An access by vCPU `vcpu` to a GICv2 distributor at `offset` in its 4 KiB frame: 0 handled
+/// (a read's value in `*value`), -22 refused (also for a GICv3 or a vCPU it does not have).
+/// A GICD_SGIR write may make SGIs pending: the caller kicks the vCPUs after any write.
+///
+/// # Safety
+/// See [`vgic`]; `value` is a valid `u64` the caller owns.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kserv_core_vgic_v2_mmio(
+    p: *mut Vgic,
+    vcpu: u32,
+    offset: u64,
+    size: u32,
+    write: bool,
+    value: *mut u64,
+) -> i32 {
+    // SAFETY: forwarded.
+    let g = unsafe { vgic(p) };
+    // SAFETY: the caller's `u64`.
+    let v = unsafe { &mut *value };
+    let (vcpu, size) = (vcpu as usize, u64::from(size));
+    let r = if write {
+        g.dist_v2_write(vcpu, offset, size, *v).map(|_| ())
+    } else {
+        g.dist_v2_read(vcpu, offset, size).map(|x| *v = x)
+    };
+    if r.is_ok() { 0 } else { -crate::errno::EINVAL }
+}
+
 /// A guest access to the distributor (`redist` < 0) or vCPU `redist`'s redistributor at
 /// `offset` in its frame: 0 handled (a read's value in `*value`), -22 refused (the glue
-/// injects an abort as hardware would).
+/// injects an abort as hardware would; also any access to a GICv2).
 ///
 /// # Safety
 /// See [`vgic`]; `value` is a valid `u64` the caller owns.
@@ -52,6 +91,9 @@ pub unsafe extern "C" fn kserv_core_vgic_mmio(
     // SAFETY: the caller's `u64`.
     let v = unsafe { &mut *value };
     let size = u64::from(size);
+    if g.v2 {
+        return -crate::errno::EINVAL; // a GICv2 has neither these frames nor their layout
+    }
     let r: Result<(), AccessError> = match (redist, write) {
         (r, true) if r < 0 => g.dist_write(offset, size, *v),
         (r, false) if r < 0 => g.dist_read(offset, size).map(|x| *v = x),
@@ -238,6 +280,33 @@ mod tests {
             assert_eq!(v, (1 << 32) | (1 << 8) | (1 << 4), "GICR_TYPER of the last vCPU");
             assert_eq!(kserv_core_vgic_sgi(p, 0, (1 << 24) | 0b10), 0b10);
             assert_eq!(kserv_core_vgic_sgi(p, 5, 1), 0, "no such sender");
+            std::alloc::dealloc(p as *mut u8, layout);
+        }
+    }
+
+    #[test]
+    fn a_zeroed_gicv2_initialises_and_delivers() {
+        let layout = std::alloc::Layout::from_size_align(kserv_core_vgic_size(), 8).unwrap();
+        // SAFETY: a zeroed allocation of the right size and alignment, freed below.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut Vgic;
+        // SAFETY: `p` is that allocation, used by this thread alone, for every call below.
+        unsafe {
+            assert_eq!(kserv_core_vgic_init_v2(p, 9, 64), -22, "GICv2 has 8 CPU interfaces");
+            assert_eq!(kserv_core_vgic_init_v2(p, 2, 64), 0);
+            let mut v = 1u64;
+            assert_eq!(kserv_core_vgic_v2_mmio(p, 0, 0, 4, true, &mut v), 0); // GICD_CTLR
+            v = 1 << 8;
+            assert_eq!(kserv_core_vgic_v2_mmio(p, 0, 0x104, 4, true, &mut v), 0); // ISENABLER1: 40
+            v = 2 << 16;
+            assert_eq!(kserv_core_vgic_v2_mmio(p, 1, 0x828, 4, true, &mut v), 0); // 42 -> CPU 1
+            v = 2;
+            assert_eq!(kserv_core_vgic_v2_mmio(p, 0, 0x828, 4, true, &mut v), 0); // 40 -> CPU 1
+            assert_eq!(kserv_core_vgic_spi(p, 40, true), 1);
+            assert_eq!(kserv_core_vgic_take(p, 1), 40 | (0x100 << 32));
+            assert_eq!(kserv_core_vgic_v2_mmio(p, 2, 0, 4, false, &mut v), -22, "no vCPU 2");
+            assert_eq!(kserv_core_vgic_mmio(p, 0, 0, 4, false, &mut v), -22, "no redistributors");
+            assert_eq!(kserv_core_vgic_v2_mmio(p, 1, 0x800, 4, false, &mut v), 0);
+            assert_eq!(v, 0x0202_0202, "ITARGETSR0 names the reader");
             std::alloc::dealloc(p as *mut u8, layout);
         }
     }

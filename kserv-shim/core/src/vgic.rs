@@ -5,10 +5,15 @@
 //! the guest through KCore's list registers (INJECT_IRQ), and what the guest did with them
 //! comes back through VCPU_IRQ_STATE.
 //!
+//! The same model serves a GICv2 distributor (GIC architecture specification v2, IHI 0048,
+//! chapter 4) for guests on a GICv2 machine: see [`v2`].
+//!
 //! Registers are described as tables of regions ([`DIST_REGIONS`], [`REDIST_RD_REGIONS`],
 //! [`REDIST_SGI_REGIONS`]): offset, length, the access sizes allowed, and what they hold.
 
 use core::cell::Cell;
+
+pub mod v2;
 
 /// vCPUs a VM can have (KCore's limit).
 pub const MAX_VCPUS: usize = 8;
@@ -72,6 +77,14 @@ pub enum Kind {
     Waker,
     /// Reads as zero, writes ignored.
     Raz,
+    /// GICv2 GICD_ITARGETSR<n>: one byte per interrupt, its CPU targets.
+    Targets,
+    /// GICv2 GICD_SGIR (write only).
+    Sgir,
+    /// GICv2 GICD_SPENDSGIR<n>: one byte per SGI, a bit per source CPU.
+    SgiSetPending,
+    /// GICv2 GICD_CPENDSGIR<n>.
+    SgiClearPending,
 }
 
 /// One region of registers.
@@ -235,6 +248,9 @@ pub struct Vgic {
     pub cand_spis: [u64; MAX_INTIDS / 64],
     /// See [`Vgic::cand_spis`].
     pub cand_private: [u32; MAX_VCPUS],
+    /// A GICv2 distributor ([`v2`]): SPIs are routed by GICD_ITARGETSR (`route` holds the
+    /// target byte), SGIs come from GICD_SGIR writes, every interrupt is group 0.
+    pub v2: bool,
 }
 
 impl Vgic {
@@ -263,6 +279,7 @@ impl Vgic {
             idle: Default::default(),
             cand_spis: [0; MAX_INTIDS / 64],
             cand_private: [0; MAX_VCPUS],
+            v2: false,
         })
     }
 
@@ -275,6 +292,7 @@ impl Vgic {
         }
         self.vcpus = vcpus;
         self.nr_irqs = nr_irqs;
+        self.v2 = false;
         self.enable_grp0 = false;
         self.enable_grp1 = false;
         self.spis.fill(Irq::default());
@@ -368,6 +386,9 @@ impl Vgic {
     /// the rest 0); anything else (including 1-of-N routing, which this GIC does not offer)
     /// goes nowhere.
     fn target(&self, irq: &Irq) -> Option<usize> {
+        if self.v2 {
+            return self.target_v2(irq);
+        }
         let aff0 = (irq.route & 0xff) as usize;
         (irq.route & !0xff == 0 && aff0 < self.vcpus).then_some(aff0)
     }
@@ -598,6 +619,12 @@ impl Vgic {
                 value & 0xffff & ((1u64 << self.vcpus) - 1)
             }
         };
+        self.pend_sgi(intid, targets);
+        targets
+    }
+
+    /// SGI `intid` becomes pending on each vCPU in the bitmap `targets`.
+    fn pend_sgi(&mut self, intid: usize, targets: u64) {
         for v in 0..self.vcpus {
             if targets & (1 << v) != 0 {
                 self.private[v][intid].latch = true;
@@ -605,7 +632,6 @@ impl Vgic {
                 self.changed_for(v);
             }
         }
-        targets
     }
 
     // ------------------------------------------------------------------ delivery

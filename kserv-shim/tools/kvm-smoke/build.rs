@@ -9,6 +9,7 @@ fn main() {
     for (name, base) in [
         ("guest-hello", "0x40000000"),
         ("guest-irq", "0x40000000"),
+        ("guest-irq-v2", "0x40000000"),
         ("guest-bench", "0x40000000"),
         ("guest-protected", "0x40200000"),
         ("guest-vault", "0x40200000"),

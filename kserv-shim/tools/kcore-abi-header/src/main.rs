@@ -57,6 +57,7 @@ fn main() {
         abi::ABI_MINOR
     ));
     out.push_str(&format!("#define KCORE_FEATURES 0x{:x}UL\n", abi::FEATURES));
+    out.push_str(&format!("#define KCORE_FEATURE_GICV2 0x{:x}UL\n", abi::FEATURE_GICV2));
     out.push_str(&format!(
         "#define KCORE_RUN_LRS_IN_REGS 0x{:x}UL\n#define KCORE_RUN_INJECT_VALID 0x{:x}UL\n",
         abi::RUN_LRS_IN_REGS,

@@ -1,5 +1,5 @@
 //! `kvm-smoke --fuzz COUNT [SEED]`: COUNT random ioctls, from four threads, at /dev/kvm and at
-//! the VM, vCPU and GICv3 device fds it hands out, to show that the kserv module checks every
+//! the VM, vCPU and GIC (v3 or v2) device fds it hands out, to show that the kserv module checks every
 //! argument a VMM gives it: bad input must come back as an error (-EINVAL, -EFAULT, -ENOMEM,
 //! -ENOTTY, ...), never as an oops in the host nor a halt in KCore. Errors are the expected
 //! outcome, so none of them fails the run: it ends with
@@ -44,9 +44,9 @@ use std::time::{Duration, Instant};
 
 use super::{
     GUEST_RAM, IRQ_LINE_SPI, KVM_ARM_VCPU_INIT, KVM_CHECK_EXTENSION, KVM_CREATE_DEVICE, KVM_CREATE_VCPU, KVM_CREATE_VM,
-    KVM_DEV_TYPE_ARM_VGIC_V3, KVM_GET_API_VERSION, KVM_GET_ONE_REG, KVM_GET_REG_LIST, KVM_GET_VCPU_MMAP_SIZE,
-    KVM_IOEVENTFD, KVM_IRQ_LINE, KVM_IRQFD, KVM_RUN, KVM_SET_DEVICE_ATTR, KVM_SET_ONE_REG, KVM_SET_USER_MEMORY_REGION,
-    REG_MPIDR, REG_PC, REG_PSTATE, REG_X0, fail, fd, iow,
+    KVM_DEV_TYPE_ARM_VGIC_V2, KVM_DEV_TYPE_ARM_VGIC_V3, KVM_GET_API_VERSION, KVM_GET_ONE_REG, KVM_GET_REG_LIST,
+    KVM_GET_VCPU_MMAP_SIZE, KVM_IOEVENTFD, KVM_IRQ_LINE, KVM_IRQFD, KVM_RUN, KVM_SET_DEVICE_ATTR, KVM_SET_ONE_REG,
+    KVM_SET_USER_MEMORY_REGION, REG_MPIDR, REG_PC, REG_PSTATE, REG_X0, fail, fd, iow,
 };
 
 type Nr = libc::c_ulong;
@@ -1214,11 +1214,20 @@ impl Fuzzer<'_> {
     fn device_attr(&mut self) -> Fields {
         let flags = if self.rng.below(10) != 0 { 0 } else { self.rng.next() as u32 };
         let group = self.small_or_random(9);
-        let attr = if self.rng.one_in(5) { self.rng.next() } else { self.rng.below(5) };
+        let attr = match self.rng.below(10) {
+            0 | 1 => self.rng.next(),
+            // A GICv2 register (DIST_REGS, CPU_REGS): an offset, the CPU in bits 39:32.
+            2..=4 => {
+                self.rng.pick(&[0, 4, 0x100, 0x204, 0x800, 0x828, 0xc08, 0xf00, 0xf20, 0xffc, 0x1000])
+                    | (self.rng.below(10) << 32)
+            }
+            _ => self.rng.below(5),
+        };
         let r = self.rng.next();
         let value = self.rng.pick(&[
             0x0800_0000,
             0x080a_0000,
+            0x0801_0000,
             64,
             96,
             1024,
@@ -1236,7 +1245,12 @@ impl Fuzzer<'_> {
 
     /// `struct kvm_create_device { u32 type, fd, flags; }`.
     fn create_device(&mut self) -> Fields {
-        let kind = if self.rng.below(5) < 3 { KVM_DEV_TYPE_ARM_VGIC_V3 } else { self.small_or_random(11) };
+        // Both GICs: the module makes the machine's kind and refuses the other.
+        let kind = match self.rng.below(5) {
+            0 | 1 => KVM_DEV_TYPE_ARM_VGIC_V3,
+            2 => KVM_DEV_TYPE_ARM_VGIC_V2,
+            _ => self.small_or_random(11),
+        };
         let flags = if self.rng.below(10) < 7 { 0 } else { self.rng.pick(&[1, 2, u32::MAX]) };
         Fields::default().u32(kind).u32(self.rng.next() as u32).u32(flags)
     }

@@ -5,8 +5,10 @@
 //! as a VMM runs one: a memory slot of the process's own memory, the boot registers set with
 //! KVM_SET_ONE_REG, KVM_RUN serving its MMIO (a UART it writes to and reads from) until it
 //! powers off; then a guest takes an interrupt: a GICv3 created with KVM_CREATE_DEVICE and
-//! its attributes, as QEMU does, and an SPI raised and lowered with KVM_IRQ_LINE. Prints a
-//! summary line each; exits non-zero on the first surprise.
+//! its attributes, as QEMU does, and an SPI raised and lowered with KVM_IRQ_LINE (on a GICv2
+//! machine, where the module offers a GICv2 device instead, the GICv2 guest and device: an
+//! SGI through GICD_SGIR, then the SPI). Prints a summary line each; exits non-zero on the
+//! first surprise.
 //! `kvm-smoke --fuzz COUNT [SEED]`: COUNT random ioctls from 4 threads, which the module must
 //! refuse cleanly (see fuzz.rs); prints `KVM-FUZZ: ...` and exits 0.
 
@@ -40,9 +42,19 @@ const IOEVENTFD_DATAMATCH: u64 = 1 << 0;
 const IOEVENTFD_PIO: u64 = 1 << 1;
 const IOEVENTFD_DEASSIGN: u64 = 1 << 2;
 const KVM_SET_DEVICE_ATTR: libc::c_ulong = iow(0xe1, 24);
+const KVM_GET_DEVICE_ATTR: libc::c_ulong = iow(0xe2, 24);
 /// `_IOWR(KVMIO, 0xe0, struct kvm_create_device)`.
 const KVM_CREATE_DEVICE: libc::c_ulong = (3 << 30) | (12 << 16) | (0xae << 8) | 0xe0;
 const KVM_DEV_TYPE_ARM_VGIC_V3: u32 = 7;
+const KVM_DEV_TYPE_ARM_VGIC_V2: u32 = 5;
+/// KVM_CREATE_DEVICE's flag: only say whether the device could be made.
+const KVM_CREATE_DEVICE_TEST: u32 = 1;
+/// The GICv2 device's address types (Documentation/virt/kvm/devices/arm-vgic.rst).
+const VGIC_V2_ADDR_DIST: u64 = 0;
+const VGIC_V2_ADDR_CPU: u64 = 1;
+/// The GICv2 device's register groups: a 32-bit value, the CPU in attr bits 39:32.
+const VGIC_GRP_DIST_REGS: u32 = 1;
+const VGIC_GRP_CPU_REGS: u32 = 2;
 /// Attribute groups and attributes of the GICv3 device (Documentation/virt/kvm/devices/arm-vgic-v3.rst).
 const VGIC_GRP_ADDR: u32 = 0;
 const VGIC_ADDR_DIST: u64 = 2;
@@ -72,6 +84,8 @@ const REG_MPIDR: u64 = 0x6030_0000_0013_c005;
 /// The guests, assembled by build.rs from guest-hello.S and guest-irq.S for 0x4000_0000.
 const GUEST_HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-hello.bin"));
 const GUEST_IRQ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-irq.bin"));
+/// Its GICv2 form (guest-irq-v2.S).
+const GUEST_IRQ_V2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-irq-v2.bin"));
 /// The benchmark guest (guest-bench.S) for scripts/bench-vm.sh, given to QEMU.
 const GUEST_BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-bench.bin"));
 /// The protected guest (guest-protected.S), an arm64 Image in form for 0x4020_0000; signed by
@@ -126,10 +140,11 @@ fn main() {
         let image = match std::env::args().nth(2).as_deref() {
             Some("hello") => GUEST_HELLO,
             Some("irq") => GUEST_IRQ,
+            Some("irq-v2") => GUEST_IRQ_V2,
             Some("bench") => GUEST_BENCH,
             Some("protected") => GUEST_PROTECTED,
             Some("mmio-guard") => GUEST_MMIO_GUARD,
-            _ => fail("--guest takes hello, irq, bench, protected or mmio-guard"),
+            _ => fail("--guest takes hello, irq, irq-v2, bench, protected or mmio-guard"),
         };
         std::io::stdout().write_all(image).unwrap_or_else(|_| fail("writing the guest"));
         return;
@@ -182,7 +197,17 @@ fn main() {
     }
     println!("KVM-SMOKE: API 12; {loops} VMs with 4 vCPUs created and destroyed");
     run_hello(&kvm);
-    run_irq(&kvm);
+    // The module offers the GIC the machine has: one kind, never both.
+    let probe = |kind: u32| {
+        let vm = fd(ioctl(&kvm, KVM_CREATE_VM, 0).unwrap_or_else(|_| fail("KVM_CREATE_VM")));
+        let mut create = [kind, 0, KVM_CREATE_DEVICE_TEST];
+        ioctl_ptr(&vm, KVM_CREATE_DEVICE, &mut create)
+    };
+    match (probe(KVM_DEV_TYPE_ARM_VGIC_V3), probe(KVM_DEV_TYPE_ARM_VGIC_V2)) {
+        (Ok(_), Err(libc::ENODEV)) => run_irq(&kvm),
+        (Err(libc::ENODEV), Ok(_)) => run_irq_v2(&kvm),
+        (v3, v2) => fail(&format!("KVM_CREATE_DEVICE test: GICv3 {v3:?}, GICv2 {v2:?}: want exactly one")),
+    }
 }
 
 /// Map `len` bytes: anonymous memory (`fd` None) or a file's.
@@ -375,6 +400,105 @@ fn make_gic(vm: &OwnedFd, refusals: bool) -> OwnedFd {
     }
     device_attr(&dev, VGIC_GRP_ADDR, VGIC_ADDR_DIST, 0x0800_0000);
     dev
+}
+
+/// A GICv2 made for `vm` as QEMU makes it (hw/intc/arm_gic_kvm.c): after the vCPUs, sized and
+/// initialised, then both frames placed; with the refusals a VMM can meet on the way.
+fn make_gic_v2(vm: &OwnedFd) -> OwnedFd {
+    let mut create = [KVM_DEV_TYPE_ARM_VGIC_V3, 0, 0];
+    if ioctl_ptr(vm, KVM_CREATE_DEVICE, &mut create) != Err(libc::ENODEV) {
+        fail("a GICv3 device is not refused on a GICv2 machine");
+    }
+    let mut create = [KVM_DEV_TYPE_ARM_VGIC_V2, 0, 0];
+    ioctl_ptr(vm, KVM_CREATE_DEVICE, &mut create).unwrap_or_else(|e| fail(&format!("KVM_CREATE_DEVICE v2: {e}")));
+    let dev = fd(create[1] as i32);
+    if ioctl_ptr(vm, KVM_CREATE_DEVICE, &mut create) != Err(libc::EEXIST) {
+        fail("a second GIC is not refused");
+    }
+    device_attr(&dev, VGIC_GRP_NR_IRQS, 0, 64);
+    device_attr(&dev, VGIC_GRP_CTRL, VGIC_CTRL_INIT, 0);
+    let try_attr = |group: u32, attr: u64, value: u64| {
+        let mut v = value;
+        let mut a = [u64::from(group) << 32, attr, &mut v as *mut u64 as u64];
+        ioctl_ptr(&dev, KVM_SET_DEVICE_ATTR, &mut a)
+    };
+    if try_attr(VGIC_GRP_ADDR, VGIC_ADDR_REDIST, 0x080a_0000) != Err(libc::ENXIO) {
+        fail("a GICv2 takes a redistributor address");
+    }
+    if try_attr(VGIC_GRP_ADDR, VGIC_V2_ADDR_DIST, 0x0800_0800) != Err(libc::EINVAL) {
+        fail("a GICv2 distributor not 4 KiB aligned is not refused");
+    }
+    if try_attr(VGIC_GRP_ADDR, VGIC_V2_ADDR_CPU, 0x0802_0000) != Err(libc::EINVAL) {
+        fail("a GICv2 CPU interface away from KCore's GICV window is not refused");
+    }
+    device_attr(&dev, VGIC_GRP_ADDR, VGIC_V2_ADDR_DIST, 0x0800_0000);
+    device_attr(&dev, VGIC_GRP_ADDR, VGIC_V2_ADDR_CPU, 0x0801_0000);
+    if try_attr(VGIC_GRP_ADDR, VGIC_V2_ADDR_DIST, 0x0800_0000) != Err(libc::EEXIST) {
+        fail("a GICv2 distributor placed twice");
+    }
+    // The registers as QEMU's reset writes and its migration reads them: the distributor's
+    // are the model's, per CPU; the CPU interface's are KCore's (writes accepted, no effect).
+    let get_reg = |group: u32, attr: u64| {
+        let mut v = 0u32;
+        let mut a = [u64::from(group) << 32, attr, &mut v as *mut u32 as u64];
+        ioctl_ptr(&dev, KVM_GET_DEVICE_ATTR, &mut a).map(|_| v)
+    };
+    if get_reg(VGIC_GRP_DIST_REGS, 4) != Ok(1) {
+        fail("GICD_TYPER through the DIST_REGS group is not 64 lines, 1 CPU");
+    }
+    if get_reg(VGIC_GRP_DIST_REGS, 0x800) != Ok(0) || get_reg(VGIC_GRP_DIST_REGS, (1 << 32) | 4) != Err(libc::EINVAL) {
+        fail("DIST_REGS: ITARGETSR0 of a uniprocessor is not 0, or a second CPU is not refused");
+    }
+    if try_attr(VGIC_GRP_CPU_REGS, 0x4, 0xf0) != Ok(0) || try_attr(VGIC_GRP_DIST_REGS, 0x1000, 0) != Err(libc::EINVAL) {
+        fail("CPU_REGS: a GICC_PMR write is not accepted, or a distributor offset past 4 KiB is not refused");
+    }
+    dev
+}
+
+/// The GICv2 interrupt guest: an SGI it sends itself through the emulated GICD_SGIR, then a
+/// level SPI 40 the VMM raises with KVM_IRQ_LINE on the guest's 'R' and lowers on its
+/// acknowledgement, taken and completed through KCore's virtual CPU interface; then the same
+/// with SPI 40 edge-triggered.
+fn run_irq_v2(kvm: &std::fs::File) {
+    // SAFETY: alarm(2) only arms a timer for this process (see run_irq).
+    unsafe { libc::alarm(30) };
+    let mut total = 0;
+    for edge in [0, 1] {
+        let mut dev_fd = None;
+        let guest = Guest::new(kvm, GUEST_IRQ_V2, |vm| dev_fd = Some(make_gic_v2(vm)));
+        let dev = dev_fd.unwrap_or_else(|| fail("no GIC"));
+        guest.set(REG_X0, edge);
+        let line = |level: u32| {
+            let mut l = [IRQ_LINE_SPI | 40, level];
+            ioctl_ptr(&guest.vm, KVM_IRQ_LINE, &mut l).unwrap_or_else(|e| fail(&format!("KVM_IRQ_LINE: {e}")));
+        };
+        let mut console = String::new();
+        let mut acked = 0;
+        total += guest.run_to_shutdown(|addr, len, write, data| match (addr, write) {
+            (0x0900_0000, true) if len == 1 => {
+                console.push(data as u8 as char);
+                if data as u8 == b'R' {
+                    line(1);
+                }
+                0
+            }
+            (0x0900_1000, true) if len == 4 => {
+                acked = data;
+                line(0);
+                0
+            }
+            _ => fail(&format!("unexpected MMIO at {addr:#x} (len {len}, write {write})")),
+        });
+        drop(dev);
+        if console != "SRG\n" || acked != 40 {
+            fail(&format!("the GICv2 interrupt guest (edge {edge}) said {console:?} and acknowledged {acked}"));
+        }
+    }
+    // SAFETY: as above: disarm the timer.
+    unsafe { libc::alarm(0) };
+    println!(
+        "KVM-SMOKE: an interrupt reached a guest through the in-kernel GICv2: SGI 3 by GICD_SGIR, SPI 40 level and edge raised, taken, acknowledged in {total} runs"
+    );
 }
 
 /// An eventfd (counter 0, blocking).
