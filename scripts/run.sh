@@ -30,9 +30,9 @@
 #                       \EFI\BOOT\BOOTAA64.EFI = KCore, \vmlinuz, \initrd.img and \kcore.cfg
 #                       naming them with the command line); KCore runs wherever the firmware
 #                       loaded it and boots the host from there (see README, "UEFI boot")
-#   --uefi-dtb          --uefi with the device tree from a file: the machine's (dumped by QEMU) goes
-#                       on the partition as \virt.dtb and kcore.cfg names it (dtb=\virt.dtb), as
-#                       for firmware that publishes only ACPI tables
+#   --uefi-dtb          --uefi with firmware that publishes only ACPI tables (-M ...,acpi=on), as
+#                       many servers ship: the machine's device tree (dumped by QEMU) goes on the
+#                       partition as \virt.dtb and kcore.cfg names it (dtb=\virt.dtb)
 #   --direct            boot the host kernel directly at EL2 with no KCore (for comparison)
 #   --debug             use the debug build of KCore (checks its invariants after every trap)
 #   --no-setup          skip scripts/setup.sh (dependencies already installed)
@@ -172,11 +172,11 @@ if [ "$uefi" = 1 ]; then
     printf '%s\n' "# KCore's UEFI boot (scripts/run.sh --uefi): the host kernel, its initrd, its command line" \
         'kernel=\vmlinuz' 'initrd=\initrd.img' "cmdline=$cmdline" > "$cfg"
     if [ "$uefi_dtb" = 1 ]; then
-        # The device tree from a file, as firmware that publishes only ACPI tables needs:
-        # this same machine's (QEMU's, dumped with the same options) goes on the partition
-        # and kcore.cfg names it.
+        # Firmware that publishes only ACPI tables (acpi=on), as many servers ship: this same
+        # machine's device tree (QEMU's, dumped with the same options, firmware and ACPI, so
+        # it has the ACPI machine's devices) goes on the partition and kcore.cfg names it.
         dtb_file="$(mktemp)"
-        "${qemu[@]}" "${qemu_extra[@]}" -M "dumpdtb=$dtb_file" > /dev/null 2>&1 ||
+        "${qemu[@]}" "${qemu_extra[@]}" -M acpi=on -bios "$uefi_fw" -M "dumpdtb=$dtb_file" > /dev/null 2>&1 ||
             { echo "run.sh: could not dump the machine's device tree" >&2; exit 2; }
         echo 'dtb=\virt.dtb' >> "$cfg"
     fi
@@ -192,9 +192,12 @@ if [ "$uefi" = 1 ]; then
     if [ "$uefi_dtb" = 1 ]; then
         mcopy -i "$esp" "$dtb_file" ::/virt.dtb
         rm -f "$dtb_file"
+        # acpi=on: edk2's ArmVirtQemu publishes QEMU's ACPI tables and no device tree.
+        qemu+=(-M acpi=on -bios "$uefi_fw" -drive "if=virtio,format=raw,file=$esp")
+    else
+        # acpi=off: edk2's ArmVirtQemu then publishes QEMU's device tree to the OS loader.
+        qemu+=(-M acpi=off -bios "$uefi_fw" -drive "if=virtio,format=raw,file=$esp")
     fi
-    # acpi=off: edk2's ArmVirtQemu then publishes QEMU's device tree to the OS loader.
-    qemu+=(-M acpi=off -bios "$uefi_fw" -drive "if=virtio,format=raw,file=$esp")
 elif [ "$direct" = 1 ]; then
     qemu+=(-kernel "$host_kernel")
 else

@@ -211,13 +211,13 @@ check "UEFI isolation: reading KCore's image at $uefi_addr gets SIGBUS" grep -qx
 check "UEFI isolation: and again (KCore still running)" grep -qx "kcore-read-again-status 135" "$OUT/uefi-iso.out"
 check "UEFI isolation: KCore refused the access" console_has uefi-iso "host access to ${uefi_addr:-none} refused"
 check "UEFI isolation: host RAM reads back correctly (busybox md5)" grep -qx "$busybox_md5" "$OUT/uefi-iso.out"
-# The device tree from a file on the partition (kcore.cfg dtb=), as firmware that publishes
-# only ACPI tables needs: the loader takes it instead of the firmware's, and the host boots on
-# it with /dev/kvm working.
+# Firmware that publishes only ACPI tables (acpi=on): the device tree comes from a file on the
+# partition (kcore.cfg dtb=), the loader says the firmware offered none, and the host boots
+# on it with /dev/kvm working.
 host uefi-dtb --uefi-dtb --cpus 2 --exec 'grep -c ^processor /proc/cpuinfo
 kvm-smoke 2'
-check "UEFI, dtb= in kcore.cfg: the loader boots with the file's device tree, not the firmware's" console_has uefi-dtb 'KCore UEFI loader: device tree from \virt.dtb, not the firmware'"'"'s'
-check "UEFI, dtb= in kcore.cfg: both CPUs, and a guest runs over /dev/kvm" bash -c "test '$(status uefi-dtb):$(line uefi-dtb 1)' = 0:2 && grep -q 'KVM-SMOKE: a guest ran over /dev/kvm' '$OUT/uefi-dtb.out'"
+check "UEFI with ACPI-only firmware: the loader boots with the device tree kcore.cfg names (dtb=), the firmware offering none" console_has uefi-dtb 'KCore UEFI loader: device tree from \virt.dtb, not the firmware'"'"'s (it offers none)'
+check "UEFI with ACPI-only firmware: both CPUs, and a guest runs over /dev/kvm" bash -c "test '$(status uefi-dtb):$(line uefi-dtb 1)' = 0:2 && grep -q 'KVM-SMOKE: a guest ran over /dev/kvm' '$OUT/uefi-dtb.out'"
 
 # Debian's own QEMU (10.0, unmodified) as the VMM over the kserv module's /dev/kvm: it checks
 # the capabilities it requires, creates its scratch and real VMs, the in-kernel GICv3 (no

@@ -286,23 +286,24 @@ unsafe fn load(image: Handle, st: *mut SystemTable, con: &mut Con) -> Result<cor
 
     // The device tree: the file kcore.cfg names (firmware that publishes only ACPI tables),
     // else the firmware's (the configuration table with the device-tree GUID).
+    // SAFETY: the configuration table has `number_of_table_entries` entries (UEFI spec 4.6).
+    let tables = unsafe { core::slice::from_raw_parts(st.configuration_table, st.number_of_table_entries) };
+    let firmware_dtb = tables.iter().find(|t| t.guid.eq(&DTB_TABLE)).map(|t| t.table as u64);
     // `dtb_limit`: how many bytes of it there are to read (a file's length).
     let (fw_dtb, dtb_limit) = match cfg.dtb {
         Some(path) => {
             // SAFETY: as above.
             let (at, len) = unsafe { read_file(bs, root, path, EFI_PAGE, 0) }
                 .map_err(|f| Failure("cannot read the device tree named in kcore.cfg", f.1))?;
-            let _ = writeln!(con, "KCore UEFI loader: device tree from {path}, not the firmware's");
+            let has = if firmware_dtb.is_some() { "it offers one too" } else { "it offers none" };
+            let _ = writeln!(con, "KCore UEFI loader: device tree from {path}, not the firmware's ({has})");
             if len < 8 {
                 return Err(Failure("the device tree file is too short", LOAD_ERROR));
             }
             (at, len)
         }
         None => {
-            // SAFETY: the configuration table has `number_of_table_entries` entries (UEFI
-            // spec 4.6).
-            let tables = unsafe { core::slice::from_raw_parts(st.configuration_table, st.number_of_table_entries) };
-            let at = tables.iter().find(|t| t.guid.eq(&DTB_TABLE)).map(|t| t.table as u64).ok_or(Failure(
+            let at = firmware_dtb.ok_or(Failure(
                 "the firmware offers no device tree (QEMU: -M virt,acpi=off makes its UEFI publish one; \
                  or name one in kcore.cfg: dtb=\\PATH)",
                 NOT_FOUND,
