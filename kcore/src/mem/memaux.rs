@@ -568,11 +568,17 @@ impl<M: Machine> MemAux<'_, M> {
         if vmid == 0 {
             return Err(Error::InvalidParameter);
         }
-        let t = self.table(vmid)?;
-        if t.npt().is_some() {
+        if self.table(vmid)?.npt().is_some() {
             return Err(Error::Exists);
         }
-        let pages = t.root_pages();
+        self.check_root_pages(root_pfn)
+    }
+
+    /// Could host pages `root_pfn..` be a VM's stage-2 root? `root_pfn` aligned to the number
+    /// of pages a root takes (every table has the host's IPA size), each page the host's and
+    /// unshared. Changes nothing.
+    pub fn check_root_pages(&self, root_pfn: Pfn) -> Result<()> {
+        let pages = self.host.root_pages();
         if !root_pfn.is_multiple_of(pages) {
             return Err(Error::InvalidParameter);
         }

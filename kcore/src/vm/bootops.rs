@@ -38,16 +38,7 @@ impl<M: Machine> KCore<M> {
     pub fn register_vm_kind(&self, root_pfn: Pfn, kind: u64) -> Result<u16> {
         let kind = VmKind::from_abi(kind).ok_or(Error::InvalidParameter)?;
         // Check the pages before claiming a vmid, so the common refusal leaves no trace.
-        let pages = self.host.root_pages();
-        if !root_pfn.is_multiple_of(pages) {
-            return Err(Error::InvalidParameter);
-        }
-        for pfn in root_pfn..root_pfn.saturating_add(pages) {
-            let info = self.mem().page(pfn)?;
-            if info.owner != Owner::Host || info.count != 0 {
-                return Err(Error::Denied);
-            }
-        }
+        self.mem().check_root_pages(root_pfn)?;
         let vmid = self.gen_vmid()?;
         let _vm = self.lock_vm(vmid);
         if let Err(e) = self.mem().create_vm_table(vmid, root_pfn) {
