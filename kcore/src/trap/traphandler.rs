@@ -60,31 +60,36 @@ pub struct CpuRun {
     host_refault: [AtomicU64; 2],
 }
 
-/// Host stage-2 faults in a row on one page KCore's table maps before KCore stops: a few
-/// are races with another CPU mapping it; this many means the hardware walks something other
-/// than KCore's tables (a KCore bug, which must not become a silent endless retry).
+/// Host stage-2 faults in a row on one page KCore's table maps before the host gets an
+/// external abort for it: a few are races with another CPU mapping it; this many means the
+/// hardware walks something other than KCore's tables (a KCore bug), which must not become a
+/// silent endless retry. Not a halt: a host racing its own CPUs must not be able to stop KCore.
 pub const HOST_REFAULT_LIMIT: u64 = 64;
 
 /// Per-CPU run records.
 pub type CpuRuns = [CpuRun; MAX_CPUS];
 
 impl<M: Machine> KCore<M> {
-    /// Track host faults on pages KCore's table maps already ([`HOST_REFAULT_LIMIT`]).
-    fn count_host_refault(&self, fault: HostFault, esr: u64, ipa: u64) {
+    /// Track host faults on pages KCore's table maps already; the [`HOST_REFAULT_LIMIT`]th
+    /// in a row on one page becomes a refusal (an external abort for the host), said loudly.
+    fn count_host_refault(&self, fault: HostFault, esr: u64, ipa: u64) -> HostFault {
         let [page, count] = &self.runs[self.m.cpu_index()].host_refault;
         if fault != HostFault::AlreadyMapped {
             count.store(0, Relaxed);
-            return;
+            return fault;
         }
         let this = ipa >> crate::PAGE_SHIFT;
         let n = if page.swap(this, Relaxed) == this { count.load(Relaxed) + 1 } else { 1 };
-        count.store(n, Relaxed);
-        if n >= HOST_REFAULT_LIMIT {
-            panic!(
-                "host stage-2 fault at {ipa:#x} (ESR {esr:#x}) {n} times in a row, though KCore's table maps it: \
-                 the hardware's walk disagrees with KCore's tables"
-            );
+        if n < HOST_REFAULT_LIMIT {
+            count.store(n, Relaxed);
+            return fault;
         }
+        count.store(0, Relaxed);
+        log::error!(
+            "host stage-2 fault at {ipa:#x} (ESR {esr:#x}) {n} times in a row, though KCore's table maps it: \
+             the hardware's walk disagrees with KCore's tables"
+        );
+        HostFault::InjectAbort(crate::error::Error::BadState)
     }
 
     /// The guest running on this CPU, if any: (vmid, vCPU, context page).
@@ -136,8 +141,7 @@ impl<M: Machine> KCore<M> {
             ec::DABT_LOW | ec::IABT_LOW => {
                 let from_el1 = !matches!(frame.spsr & arch::spsr::MODE_MASK, arch::mode::EL0T | arch::mode::A32_USR);
                 let fault = faulthandler::host_stage2_fault(self, s.esr, s.far, s.hpfar, from_el1);
-                self.count_host_refault(fault, s.esr, arch::fault_ipa(s.hpfar, s.far));
-                match fault {
+                match self.count_host_refault(fault, s.esr, arch::fault_ipa(s.hpfar, s.far)) {
                     HostFault::Resume | HostFault::AlreadyMapped => {}
                     HostFault::ReadsZero => {
                         // Said for the first few pages and then every 1024th: a host that
