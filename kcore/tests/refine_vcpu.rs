@@ -399,6 +399,17 @@ fn trapped_system_registers() {
     refine(&steps).unwrap();
 }
 
+/// A guest HVC with x0..x3 = `x` on the vCPU whose context page is `page`: what KCore does
+/// with it, and the guest's x0 after.
+fn guest_hvc(k: &KCore<SimMachine>, vmid: u16, page: VcpuPage, x: [u64; 4]) -> (kcore::vcpu::vcpuops::ExitAction, i64) {
+    for (r, v) in x.into_iter().enumerate() {
+        page.set_x(&k.m, r as u64, v);
+    }
+    let trap = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
+    let action = k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap);
+    (action, page.x(&k.m, 0) as i64)
+}
+
 /// MMIO_GUARD end to end on the code, with the answers written out: protected VMs see it in
 /// FEATURES; before the first enrolment every device access is forwarded; after it only the
 /// enrolled pages are, the rest is refused (an external abort, no exit); RAM, unaligned and
@@ -415,12 +426,9 @@ fn mmio_guard_enrols_refuses_and_is_bounded() {
     k.verify_vm(vmid as u64).unwrap();
     let (_, _, page) = k.prepare_run(vmid as u64, 0, 0).unwrap();
     let hvc = |x: [u64; 4]| {
-        for (r, v) in x.into_iter().enumerate() {
-            page.set_x(&k.m, r as u64, v);
-        }
-        let trap = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
-        assert_eq!(k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap), ExitAction::Resume);
-        page.x(&k.m, 0) as i64
+        let (action, x0) = guest_hvc(&k, vmid, page, x);
+        assert_eq!(action, ExitAction::Resume);
+        x0
     };
     let store = |ipa: u64| {
         let trap = Trap::Sync { esr: esr_dabt(true, 1, 2, false, true), far: ipa, hpfar: (ipa >> 12) << 4 };
@@ -466,14 +474,7 @@ fn mmio_guard_enrols_refuses_and_is_bounded() {
     let (k2, vmid2) = setup_np();
     k2.verify_vm(vmid2 as u64).unwrap();
     let (_, _, page) = k2.prepare_run(vmid2 as u64, 0, 0).unwrap();
-    let hvc = |x: [u64; 4]| {
-        for (r, v) in x.into_iter().enumerate() {
-            page.set_x(&k2.m, r as u64, v);
-        }
-        let trap = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
-        k2.handle_vm_trap(vmid2, &mut PageRegs { page, m: &k2.m }, &page, trap);
-        page.x(&k2.m, 0) as i64
-    };
+    let hvc = |x: [u64; 4]| guest_hvc(&k2, vmid2, page, x).1;
     assert_eq!(hvc([abi::GUEST_KVM_FEATURES as u64, 0, 0, 0]), 1, "non-protected: no pKVM services");
     assert_eq!(hvc([abi::GUEST_MMIO_GUARD as u64, 0x0900_0000, 0, 0]), abi::NOT_SUPPORTED);
 }
@@ -489,15 +490,9 @@ fn mem_share_calls_are_counted_for_the_report() {
     let (k, vmid) = setup();
     k.verify_vm(vmid as u64).unwrap();
     let (_, _, page) = k.prepare_run(vmid as u64, 0, 0).unwrap();
-    let hvc = |x: [u64; 4]| {
-        for (r, v) in x.into_iter().enumerate() {
-            page.set_x(&k.m, r as u64, v);
-        }
-        let trap = Trap::Sync { esr: 0x16 << 26 | 1 << 25, far: 0, hpfar: 0 };
-        match k.handle_vm_trap(vmid, &mut PageRegs { page, m: &k.m }, &page, trap) {
-            ExitAction::Resume => Some(page.x(&k.m, 0) as i64),
-            _ => None,
-        }
+    let hvc = |x: [u64; 4]| match guest_hvc(&k, vmid, page, x) {
+        (ExitAction::Resume, x0) => Some(x0),
+        _ => None,
     };
     let (share, unshare) = (abi::GUEST_MEM_SHARE as u64, abi::GUEST_MEM_UNSHARE as u64);
     let counts = || k.vminfo[vmid as usize - 1].shares().counts();
