@@ -26,6 +26,7 @@ pub mod el2map;
 pub mod invariants;
 pub mod kcore;
 pub mod psci;
+pub mod smmu;
 #[cfg(not(target_os = "none"))]
 pub mod spec;
 pub mod trap;

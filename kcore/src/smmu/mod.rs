@@ -1,0 +1,3 @@
+//! KCore's SMMUv3 (layers 22-26). Layer 22, [`raw`], holds the architecture's encodings.
+
+pub mod raw;
