@@ -17,8 +17,15 @@
 //! 6. MMIO guard: only a protected VM has enrolled MMIO, at most `MMIO_GUARD_RANGES` ranges;
 //!    while none of its vCPUs runs (only a running vCPU enrols), they are sorted, non-empty,
 //!    page aligned, apart (touching ranges are one), inside the IPA space and outside its RAM.
-//! 7. KCore's device memory (GICv2: GICH and GICV) is in no host leaf; a VM maps of it only
-//!    GICV, page for page at the guest's GIC CPU interface window, as a device leaf.
+//! 7. KCore's device memory (GICv2: GICH and GICV; the SMMU's registers) is in no host leaf;
+//!    a VM maps of it only GICV, page for page at the guest's GIC CPU interface window, as a
+//!    device leaf.
+//! 8. Host DMA, once KCore took an SMMU: the host-DMA table is an identity map of exactly the
+//!    RAM pages the host owns (including those it lent), as Normal 4 KiB leaves, plus Device
+//!    leaves only outside RAM and KCore's device memory (the MSI doorbell); its table pages
+//!    are KCore's; every STE of KCore's stream table is the stage-2-only STE through it. With
+//!    layer 12's invalidation this is SeKVM's "a page with DMA mappings is never given to a
+//!    VM", checked on the tables the hardware walks.
 
 use crate::kcore::KCore;
 use crate::machine::Machine;
@@ -66,6 +73,15 @@ pub enum Violation {
     /// The host maps KCore's device memory at `ipa`, or VM `vmid` maps it other than as its
     /// GIC CPU interface (`vmid` 0: the host).
     KcoreMmioMapped { vmid: u16, ipa: u64 },
+    /// The host-DMA table maps `ipa` though it is not a page the host owns (or not to
+    /// itself, or not as it should: a device leaf on RAM, a normal leaf elsewhere).
+    HostDmaForeign { ipa: u64 },
+    /// A host-owned page is missing from the host-DMA table (its devices would fault).
+    HostDmaMissing { pfn: Pfn },
+    /// A page of the host-DMA table, or of KCore's stream table, is not KCore's.
+    HostDmaTablePage { pa: u64 },
+    /// The STE of stream `sid` in KCore's stream table is not the host-DMA one.
+    StreamNotHostDma { sid: u32 },
 }
 
 fn is_device_leaf(d: u64) -> bool {
@@ -176,9 +192,70 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
         }
     }
     check_vms(k, &mut note);
+    check_host_dma(k, &mut note);
     match err {
         Some(v) => Err(v),
         None => Ok(()),
+    }
+}
+
+fn check_host_dma<M: Machine>(k: &KCore<M>, note: &mut impl FnMut(Violation)) {
+    use crate::smmu::queue::{L2_TABLES, SPLIT};
+    use crate::smmu::raw;
+    let Some(w) = k.dma.table.walker() else { return };
+    let kcores = |pa: u64| k.meta.owner(&k.m, &k.mb, pa >> PAGE_SHIFT) == Some(Owner::KCore);
+    w.npt.for_each_table(&k.m, |t, _, _| {
+        if !kcores(t) {
+            note(Violation::HostDmaTablePage { pa: t });
+        }
+    });
+    let mut mapped = 0u64;
+    w.for_each_leaf(&k.m, |ipa, d| {
+        let page = ipa + crate::PAGE_SIZE;
+        if d & crate::arch::desc::ADDR_MASK != ipa {
+            note(Violation::HostDmaForeign { ipa });
+        } else if is_device_leaf(d) {
+            if k.mb.intersects(ipa, page) || k.kcore_mmio.intersects(ipa, page) {
+                note(Violation::HostDmaForeign { ipa });
+            }
+        } else if d != crate::arch::s2_normal_leaf(ipa, 3) {
+            note(Violation::HostDmaForeign { ipa });
+        } else {
+            match k.meta.owner(&k.m, &k.mb, ipa >> PAGE_SHIFT) {
+                Some(o) if o.is_hosts() => mapped += 1,
+                _ => note(Violation::HostDmaForeign { ipa }),
+            }
+        }
+    });
+    // Every leaf checked above maps a host page; so the table misses one exactly when there
+    // are more host pages than leaves (then find it, for the report).
+    let host_pages = || k.mb.regions().iter().flat_map(|r| (r.base >> PAGE_SHIFT)..(r.end() >> PAGE_SHIFT));
+    let hosts = |pfn: Pfn| k.meta.owner(&k.m, &k.mb, pfn).is_some_and(|o| o.is_hosts());
+    if host_pages().filter(|&p| hosts(p)).count() as u64 != mapped
+        && let Some(pfn) = host_pages().find(|&p| hosts(p) && !k.dma.maps(&k.m, p))
+    {
+        note(Violation::HostDmaMissing { pfn });
+    }
+    let (strtab, Some(ste)) = (k.dma.dev.strtab(), k.dma.stream_ste()) else { return };
+    if strtab == 0 {
+        return;
+    }
+    if !kcores(strtab) {
+        note(Violation::HostDmaTablePage { pa: strtab });
+    }
+    for t in 0..u64::from(L2_TABLES) {
+        let l1 = k.m.load(strtab + 8 * t);
+        let l2 = l1 & raw::ADDR_MASK_51_6;
+        if l1 != raw::l1_desc(l2, SPLIT) || !kcores(l2) {
+            note(Violation::HostDmaTablePage { pa: l2 });
+            continue;
+        }
+        for i in 0..1u64 << SPLIT {
+            let at = l2 + i * raw::STE_BYTES;
+            if (0..8).any(|w| k.m.load(at + 8 * w) != ste[w as usize]) {
+                note(Violation::StreamNotHostDma { sid: ((t << SPLIT) + i) as u32 });
+            }
+        }
     }
 }
 

@@ -9,11 +9,15 @@ use crate::mem::memblock::MemBlocks;
 use crate::mem::pagemgmt::{PageMeta, meta_bytes};
 use crate::pt::nptops::S2Table;
 use crate::pt::ptalloc::PagePool;
+use crate::smmu::queue::{SmmuDev, SmmuInfo, Unsupported};
+use crate::spt::mmioptalloc::SptPool;
+use crate::spt::mmiosptops::HostDma;
+use crate::spt::mmiosptwalk::HostDmaTable;
 use crate::trap::traphandler::{CpuRun, CpuRuns};
 use crate::vcpu::guestcpu::GuestCpu;
 use crate::vcpu::vgic::Vgic;
 use crate::vm::VmInfo;
-use crate::{BLOCK_2M, PAGE_SIZE, align_down, align_up};
+use crate::{BLOCK_2M, PAGE_SHIFT, PAGE_SIZE, align_down, align_up};
 use core::sync::atomic::AtomicU64;
 
 /// Where KCore's memory goes, decided at boot from the firmware's memory map and the KCore
@@ -129,6 +133,15 @@ impl MemoryPlan {
     }
 }
 
+/// Why boot could not take the SMMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmmuError {
+    /// The device lacks what KCore needs.
+    Unsupported(Unsupported),
+    /// Its registers, memory or doorbells do not fit, or KCore's pool ran out.
+    Setup(Error),
+}
+
 /// Most VMs: vmids 1..=MAX_VMS.
 pub const MAX_VMS: usize = MAX_PT - 1;
 
@@ -165,6 +178,8 @@ pub struct KCore<M: Machine> {
     /// At least as many as the host stage-2 leaves that map the zero page (0: none, so a
     /// VM's teardown need not sweep for them).
     pub zero_leaves: AtomicU64,
+    /// The host's DMA (layers 9-12): KCore's SMMU, if boot took one, and the host-DMA table.
+    pub dma: HostDma,
 }
 
 impl<M: Machine> KCore<M> {
@@ -207,6 +222,7 @@ impl<M: Machine> KCore<M> {
             kcore_mmio: KcoreMmio::default(),
             zero_page: 0,
             zero_leaves: AtomicU64::new(0),
+            dma: HostDma { dev: SmmuDev::default(), table: HostDmaTable::new(SptPool::new(0, 0)) },
         };
         k.host.init_root(&k.m, &k.locks)?;
         // Zeroed by the pool; KCore-owned like every pool page, and never written again.
@@ -228,6 +244,64 @@ impl<M: Machine> KCore<M> {
         Ok(())
     }
 
+    /// Boot found an SMMUv3 with registers at `regs` (`(start, end)`, page aligned): take it
+    /// (before the host runs, after KCore's own memory is protected). Its registers become
+    /// KCore's alone; the host-DMA table, built in `pool` (KCore's memory, `(start, end)`),
+    /// maps every page the host owns and the MSI doorbell pages `doorbells` (physical
+    /// addresses of pages that are not RAM), and every stream goes through it, stage 2 only.
+    pub fn take_smmu(
+        &self,
+        regs: (u64, u64),
+        pool: (u64, u64),
+        doorbells: &[u64],
+    ) -> core::result::Result<SmmuInfo, SmmuError> {
+        if self.mb.intersects(regs.0, regs.1) {
+            return Err(SmmuError::Setup(Error::InvalidParameter));
+        }
+        self.kcore_mmio.add(regs.0, regs.1).map_err(SmmuError::Setup)?;
+        let info = SmmuDev::probe(&self.m, self.host.ia_bits).map_err(SmmuError::Unsupported)?;
+        // The table's input size: the host's IPA size, capped at what the SMMU outputs.
+        let ia_bits = self.host.ia_bits.min(info.oas_bits);
+        let top = self.mb.regions().iter().map(|r| r.base + r.size).max().unwrap_or(0);
+        if top > 1 << ia_bits || doorbells.iter().any(|&d| d >= 1 << ia_bits || self.mb.intersects(d, d + PAGE_SIZE)) {
+            return Err(SmmuError::Setup(Error::InvalidParameter));
+        }
+        let t = &self.dma.table;
+        t.pool.set_range(pool.0, pool.1);
+        t.init(&self.m, ia_bits).map_err(SmmuError::Setup)?;
+        {
+            let _s2 = self.locks.acquire(crate::locks::LockId::S2Page, self.m.cpu_index());
+            for r in self.mb.regions() {
+                for pfn in r.base >> PAGE_SHIFT..(r.base + r.size) >> PAGE_SHIFT {
+                    if self.meta.owner(&self.m, &self.mb, pfn).is_some_and(|o| o.is_hosts()) {
+                        t.set(&self.m, pfn, false).map_err(SmmuError::Setup)?;
+                    }
+                }
+            }
+            for &d in doorbells {
+                t.set(&self.m, d >> PAGE_SHIFT, true).map_err(SmmuError::Setup)?;
+            }
+        }
+        self.m.publish_table_writes();
+        let ste = self.dma.stream_ste().ok_or(SmmuError::Setup(Error::BadState))?;
+        self.dma.dev.take(&self.m, t.pool.pages(), info, &ste).map_err(SmmuError::Setup)?;
+        Ok(info)
+    }
+
+    /// Log every DMA the SMMU refused since the last call (its event queue; KCore's while the
+    /// host has no SMMU of its own).
+    pub fn log_dma_faults(&self) {
+        while let Some(e) = self.dma.dev.next_event(&self.m, &self.locks) {
+            log::warn!(
+                "SMMU: device DMA refused: event {:#x}, stream {:#x}, address {:#x}{}",
+                e.kind,
+                e.sid,
+                e.input,
+                if e.stage2 { " (stage 2: not the host's)" } else { "" }
+            );
+        }
+    }
+
     /// Layers 16-17 over this state.
     pub fn mem(&self) -> MemAux<'_, M> {
         MemAux {
@@ -240,6 +314,7 @@ impl<M: Machine> KCore<M> {
             zero_page: self.zero_page,
             zero_leaves: &self.zero_leaves,
             kcore_mmio: &self.kcore_mmio,
+            dma: &self.dma,
         }
     }
 }

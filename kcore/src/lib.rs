@@ -29,6 +29,7 @@ pub mod psci;
 pub mod smmu;
 #[cfg(not(target_os = "none"))]
 pub mod spec;
+pub mod spt;
 pub mod trap;
 pub mod vcpu;
 pub mod vm;

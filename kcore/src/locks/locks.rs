@@ -35,16 +35,24 @@ pub enum LockId {
     Pt(u16),
     /// The SMMU page-table lock.
     Spt,
+    /// KCore's SMMU command queue: innermost, taken only to push commands and wait for
+    /// their completion (by ownership transitions under `s2page`/`spt`, and by the SMMU
+    /// emulation under `smmu`).
+    SmmuQ,
 }
 
 impl LockId {
-    /// Position in the acquisition order (smmu -> vm -> core/s2page -> pt/spt).
+    /// Position in the acquisition order (smmu -> vm -> core/s2page -> pt -> spt -> smmu_q:
+    /// a page leaving or joining the host-DMA table does so under `s2page`, sometimes while
+    /// a VM's table is being released under its `pt`).
     pub const fn rank(self) -> u8 {
         match self {
             LockId::Smmu => 0,
             LockId::Vm(_) => 1,
             LockId::Core | LockId::S2Page => 2,
-            LockId::Pt(_) | LockId::Spt => 3,
+            LockId::Pt(_) => 3,
+            LockId::Spt => 4,
+            LockId::SmmuQ => 5,
         }
     }
 }
@@ -55,6 +63,7 @@ pub struct Locks {
     core: HoldLock,
     s2page: HoldLock,
     spt: HoldLock,
+    smmu_q: HoldLock,
     pt: [HoldLock; MAX_PT],
     vm: [HoldLock; MAX_PT],
     /// Per CPU: bit r set while the CPU holds a lock of rank r.
@@ -75,6 +84,7 @@ impl Locks {
             core: HoldLock::new(),
             s2page: HoldLock::new(),
             spt: HoldLock::new(),
+            smmu_q: HoldLock::new(),
             pt: [const { HoldLock::new() }; MAX_PT],
             vm: [const { HoldLock::new() }; MAX_PT],
             held_ranks: [const { AtomicU8::new(0) }; MAX_CPUS],
@@ -87,6 +97,7 @@ impl Locks {
             LockId::Core => &self.core,
             LockId::S2Page => &self.s2page,
             LockId::Spt => &self.spt,
+            LockId::SmmuQ => &self.smmu_q,
             LockId::Pt(v) => &self.pt[v as usize],
             LockId::Vm(v) => &self.vm[v as usize],
         }

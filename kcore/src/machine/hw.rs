@@ -26,6 +26,9 @@ pub struct Hardware {
     /// `bool` here would give `Hardware` a niche that moves it to the end of `KCore`, and
     /// every access to the machine would pay for the larger offset.)
     pub gich: u64,
+    /// The SMMUv3's register frame (two 64 KiB pages) KCore took at boot, mapped as device
+    /// memory in KCore's EL2 map and in no other stage of translation; 0 if there is none.
+    pub smmu: u64,
 }
 
 /// IGROUPR0 and ISENABLER0, at the same offsets in a GICv3 redistributor's SGI/PPI frame
@@ -210,6 +213,37 @@ impl Machine for Hardware {
         // SAFETY: as for `gich_read`; the frame controls only the guest's virtual CPU
         // interface, never KCore's memory.
         unsafe { core::ptr::write_volatile((self.gich + off) as *mut u32, val) }
+    }
+
+    fn smmu_read(&self, off: u64, bytes: u8) -> u64 {
+        let ok = self.smmu != 0 && off < crate::smmu::raw::reg::SIZE && off.is_multiple_of(u64::from(bytes));
+        assert!(ok && (bytes == 4 || bytes == 8), "SMMU read at {off:#x} ({bytes} bytes)");
+        let a = self.smmu + off;
+        // SAFETY: `smmu` is the SMMU's register frame `boot/` mapped as device memory in
+        // KCore's EL2 map (checked non-zero); `off` is a naturally aligned 32- or 64-bit
+        // register inside its two pages (IHI 0070 6.2: 64-bit registers may be read whole).
+        unsafe {
+            if bytes == 8 {
+                core::ptr::read_volatile(a as *const u64)
+            } else {
+                u64::from(core::ptr::read_volatile(a as *const u32))
+            }
+        }
+    }
+
+    fn smmu_write(&self, off: u64, bytes: u8, val: u64) {
+        let ok = self.smmu != 0 && off < crate::smmu::raw::reg::SIZE && off.is_multiple_of(u64::from(bytes));
+        assert!(ok && (bytes == 4 || bytes == 8), "SMMU write at {off:#x} ({bytes} bytes)");
+        let a = self.smmu + off;
+        // SAFETY: as for `smmu_read`; the frame controls the SMMU, which reaches memory only
+        // through the tables and queues KCore gives it.
+        unsafe {
+            if bytes == 8 {
+                core::ptr::write_volatile(a as *mut u64, val)
+            } else {
+                core::ptr::write_volatile(a as *mut u32, val as u32)
+            }
+        }
     }
 }
 

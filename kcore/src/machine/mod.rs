@@ -92,6 +92,8 @@ pub const FP_WORDS: usize = 66;
 pub mod hw;
 #[cfg(not(target_os = "none"))]
 pub mod sim;
+#[cfg(not(target_os = "none"))]
+pub mod simsmmu;
 
 /// What a CPU does on each turn of a wait for another CPU (a ticket not yet served): YIELD
 /// at EL2, the standard hint elsewhere.
@@ -156,4 +158,10 @@ pub trait Machine: Sync {
     fn gich_read(&self, off: u64) -> u32;
     /// Write the 32-bit register at offset `off` of the executing CPU's GICH frame.
     fn gich_write(&self, off: u64, val: u32);
+    /// Read the `bytes`-wide (4 or 8) register at offset `off` of the SMMUv3 KCore took at
+    /// boot (its two 64 KiB pages; IHI 0070 6.2). Only on a machine with one (a call
+    /// elsewhere, or a bad offset or size, is a KCore bug, and implementations halt on it).
+    fn smmu_read(&self, off: u64, bytes: u8) -> u64;
+    /// Write the `bytes`-wide (4 or 8) SMMU register at offset `off`.
+    fn smmu_write(&self, off: u64, bytes: u8, val: u64);
 }

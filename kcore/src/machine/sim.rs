@@ -27,6 +27,8 @@ pub struct SimMachine {
     syncs: AtomicUsize,
     ppis: Vec<AtomicU64>,
     gich: Vec<[AtomicU32; GICH_WORDS]>,
+    /// The simulated SMMUv3 (registers, command processing, TLB, DMA).
+    pub smmu: Mutex<super::simsmmu::SimSmmu>,
 }
 
 /// 32-bit registers in the simulated GICH frame (GICH_LR<n> end at 0x200).
@@ -51,6 +53,7 @@ impl SimMachine {
             syncs: AtomicUsize::new(0),
             ppis: (0..MAX_CPUS).map(|_| AtomicU64::new(0)).collect(),
             gich: (0..MAX_CPUS).map(|_| core::array::from_fn(|_| AtomicU32::new(0))).collect(),
+            smmu: Mutex::new(super::simsmmu::SimSmmu::default()),
         }
     }
 
@@ -203,5 +206,13 @@ impl Machine for SimMachine {
     }
     fn gich_write(&self, off: u64, val: u32) {
         self.set_gich_reg(self.cpu_index(), off, val)
+    }
+    fn smmu_read(&self, off: u64, bytes: u8) -> u64 {
+        self.smmu.lock().unwrap().read(off, bytes)
+    }
+    fn smmu_write(&self, off: u64, bytes: u8, val: u64) {
+        let mut smmu = self.smmu.lock().unwrap();
+        smmu.write(off, bytes, val);
+        smmu.process_commands(self);
     }
 }

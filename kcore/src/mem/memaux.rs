@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::locks::{LockGuard, LockId, Locks};
 use crate::machine::Machine;
 use crate::pt::nptops::S2Table;
+use crate::spt::mmiosptops::HostDma;
 use crate::{BLOCK_2M, Gfn, PAGE_SHIFT, PAGE_SIZE, Pfn, align_down};
 use core::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 
@@ -42,7 +43,8 @@ pub struct HostMapping {
     pub already: bool,
 }
 
-/// Device memory that is KCore's alone (the GICv2 virtual interface frames, GICH and GICV):
+/// Device memory that is KCore's alone (the GICv2 virtual interface frames, GICH and GICV;
+/// the SMMU's registers):
 /// never mapped in the host's stage-2 (an access there is refused like one to KCore's RAM),
 /// never given to a VM by the host; at most [`KcoreMmio::MAX`] ranges, set at boot.
 #[derive(Debug, Default)]
@@ -52,7 +54,7 @@ pub struct KcoreMmio {
 
 impl KcoreMmio {
     /// How many ranges KCore keeps.
-    pub const MAX: usize = 2;
+    pub const MAX: usize = 4;
 
     /// Keep `[start, end)` (page aligned) from the host. Boot only, before the host runs.
     pub fn add(&self, start: u64, end: u64) -> Result<()> {
@@ -101,6 +103,8 @@ pub struct MemAux<'a, M: Machine> {
     pub zero_leaves: &'a AtomicU64,
     /// Device memory that is KCore's alone.
     pub kcore_mmio: &'a KcoreMmio,
+    /// The host's DMA (layers 9-12): which pages the host's devices reach.
+    pub dma: &'a HostDma,
 }
 
 /// Pages a leaf at `level` (2 or 3) covers.
@@ -163,6 +167,7 @@ impl<M: Machine> MemAux<'_, M> {
             if self.meta.get(self.m, self.mb, pfn).is_some() {
                 self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
                 self.host.clear_pfn_host(self.m, self.locks, pfn);
+                self.dma.unmap(self.m, self.locks, pfn);
             }
             pa += PAGE_SIZE;
         }
@@ -312,6 +317,8 @@ impl<M: Machine> MemAux<'_, M> {
         }
         self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
         self.host.clear_pfn_host(self.m, self.locks, pfn);
+        // No device writes it once it is KCore's (it is zeroed next).
+        self.dma.unmap(self.m, self.locks, pfn);
         let _pt = self.locks.acquire(LockId::Pt(vmid), self.m.cpu_index());
         self.m.zero_page(pfn << PAGE_SHIFT);
         t.pool.add(self.m, pfn << PAGE_SHIFT);
@@ -349,6 +356,8 @@ impl<M: Machine> MemAux<'_, M> {
         }
         self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::Vm(vmid), count: 0, gfn });
         self.host.clear_pfn_host(self.m, self.locks, pfn);
+        // Before the VM can map it: no device reaches it from here on.
+        self.dma.unmap(self.m, self.locks, pfn);
     }
 
     /// `map_pfn_vm`: map `pfn` at `gfn` in VM `vmid`'s stage-2, as a 4 KiB page (`level` 3)
@@ -476,6 +485,16 @@ impl<M: Machine> MemAux<'_, M> {
         self.host.clear_pfn_host(self.m, self.locks, pfn);
         self.m.zero_page(pfn << PAGE_SHIFT);
         self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
+        self.dma_restore(pfn);
+    }
+
+    /// Page `pfn` is the host's again: its devices reach it again. The host-DMA table mapped
+    /// it at boot, so its tables exist and nothing is allocated; a failure is a broken
+    /// invariant.
+    pub fn dma_restore(&self, pfn: Pfn) {
+        if let Err(e) = self.dma.map(self.m, self.locks, pfn, false) {
+            panic!("host-DMA table: cannot map returned page {pfn:#x}: {e:?}");
+        }
     }
 
     /// `lend_pfn_to_vm`: lend host page `pfn` to (non-protected) VM `vmid` at `gfn` and map it
@@ -601,6 +620,7 @@ impl<M: Machine> MemAux<'_, M> {
         for pfn in root_pfn..root_pfn + t.root_pages() {
             self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
             self.host.clear_pfn_host(self.m, self.locks, pfn);
+            self.dma.unmap(self.m, self.locks, pfn);
         }
         t.init_root_at(self.m, self.locks, root_pfn << PAGE_SHIFT).expect("root checked under s2page");
         Ok(())
@@ -711,10 +731,12 @@ mod tests {
         // Neither the host's nor anyone's to give a VM.
         assert_eq!(k.mem().map_vm_io(1, 0x0801_0000, gicv), Err(Error::Denied));
         assert_eq!(k.mem().map_vm_io(1, 0x0801_0000, gich), Err(Error::Denied));
-        // Ranges are page aligned, disjoint from RAM, two at most.
-        assert_eq!(k.kcore_mmio.add(0x1000, 0x2000), Err(Error::NoMemory));
+        // Ranges are page aligned, disjoint from RAM, four at most.
+        k.kcore_mmio.add(0x1000, 0x2000).unwrap();
+        k.kcore_mmio.add(0x3000, 0x4000).unwrap();
+        assert_eq!(k.kcore_mmio.add(0x5000, 0x6000), Err(Error::NoMemory));
         assert_eq!(k.configure_gic_v2((RAM, RAM + 0x1000), (gicv, gicv + 0x1000)), Err(Error::InvalidParameter));
-        assert_eq!(k.kcore_mmio.ranges().count(), 2);
+        assert_eq!(k.kcore_mmio.ranges().count(), 4);
     }
 
     #[test]

@@ -37,6 +37,14 @@ impl PagePool {
         }
     }
 
+    /// Give a pool that was created empty (`new(0, 0)`) the range `[start, end)`: boot only,
+    /// before any page of it is used.
+    pub fn set_range(&self, start: u64, end: u64) {
+        assert!(self.next.load(Relaxed) == self.end.load(Relaxed) && self.free_head.load(Relaxed) == 0, "pool in use");
+        self.next.store(start, Relaxed);
+        self.end.store(end, Relaxed);
+    }
+
     /// Allocate a zeroed page.
     pub fn alloc<M: Machine>(&self, m: &M) -> Result<u64> {
         let head = self.free_head.load(Relaxed);

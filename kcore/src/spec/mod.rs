@@ -9,6 +9,7 @@
 //! | 1-4 | [`locks`]: a FIFO queue of CPUs per lock |
 //! | 5 | [`ptalloc`]: a set of handed-out pages and a capacity |
 //! | 6-8 | [`npt`]: leaves and present tables of one translation table |
+//! | 9-12 | [`spt`]: the host-DMA domain and what the SMMU may have cached |
 //! | 13-15 | [`pages`]: RAM as a set of pfns, records as a map pfn -> record |
 //! | 16-17 | [`mem`]: owners, counts, gfns, host and VM maps, and every transition |
 //! | 18-21 | [`boot`]: the VM and vCPU state machines and boot images |
@@ -23,5 +24,6 @@ pub mod mem;
 pub mod npt;
 pub mod pages;
 pub mod ptalloc;
+pub mod spt;
 pub mod trap;
 pub mod vcpu;

@@ -243,12 +243,14 @@ impl<M: Machine> KCore<M> {
             if pa != 0 {
                 self.m.zero_page(pa);
                 self.meta.set(&self.m, &self.mb, pa >> PAGE_SHIFT, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
+                mem.dma_restore(pa >> PAGE_SHIFT);
             }
         }
         let table = mem.table(vmid).expect("valid vmid");
         table.release(&self.m, &self.locks, |pa| {
             self.m.zero_page(pa);
             self.meta.set(&self.m, &self.mb, pa >> PAGE_SHIFT, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
+            mem.dma_restore(pa >> PAGE_SHIFT);
         });
         // The host kernel may have read some of those pages as KCore's zero page.
         mem.drop_stale_zero_leaves(&s2);
