@@ -73,6 +73,49 @@ pub fn give_host(dtb: u64, region_base: u64, host: impl Iterator<Item = (u64, u6
     e.set_prop_at(node, "reg", &buf[..n]).map_err(|_| "no room in the device tree for the host's memory ranges")
 }
 
+/// Hide the SMMUv3 whose registers start at `base` from the host: its node goes, and so do
+/// the properties that route other devices' DMA through it (`iommu-map`, `iommu-map-mask`
+/// and `iommus` naming its phandle). The host then drives its devices with physical DMA
+/// addresses, which KCore's host-DMA table maps for exactly the host's pages.
+pub fn hide_smmu(dtb: u64, base: u64) -> Result<(), &'static str> {
+    let mut e = edit(dtb)?;
+    let root = e.node("/").ok_or("no root node")?;
+    let ac = cells(&e, root, "#address-cells");
+    let smmu = e
+        .nodes()
+        .find(|&n| {
+            let compatible = e.prop(n, "compatible").unwrap_or(&[]);
+            compatible.split(|&c| c == 0).any(|s| s == b"arm,smmu-v3")
+                && e.prop(n, "reg").is_some_and(|r| r.len() >= 4 * ac && read_cells(&r[..4 * ac]) == base)
+        })
+        .ok_or("no arm,smmu-v3 node at its address")?;
+    let phandle = e.prop(smmu, "phandle").and_then(|v| v.try_into().ok()).map(u32::from_be_bytes);
+    e.nop_node(smmu).map_err(|_| "malformed SMMU node")?;
+    let Some(phandle) = phandle else { return Ok(()) };
+    let names = |e: &FdtEdit<'_>, n: usize, prop: &str, stride: usize, at: usize| {
+        e.prop(n, prop).is_some_and(|v| {
+            v.chunks_exact(4 * stride)
+                .any(|c| u32::from_be_bytes([c[4 * at], c[4 * at + 1], c[4 * at + 2], c[4 * at + 3]]) == phandle)
+        })
+    };
+    // NOPs move nothing, so node offsets stay valid while the properties go.
+    let mut i = 0;
+    loop {
+        let Some(n) = e.nodes().nth(i) else { break };
+        // iommu-map: (rid-base, iommu phandle, iommu-base, length) entries with
+        // #iommu-cells = 1 (Documentation/devicetree/bindings/pci/pci-iommu.txt).
+        if names(&e, n, "iommu-map", 4, 1) {
+            e.nop_prop(n, "iommu-map");
+            e.nop_prop(n, "iommu-map-mask");
+        }
+        if names(&e, n, "iommus", 2, 0) {
+            e.nop_prop(n, "iommus");
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 /// What the device tree reserves: its memory reservation block (`/memreserve/`, where KCore's
 /// UEFI loader puts the firmware's runtime and reserved regions) and the `reg` of every
 /// `/reserved-memory` child. Fills `out` with `[start, end)` ranges, returns how many.

@@ -300,6 +300,41 @@ impl<'a> FdtEdit<'a> {
         Ok(())
     }
 
+    /// Turn property `name` of the node at `node` into NOP tokens (Devicetree Specification
+    /// 5.4.1: a parser ignores FDT_NOP), so the tree no longer has it and nothing moves.
+    /// Whether it was there.
+    pub fn nop_prop(&mut self, node: usize, name: &str) -> bool {
+        let Some(t) = self.prop_token(node, name) else { return false };
+        let end = self.next_token(t);
+        for off in (t..end).step_by(4) {
+            self.wr(off, NOP);
+        }
+        true
+    }
+
+    /// Turn the node at `node`, its properties and all its children into NOP tokens.
+    pub fn nop_node(&mut self, node: usize) -> Result<(), EditError> {
+        let end = self.struct_end();
+        let (mut off, mut depth) = (node, 0usize);
+        while off < end {
+            let next = self.next_token(off);
+            match self.rd(off) {
+                BEGIN_NODE => depth += 1,
+                END_NODE => depth -= 1,
+                END => return Err(EditError::Malformed),
+                _ => {}
+            }
+            for w in (off..next).step_by(4) {
+                self.wr(w, NOP);
+            }
+            if depth == 0 {
+                return Ok(());
+            }
+            off = next;
+        }
+        Err(EditError::Malformed)
+    }
+
     /// Add `[addr, addr + size)` to the memory reservation block (`/memreserve/`).
     pub fn add_mem_reserve(&mut self, addr: u64, size: u64) -> Result<(), EditError> {
         let t = self.rsv_terminator().ok_or(EditError::Malformed)?;

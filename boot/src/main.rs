@@ -154,6 +154,15 @@ mod el2 {
         unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
     }
 
+    /// Pages the host's devices reach (for the boot log).
+    fn count_dma_pages(kc: &KCore<Hardware>) -> u64 {
+        let mut n = 0;
+        if let Some(w) = kc.dma.table.walker() {
+            w.for_each_leaf(&kc.m, |_, _| n += 1);
+        }
+        n
+    }
+
     #[unsafe(no_mangle)]
     extern "C" fn kcore_primary_main(dtb_pa: u64) -> ! {
         let plat = match Platform::from_dtb(dtb_pa) {
@@ -216,11 +225,25 @@ mod el2 {
         let mut avoid = [(0, 0); 64];
         let n_avoid = dtb::reserved(dtb_pa, &mut avoid).unwrap_or_else(|e| fatal(format_args!("device tree: {e}")));
         let avoid = &avoid[..n_avoid];
-        let plan = MemoryPlan::new(&mb, (image_start, image_end), &keep, avoid)
+        // With an SMMU, the table pool also holds the SMMU's tables and queues (at its end).
+        let smmu_pool = match plat.smmu {
+            Some(_) => kcore::kcore::smmu_pool_bytes(mb.total_pages() * PAGE_SIZE),
+            None => 0,
+        };
+        let plan = MemoryPlan::with_extra_pool(&mb, (image_start, image_end), &keep, avoid, smmu_pool)
             .unwrap_or_else(|e| fatal(format_args!("no room for KCore's memory next to what the host needs ({e:?})")));
         clean_inval_poc(plan.kcore_high.0, plan.kcore_high.1);
         if let Err(e) = dtb::give_host(dtb_pa, plan.region.0, plan.host_ranges()) {
             fatal(format_args!("cannot hide KCore's memory in the device tree: {e}"));
+        }
+        // The SMMU is KCore's: the host never learns it exists (its devices' DMA goes through
+        // KCore's host-DMA table regardless).
+        let smmu_regs =
+            plat.smmu.map(|(base, size)| (align_down(base, PAGE_SIZE), align_up(base + size.max(0x2_0000), PAGE_SIZE)));
+        if let Some((base, _)) = plat.smmu
+            && let Err(e) = dtb::hide_smmu(dtb_pa, base)
+        {
+            fatal(format_args!("cannot hide the SMMU at {base:#x} in the device tree: {e}"));
         }
 
         // KCore's own EL2 identity map, written once here with the MMU off.
@@ -233,18 +256,22 @@ mod el2 {
                 Gic::V2 { gich, .. } => gich.0,
                 Gic::V3 { .. } => 0,
             },
+            smmu: smmu_regs.map_or(0, |r| r.0),
         };
         let el2_pool = PagePool::new(plan.pool.0, plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE);
-        let host_pool = PagePool::new(plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE, plan.pool.1);
+        let smmu_pool = (plan.pool.1 - align_up(smmu_pool, PAGE_SIZE), plan.pool.1);
+        let host_pool = PagePool::new(plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE, smmu_pool.0);
         let el2_root = el2_pool.alloc(&hw).unwrap_or_else(|_| fatal(format_args!("EL2 table pool empty")));
         let el2 = Npt { root: el2_root, ia_bits: 48 };
         let mut segs = [Segment { start: 0, end: 0, kind: Kind::ReadWrite }; 48];
         // The GIC frames KCore itself programs: GICv3 redistributors (the EL2 timer's and the
         // maintenance interrupt's enables); GICv2 distributor (the same, banked per CPU) and
         // GICH (the guests' list registers).
+        // And the SMMU's registers, which KCore alone programs.
+        let smmu_frame = smmu_regs.map_or((0, 0), |(s, e)| (s, e - s));
         let gic_frames = match plat.gic {
-            Gic::V3 { gicr, .. } => [gicr, (0, 0)],
-            Gic::V2 { gicd, gich, .. } => [gicd, gich],
+            Gic::V3 { gicr, .. } => [gicr, (0, 0), smmu_frame],
+            Gic::V2 { gicd, gich, .. } => [gicd, gich, smmu_frame],
         };
         let n = layout::el2_segments(&mb, plat.uart, &gic_frames, &mut segs);
         if let Err(e) = el2map::build(&hw, &el2_pool, &el2, &segs[..n]) {
@@ -278,6 +305,25 @@ mod el2 {
         for (start, end) in [plan.kcore_low, plan.kcore_high] {
             if let Err(e) = kc.mem().protect_kcore(start, end) {
                 fatal(format_args!("protecting KCore memory {start:#x}..{end:#x}: {e:?}"));
+            }
+        }
+        if let Some(regs) = smmu_regs {
+            let doorbells = plat.msi_doorbells;
+            let doorbells = &doorbells[..doorbells.iter().take_while(|&&d| d != 0).count()];
+            match kc.take_smmu(regs, smmu_pool, doorbells) {
+                Ok(info) => log::info!(
+                    "SMMUv3 at {:#x} is KCore's (hidden from the host): {}-bit stream IDs, {}-bit output; \
+                     streams 0..{:#x} stage 2 only through the host-DMA table ({} pages: the host's RAM \
+                     and {} MSI doorbell page(s)), the rest refused; DMA aborts when disabled",
+                    regs.0,
+                    info.sid_bits,
+                    info.oas_bits,
+                    u64::from(kcore::smmu::queue::L2_TABLES) << kcore::smmu::queue::SPLIT,
+                    count_dma_pages(kc),
+                    doorbells.len()
+                ),
+                // Devices the host drives could reach any page: KCore does not run like that.
+                Err(e) => fatal(format_args!("cannot take the SMMU at {:#x}: {e:?}", regs.0)),
             }
         }
         log::info!(

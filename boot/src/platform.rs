@@ -32,6 +32,12 @@ pub struct Platform {
     pub dtb_size: u64,
     /// Initrd `[start, end)`, if any.
     pub initrd: Option<(u64, u64)>,
+    /// The SMMUv3 (`arm,smmu-v3`): its register frame `(base, size)`, if there is one.
+    pub smmu: Option<(u64, u64)>,
+    /// Pages that receive device MSIs (GICv3 ITS: the frame of GITS_TRANSLATER; GICv2m: the
+    /// frame of MSI_SETSPI_NS); 0 for none. A device's MSI is a DMA write, so the host-DMA
+    /// table maps these.
+    pub msi_doorbells: [u64; 4],
     /// KCore's options.
     pub options: Options,
 }
@@ -181,6 +187,30 @@ impl Platform {
             (Some(s), Some(e)) if e > s => Some((s as u64, e as u64)),
             _ => None,
         };
+        let smmu = fdt
+            .find_compatible(&["arm,smmu-v3"])
+            .and_then(|n| n.reg()?.next())
+            .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64));
+        let mut msi_doorbells = [0; 4];
+        let mut n_doorbells = 0;
+        for node in fdt.all_nodes() {
+            let Some(c) = node.compatible() else { continue };
+            // GICv3 12.19: GITS_TRANSLATER is at 0x10040, in the ITS's second 64 KiB frame.
+            // GICv2m: MSI_SETSPI_NS at 0x40 of the frame.
+            let offset = if c.all().any(|s| s == "arm,gic-v3-its") {
+                0x1_0000
+            } else if c.all().any(|s| s == "arm,gic-v2m-frame") {
+                0
+            } else {
+                continue;
+            };
+            if let Some(r) = node.reg().and_then(|mut r| r.next())
+                && n_doorbells < msi_doorbells.len()
+            {
+                msi_doorbells[n_doorbells] = r.starting_address as u64 + offset;
+                n_doorbells += 1;
+            }
+        }
         let bootargs = chosen.property("bootargs").and_then(|p| p.as_str()).unwrap_or("");
         Ok(Platform {
             ram,
@@ -190,6 +220,8 @@ impl Platform {
             gic,
             dtb_size: fdt.total_size() as u64,
             initrd,
+            smmu,
+            msi_doorbells,
             options: Options::parse(bootargs),
         })
     }

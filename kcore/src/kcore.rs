@@ -61,11 +61,31 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
 }
 
+/// The SMMU's pool (layer 9) on a machine with one: the host-DMA table's 4 KiB-granular map
+/// of all RAM (one table per 2 MiB, [`pool_bytes`]' share), plus 512 KiB for the stream table
+/// (a level-1 table and eight 16 KiB level-2 tables), the queues, the root and the doorbell's
+/// tables.
+pub const fn smmu_pool_bytes(ram_bytes: u64) -> u64 {
+    (512 << 10) + align_up(ram_bytes / 512, PAGE_SIZE)
+}
+
 impl MemoryPlan {
     /// Plan KCore's memory. `image` is KCore's loaded extent (page aligned); `keep` are
     /// ranges the host needs intact (device tree, initrd, the host kernel) and `avoid` ranges
     /// the firmware reserved: KCore takes neither.
     pub fn new(mb: &MemBlocks, image: (u64, u64), keep: &[(u64, u64)], avoid: &[(u64, u64)]) -> Result<Self> {
+        Self::with_extra_pool(mb, image, keep, avoid, 0)
+    }
+
+    /// [`MemoryPlan::new`] with `extra` more bytes of table pool (the SMMU's, at the pool's
+    /// end: [`smmu_pool_bytes`]).
+    pub fn with_extra_pool(
+        mb: &MemBlocks,
+        image: (u64, u64),
+        keep: &[(u64, u64)],
+        avoid: &[(u64, u64)],
+        extra: u64,
+    ) -> Result<Self> {
         let region = *mb.search(image.0).ok_or(Error::InvalidParameter)?;
         let (base, end) = (region.base, region.end());
         if image.1 > end || image.1 <= image.0 || !image.0.is_multiple_of(PAGE_SIZE) {
@@ -91,7 +111,7 @@ impl MemoryPlan {
 
         let ram_bytes = mb.total_pages() * PAGE_SIZE;
         let meta = align_up(meta_bytes(mb.total_pages()), PAGE_SIZE);
-        let size = align_up(meta + pool_bytes(ram_bytes), BLOCK_2M);
+        let size = align_up(meta + pool_bytes(ram_bytes) + align_up(extra, PAGE_SIZE), BLOCK_2M);
         // The highest 2 MiB-aligned window of `size` bytes that meets no obstacle and not the
         // low piece: start at the top and move below whatever is in the way.
         let mut start = align_down(end.checked_sub(size).ok_or(Error::NoMemory)?, BLOCK_2M);

@@ -123,6 +123,9 @@ impl<M: Machine> KCore<M> {
         let s = self.syndrome();
         match arch::esr_ec(s.esr) {
             ec::HVC64 => {
+                // What the SMMU refused since the last hypercall, in KCore's log (one register
+                // read when nothing was).
+                self.log_dma_faults();
                 // SMCCC arguments and results: x0..x7, in place in the trap frame (no copy).
                 let Some(x) = frame.x.first_chunk_mut::<8>() else { unreachable!("the frame has x0..x30") };
                 match dispatcher::host_hvc(self, x) {
