@@ -90,6 +90,13 @@ fn is_device_leaf(d: u64) -> bool {
 
 /// Check every invariant; the first violation found is returned.
 pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
+    check_scoped(k, false)
+}
+
+/// Check every invariant; with `recent_dma`, invariant 8 examines only the pages whose
+/// host-DMA mapping changed since it last ran (all of them when more did than KCore keeps
+/// track of, or the first time): what the debug build does after every host trap.
+fn check_scoped<M: Machine>(k: &KCore<M>, recent_dma: bool) -> core::result::Result<(), Violation> {
     let owner = |pfn: Pfn| k.meta.owner(&k.m, &k.mb, pfn);
     if owner(0).is_some() {
         return Err(Violation::PageZeroIsRam);
@@ -192,17 +199,29 @@ pub fn check<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
         }
     }
     check_vms(k, &mut note);
-    check_host_dma(k, &mut note);
+    check_host_dma(k, recent_dma, &mut note);
     match err {
         Some(v) => Err(v),
         None => Ok(()),
     }
 }
 
-fn check_host_dma<M: Machine>(k: &KCore<M>, note: &mut impl FnMut(Violation)) {
+fn check_host_dma<M: Machine>(k: &KCore<M>, recent: bool, note: &mut impl FnMut(Violation)) {
     use crate::smmu::queue::{L2_TABLES, SPLIT};
     use crate::smmu::raw;
     let Some(w) = k.dma.table.walker() else { return };
+    let changed = k.dma.changed_since_checked();
+    if recent && let Some(pages) = changed {
+        for pfn in pages {
+            let hosts = k.meta.owner(&k.m, &k.mb, pfn).is_some_and(|o| o.is_hosts());
+            match (hosts, k.dma.maps(&k.m, pfn)) {
+                (true, false) => note(Violation::HostDmaMissing { pfn }),
+                (false, true) => note(Violation::HostDmaForeign { ipa: pfn << PAGE_SHIFT }),
+                _ => {}
+            }
+        }
+        return;
+    }
     let kcores = |pa: u64| k.meta.owner(&k.m, &k.mb, pa >> PAGE_SHIFT) == Some(Owner::KCore);
     w.npt.for_each_table(&k.m, |t, _, _| {
         if !kcores(t) {
@@ -355,8 +374,9 @@ fn check_tables<M: Machine>(k: &KCore<M>, t: &S2Table, note: &mut impl FnMut(Vio
 }
 
 /// [`check`] while holding `s2page`, so no transition is half done (every transition holds it
-/// from its first check to its last write). For use while other CPUs run.
+/// from its first check to its last write), with invariant 8 over the host-DMA table's recent
+/// changes only. For use while other CPUs run: after every host trap in debug builds.
 pub fn check_quiesced<M: Machine>(k: &KCore<M>) -> core::result::Result<(), Violation> {
     let _s2 = k.locks.acquire(crate::locks::LockId::S2Page, k.m.cpu_index());
-    check(k)
+    check_scoped(k, true)
 }

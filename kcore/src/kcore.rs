@@ -10,9 +10,7 @@ use crate::mem::pagemgmt::{PageMeta, meta_bytes};
 use crate::pt::nptops::S2Table;
 use crate::pt::ptalloc::PagePool;
 use crate::smmu::queue::{SmmuDev, SmmuInfo, Unsupported};
-use crate::spt::mmioptalloc::SptPool;
 use crate::spt::mmiosptops::HostDma;
-use crate::spt::mmiosptwalk::HostDmaTable;
 use crate::trap::traphandler::{CpuRun, CpuRuns};
 use crate::vcpu::guestcpu::GuestCpu;
 use crate::vcpu::vgic::Vgic;
@@ -242,7 +240,7 @@ impl<M: Machine> KCore<M> {
             kcore_mmio: KcoreMmio::default(),
             zero_page: 0,
             zero_leaves: AtomicU64::new(0),
-            dma: HostDma { dev: SmmuDev::default(), table: HostDmaTable::new(SptPool::new(0, 0)) },
+            dma: HostDma::new(),
         };
         k.host.init_root(&k.m, &k.locks)?;
         // Zeroed by the pool; KCore-owned like every pool page, and never written again.

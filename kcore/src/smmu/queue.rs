@@ -82,6 +82,18 @@ fn poll<M: Machine>(m: &M, off: u64, done: impl Fn(u64) -> bool) -> core::result
 }
 
 impl SmmuDev {
+    /// No SMMU taken yet.
+    pub const fn new() -> Self {
+        SmmuDev {
+            present: AtomicBool::new(false),
+            cmdq: AtomicU64::new(0),
+            prod: AtomicU32::new(0),
+            evtq: AtomicU64::new(0),
+            evt_cons: AtomicU32::new(0),
+            strtab: AtomicU64::new(0),
+        }
+    }
+
     /// Did boot take an SMMU?
     pub fn present(&self) -> bool {
         self.present.load(Relaxed)

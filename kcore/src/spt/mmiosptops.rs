@@ -13,6 +13,10 @@ use crate::locks::{LockId, Locks};
 use crate::machine::{HOST_VMID, Machine};
 use crate::smmu::queue::SmmuDev;
 use crate::smmu::raw::{self, Ste};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// How many recent changes [`HostDma`] remembers for the invariant check of debug builds.
+pub const RECENT: usize = 64;
 
 /// The host's DMA: KCore's SMMU and the host-DMA stage-2 table its streams go through.
 #[derive(Debug)]
@@ -21,9 +25,48 @@ pub struct HostDma {
     pub dev: SmmuDev,
     /// The table.
     pub table: HostDmaTable,
+    /// The last [`RECENT`] pages whose mapping changed (a ring indexed by `changes`): the
+    /// invariant check after each host trap in debug builds re-examines these rather than
+    /// every page of RAM.
+    recent: [AtomicU64; RECENT],
+    changes: AtomicU64,
+    /// `changes` when the invariants last examined the table (`u64::MAX`: never).
+    checked: AtomicU64,
+}
+
+impl Default for HostDma {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl HostDma {
+    /// No SMMU yet: boot gives the table its pool and takes the device.
+    pub const fn new() -> Self {
+        HostDma {
+            dev: SmmuDev::new(),
+            table: HostDmaTable::new(crate::spt::mmioptalloc::SptPool::new(0, 0)),
+            recent: [const { AtomicU64::new(0) }; RECENT],
+            changes: AtomicU64::new(0),
+            checked: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn note_change(&self, pfn: Pfn) {
+        let n = self.changes.load(Relaxed);
+        self.recent[n as usize % RECENT].store(pfn, Relaxed);
+        self.changes.store(n + 1, Relaxed);
+    }
+
+    /// The pages whose mapping changed since the last call, or `None` when the table was never
+    /// examined or more than [`RECENT`] changed (then the caller examines all of it). Call
+    /// with the ownership records quiescent (`s2page` held).
+    pub fn changed_since_checked(&self) -> Option<impl Iterator<Item = Pfn> + '_> {
+        let (now, then) = (self.changes.load(Relaxed), self.checked.swap(self.changes.load(Relaxed), Relaxed));
+        (then != u64::MAX && now - then <= RECENT as u64)
+            .then(|| (then..now).map(|i| self.recent[i as usize % RECENT].load(Relaxed)))
+    }
+
     /// Is the host's DMA under KCore's control (an SMMU taken at boot)?
     pub fn active(&self) -> bool {
         self.dev.present()
@@ -47,6 +90,7 @@ impl HostDma {
             Err(crate::Error::Exists) => Ok(()),
             r => {
                 m.publish_table_writes();
+                self.note_change(pfn);
                 r
             }
         }
@@ -60,6 +104,7 @@ impl HostDma {
         let _spt = locks.acquire(LockId::Spt, m.cpu_index());
         if self.table.clear(m, pfn) {
             m.publish_table_writes();
+            self.note_change(pfn);
             if self.active() {
                 self.dev.invalidate_vmid(m, locks, HOST_VMID);
             }
