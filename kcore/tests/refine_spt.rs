@@ -221,3 +221,31 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Layer 9 against layer 5's specification: pages handed out are free ones, zeroed, in
+    /// the pool's range, never twice; exhaustion is `NoMemory` and changes nothing.
+    #[test]
+    fn smmu_pool_refines_the_pool_specification(n in 1u64..24, dirty in any::<u8>()) {
+        use kcore::spec::ptalloc::AbsPool;
+        use kcore::spt::mmioptalloc::SptPool;
+        let m = SimMachine::new(RAM, RAM_SIZE);
+        let (start, pages) = (RAM + (1 << 20), 16u64);
+        for p in 0..pages {
+            m.fill_page(start + p * 4096, dirty);
+        }
+        let pool = SptPool::new(0, 0);
+        pool.set_range(start, start + pages * 4096);
+        let mut spec = AbsPool { free: (0..pages).map(|p| start + p * 4096).collect(), ..Default::default() };
+        for _ in 0..n {
+            let got = pool.alloc(&m);
+            spec = spec.alloc(got).map_err(|_| TestCaseError::fail(format!("{got:?} not allowed")))?;
+            if let Ok(p) = got {
+                prop_assert!(m.page_is_zero(p));
+            }
+            prop_assert_eq!(pool.available(), spec.free.len() as u64);
+        }
+    }
+}
