@@ -283,19 +283,23 @@ pub fn read_host_ste<M: HostMem>(t: &HostStrtab, mem: &M, sid: u32) -> Result<Op
     Ok(Some(s))
 }
 
-/// The shadow KCore installs for stream `sid` of the host's SMMU: abort while the host's
-/// SMMU is disabled, when its table configuration is invalid, when the stream has no STE
-/// in it, or when a page of it is not the host's; otherwise [`shadow_ste`] of the host's.
-pub fn shadow_of_sid<M: HostMem>(host: &HostSmmu, mem: &M, sid: u32, s2: (u64, u64)) -> Ste {
+/// The host's stream table as its emulated registers give it: `None` while the host's SMMU
+/// is disabled or its configuration is invalid (then every shadow is abort). Fixed while
+/// the host's SMMUEN is set, so the layer above may keep a copy for a batch of re-shadows.
+pub fn host_strtab(host: &HostSmmu) -> Option<HostStrtab> {
     if !host.smmu_enabled() {
-        return STE_ABORT;
+        return None;
     }
     let (base, cfg) = host.strtab();
-    let Some(t) = HostStrtab::from_regs(base, cfg, &host.limits()) else {
-        return STE_ABORT;
-    };
-    match read_host_ste(&t, mem, sid) {
-        Ok(Some(s)) => shadow_ste(&s, s2),
+    HostStrtab::from_regs(base, cfg, &host.limits())
+}
+
+/// The shadow KCore installs for stream `sid`, given the host's table `t` ([`host_strtab`]):
+/// abort when there is no table, when the stream has no STE in it, or when a page of it is
+/// not the host's; otherwise [`shadow_ste`] of the host's STE.
+pub fn shadow_of_sid<M: HostMem>(t: Option<&HostStrtab>, mem: &M, sid: u32, s2: (u64, u64)) -> Ste {
+    match t.map(|t| read_host_ste(t, mem, sid)) {
+        Some(Ok(Some(s))) => shadow_ste(&s, s2),
         _ => STE_ABORT,
     }
 }
