@@ -443,7 +443,7 @@ struct Mem(BTreeMap<u64, u64>);
 
 impl HostMem for Mem {
     fn read_u64(&self, pa: u64) -> kcore::error::Result<u64> {
-        if !RAM.contains(&pa) || pa % 8 != 0 {
+        if !RAM.contains(&pa) || !pa.is_multiple_of(8) {
             return Err(Error::Denied);
         }
         Ok(self.0.get(&pa).copied().unwrap_or(0))

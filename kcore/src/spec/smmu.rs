@@ -65,7 +65,7 @@ pub const IDR0_HIDDEN: u32 =
 
 /// The host's reach for an access of `size` bytes at `off`.
 pub fn policy(off: u64, size: u64, write: bool) -> Reach {
-    if off >= 0x2_0000 || (size != 4 && size != 8) || off % size != 0 {
+    if off >= 0x2_0000 || (size != 4 && size != 8) || !off.is_multiple_of(size) {
         return Reach::Deny;
     }
     let Some(&(r, width)) = HOST_REGS.iter().find(|&&(r, w)| off >= r && off < r + w) else {
