@@ -70,7 +70,7 @@ pub fn shadow_ste_stall(host: &Ste, s2: (u64, u64), stall_model: u32) -> Ste {
     [ste::V | dw0, dw1, s2.0, s2.1, 0, 0, 0, 0]
 }
 
-/// Is `s` a shadow KCore may install: invalid, abort, or Config[1] = 1 (stage 2 on) with
+/// Is `s` a shadow KCore may install: invalid, abort, or Config\[1\] = 1 (stage 2 on) with
 /// dwords 2-3 exactly `s2`, EATS = 0, STRW = NS-EL1 and dwords 4-7 zero? The safety property
 /// of [`shadow_ste`], for debug checks of the real stream table.
 pub fn shadow_is_safe(s: &Ste, s2: (u64, u64)) -> bool {

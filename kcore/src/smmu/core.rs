@@ -24,15 +24,15 @@ pub const CR1_FIELDS: u32 = 0xfff;
 pub const CR2_FIELDS: u32 = 0b110;
 /// GBPA's fields: ABORT, INSTCFG, PRIVCFG, SHCFG, ALLOCCFG, MTCFG, MEMATTR (IHI 0070 6.3.14).
 pub const GBPA_FIELDS: u32 = 0x001f_3f1f;
-/// STRTAB_BASE's fields: RA and ADDR[51:6] (IHI 0070 6.3.23).
+/// STRTAB_BASE's fields: RA and ADDR\[51:6\] (IHI 0070 6.3.23).
 pub const STRTAB_BASE_FIELDS: u64 = BASE_RA | ADDR_MASK_51_6;
-/// STRTAB_BASE_CFG's fields: FMT[17:16], SPLIT[10:6], LOG2SIZE[5:0] (IHI 0070 6.3.24).
+/// STRTAB_BASE_CFG's fields: FMT\[17:16\], SPLIT\[10:6\], LOG2SIZE\[5:0\] (IHI 0070 6.3.24).
 pub const STRTAB_CFG_FIELDS: u32 = 0x3_07ff;
-/// CMDQ_BASE and EVTQ_BASE fields: RA, ADDR[51:5], LOG2SIZE[4:0] (IHI 0070 6.3.25, 6.3.28).
+/// CMDQ_BASE and EVTQ_BASE fields: RA, ADDR\[51:5\], LOG2SIZE\[4:0\] (IHI 0070 6.3.25, 6.3.28).
 pub const QUEUE_BASE_FIELDS: u64 = BASE_RA | ADDR_MASK_51_5 | 0x1f;
-/// A queue index register's index-and-wrap field for up to 2^19 entries (bits [19:0]).
+/// A queue index register's index-and-wrap field for up to 2^19 entries (bits \[19:0\]).
 pub const QUEUE_INDEX_FIELDS: u32 = 0xf_ffff;
-/// EVTQ_PROD's fields: WR[19:0] and OVFLG (IHI 0070 6.3.27).
+/// EVTQ_PROD's fields: WR\[19:0\] and OVFLG (IHI 0070 6.3.27).
 pub const EVTQ_PROD_HOST: u32 = (1 << 31) | QUEUE_INDEX_FIELDS;
 
 /// What the host's SMMU may hold, from the real ID registers.

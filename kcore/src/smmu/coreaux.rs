@@ -63,9 +63,9 @@ pub enum EmuReg {
 pub enum Part {
     /// The whole register (a 4-byte access to a 32-bit register, 8-byte to a 64-bit one).
     Full,
-    /// Bits [31:0] of a 64-bit register, by a 4-byte access at its offset.
+    /// Bits \[31:0\] of a 64-bit register, by a 4-byte access at its offset.
     Low,
-    /// Bits [63:32] of a 64-bit register, by a 4-byte access at its offset + 4.
+    /// Bits \[63:32\] of a 64-bit register, by a 4-byte access at its offset + 4.
     High,
 }
 

@@ -408,45 +408,45 @@ mod tests {
 pub mod cmdf {
     /// dword 0 bit 11: SSV, the SubstreamID field is valid.
     pub const SSV: u64 = 1 << 11;
-    /// dword 0 bits [31:12]: SubstreamID.
+    /// dword 0 bits \[31:12\]: SubstreamID.
     pub const SSID_SHIFT: u32 = 12;
     pub const SSID_MASK: u64 = 0xf_ffff;
-    /// dword 0 bits [63:32]: StreamID.
+    /// dword 0 bits \[63:32\]: StreamID.
     pub const SID_SHIFT: u32 = 32;
-    /// dword 0 bits [47:32]: VMID of a TLB invalidation.
+    /// dword 0 bits \[47:32\]: VMID of a TLB invalidation.
     pub const VMID_SHIFT: u32 = 32;
-    /// dword 0 bits [63:48]: ASID of a TLB invalidation.
+    /// dword 0 bits \[63:48\]: ASID of a TLB invalidation.
     pub const ASID_SHIFT: u32 = 48;
-    /// dword 0 bits [16:12] and [24:20]: NUM and SCALE of a range invalidation (IHI 0070 4.4.1).
+    /// dword 0 bits \[16:12\] and \[24:20\]: NUM and SCALE of a range invalidation (IHI 0070 4.4.1).
     pub const NUM_SHIFT: u32 = 12;
     pub const SCALE_SHIFT: u32 = 20;
     pub const NUM_SCALE_MASK: u64 = 0x1f;
     /// dword 1 bit 0: Leaf.
     pub const LEAF: u64 = 1;
-    /// dword 1 bits [9:8], [11:10]: TTL and TG of an address invalidation.
+    /// dword 1 bits \[9:8\], \[11:10\]: TTL and TG of an address invalidation.
     pub const TTL_SHIFT: u32 = 8;
     pub const TG_SHIFT: u32 = 10;
-    /// dword 1 bits [63:12]: a virtual address (also the address of PREFETCH_ADDR, ATC_INV).
+    /// dword 1 bits \[63:12\]: a virtual address (also the address of PREFETCH_ADDR, ATC_INV).
     pub const VA_MASK: u64 = !0xfff;
-    /// dword 1 bits [51:12]: an intermediate physical address.
+    /// dword 1 bits \[51:12\]: an intermediate physical address.
     pub const IPA_MASK: u64 = ((1 << 52) - 1) & !0xfff;
-    /// dword 1 bits [4:0]: Range of CFGI_STE_RANGE, Size of PREFETCH_ADDR.
+    /// dword 1 bits \[4:0\]: Range of CFGI_STE_RANGE, Size of PREFETCH_ADDR.
     pub const RANGE_MASK: u64 = 0x1f;
-    /// dword 1 bits [5:0]: Size of ATC_INV.
+    /// dword 1 bits \[5:0\]: Size of ATC_INV.
     pub const ATC_SIZE_MASK: u64 = 0x3f;
     /// dword 0 bit 9: Global of ATC_INV.
     pub const ATC_GLOBAL: u64 = 1 << 9;
-    /// dword 0 bits [13:12]: CS of CMD_SYNC, Resp of CMD_RESUME; dword 1 bits [13:12]: Resp of
+    /// dword 0 bits \[13:12\]: CS of CMD_SYNC, Resp of CMD_RESUME; dword 1 bits \[13:12\]: Resp of
     /// CMD_PRI_RESP.
     pub const CS_SHIFT: u32 = 12;
-    /// dword 0 bits [23:22], [27:24]: MSH and MSIAttr of CMD_SYNC.
+    /// dword 0 bits \[23:22\], \[27:24\]: MSH and MSIAttr of CMD_SYNC.
     pub const MSH_SHIFT: u32 = 22;
     pub const MSIATTR_SHIFT: u32 = 24;
-    /// dword 1 bits [51:2]: MSIAddress of CMD_SYNC.
+    /// dword 1 bits \[51:2\]: MSIAddress of CMD_SYNC.
     pub const MSIADDR_MASK: u64 = ((1 << 52) - 1) & !0x3;
-    /// dword 1 bits [8:0]: PRGIndex (group) of CMD_PRI_RESP.
+    /// dword 1 bits \[8:0\]: PRGIndex (group) of CMD_PRI_RESP.
     pub const PRI_GRPID_MASK: u64 = 0x1ff;
-    /// dword 1 bits [15:0]: STAG of CMD_RESUME.
+    /// dword 1 bits \[15:0\]: STAG of CMD_RESUME.
     pub const STAG_MASK: u64 = 0xffff;
 }
 
@@ -462,7 +462,7 @@ pub enum SyncCs {
 }
 
 /// The address part of a TLB invalidation by address (IHI 0070 4.4): the address (bits
-/// [63:12] of a VA, or [51:12] of an IPA), Leaf, TTL, TG and the range form's NUM and SCALE.
+/// \[63:12\] of a VA, or \[51:12\] of an IPA), Leaf, TTL, TG and the range form's NUM and SCALE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TlbiAddr {
     pub addr: u64,
@@ -798,24 +798,24 @@ impl Command {
 
 /// STE fields the shadow transform reads or writes (IHI 0070 5.2), beyond [`ste`].
 pub mod stef {
-    /// dword 0 bits [5:4]: S1Fmt.
+    /// dword 0 bits \[5:4\]: S1Fmt.
     pub const S1FMT_MASK: u64 = 0b11 << 4;
-    /// dword 0 bits [51:6]: S1ContextPtr.
+    /// dword 0 bits \[51:6\]: S1ContextPtr.
     pub const S1CTXPTR_MASK: u64 = ((1 << 52) - 1) & !0x3f;
-    /// dword 0 bits [63:59]: S1CDMax.
+    /// dword 0 bits \[63:59\]: S1CDMax.
     pub const S1CDMAX_MASK: u64 = 0x1f << 59;
-    /// dword 1 bits [1:0], [3:2], [5:4], [7:6]: S1DSS, S1CIR, S1COR, S1CSH.
+    /// dword 1 bits \[1:0\], \[3:2\], \[5:4\], \[7:6\]: S1DSS, S1CIR, S1COR, S1CSH.
     pub const S1DSS_MASK: u64 = 0b11;
     pub const S1CIR_MASK: u64 = 0b11 << 2;
     pub const S1COR_MASK: u64 = 0b11 << 4;
     pub const S1CSH_MASK: u64 = 0b11 << 6;
     /// dword 1 bit 27: S1STALLD, stall faults of stage 1 disabled.
     pub const S1STALLD: u64 = 1 << 27;
-    /// dword 1 bits [29:28]: EATS (ATS translated requests).
+    /// dword 1 bits \[29:28\]: EATS (ATS translated requests).
     pub const EATS_MASK: u64 = 0b11 << 28;
-    /// dword 1 bits [31:30]: STRW (StreamWorld); 0b00 = NS-EL1.
+    /// dword 1 bits \[31:30\]: STRW (StreamWorld); 0b00 = NS-EL1.
     pub const STRW_MASK: u64 = 0b11 << 30;
-    /// dword 1 bits [45:44]: SHCFG.
+    /// dword 1 bits \[45:44\]: SHCFG.
     pub const SHCFG_MASK: u64 = 0b11 << 44;
 }
 

@@ -23,7 +23,7 @@ pub enum Reach {
     /// The real register, the host's bits (`host_bits`) read and written.
     Real { off: u64, host_bits: u32 },
     /// An emulated register; `(register offset, half)`: half 0 for the whole register, 1 for
-    /// bits [31:0] of a 64-bit register, 2 for bits [63:32].
+    /// bits \[31:0\] of a 64-bit register, 2 for bits \[63:32\].
     Emulated(u64, u8),
 }
 
