@@ -52,6 +52,8 @@ fn emu_offset(e: EmuReg, off: u64) -> u64 {
         EmuReg::Cr1 => reg::CR1,
         EmuReg::Cr2 => reg::CR2,
         EmuReg::Gbpa => reg::GBPA,
+        EmuReg::IrqCtrl => reg::IRQ_CTRL,
+        EmuReg::IrqCtrlAck => reg::IRQ_CTRLACK,
         EmuReg::Gerror => reg::GERROR,
         EmuReg::Gerrorn => reg::GERRORN,
         EmuReg::IrqCfg0 => off & !7,
@@ -348,6 +350,7 @@ proptest! {
         let mut hw = Hw::new();
         let mut model = AbsHostSmmu::new(0x1000, limits().cmdqs);
         model.real = hw.0.clone();
+        let mut signals = 0;
         for st in steps {
             match st {
                 Step::Read(o, s) => {
@@ -357,10 +360,6 @@ proptest! {
                 Step::Write(o, s, v) => {
                     let r = code.write(o, s, v);
                     prop_assert_eq!(r.is_ok(), model.write(o, s, v).is_some());
-                    if o == reg::IRQ_CTRL && s == 4 {
-                        let ack = model.real.get(&reg::IRQ_CTRL).copied().unwrap_or(0);
-                        model.real.insert(reg::IRQ_CTRLACK, ack);
-                    }
                     for a in r.unwrap_or_default().iter() {
                         match a {
                             Action::WriteReal { off, value, mask } => {
@@ -388,7 +387,8 @@ proptest! {
                         let n = q.pending().unwrap_or(0);
                         match stop {
                             Some((k, err)) if k < n => {
-                                code.cmdq_error(q.cons + k, err);
+                                let a = code.cmdq_error(q.cons + k, err);
+                                signals += a.iter().filter(|&a| a == Action::SignalGerror).count() as u32;
                                 model.processed(Some((k as u64, err)));
                             }
                             _ if q.pending().is_some() => {
@@ -409,6 +409,7 @@ proptest! {
                 }
             }
             prop_assert_eq!(code.cmdq_ready(), model.ready());
+            prop_assert_eq!(signals, model.signals);
             // Every host-visible register agrees.
             for &o in REG_OFFSETS {
                 for s in [4, 8] {

@@ -8,7 +8,7 @@
 //! Every value is untrusted: each access gives `Err(InvalidParameter)` (layer 23 says
 //! [`Access::Deny`]) or a defined result; nothing panics.
 
-use super::coreaux::{Access, EmuReg, Part, classify};
+use super::coreaux::{Access, EmuReg, IRQ_CTRL_HOST, Part, classify};
 use super::raw::{
     ADDR_MASK_51_5, ADDR_MASK_51_6, BASE_RA, CONS_ERR_MASK, CONS_ERR_SHIFT, cr0, gbpa, gerror, idr0, idr1, reg,
 };
@@ -32,6 +32,8 @@ pub const STRTAB_CFG_FIELDS: u32 = 0x3_07ff;
 pub const QUEUE_BASE_FIELDS: u64 = BASE_RA | ADDR_MASK_51_5 | 0x1f;
 /// A queue index register's index-and-wrap field for up to 2^19 entries (bits \[19:0\]).
 pub const QUEUE_INDEX_FIELDS: u32 = 0xf_ffff;
+/// IRQ_CTRL.GERROR_IRQEN (IHI 0070 6.3.15).
+pub const IRQ_CTRL_GERROR: u32 = 1 << 0;
 /// EVTQ_PROD's fields: WR\[19:0\] and OVFLG (IHI 0070 6.3.27).
 pub const EVTQ_PROD_HOST: u32 = (1 << 31) | QUEUE_INDEX_FIELDS;
 
@@ -101,8 +103,9 @@ pub enum Action {
     EnableEvtq { base: u64 },
     /// The host cleared EVTQEN: clear the real EVTQEN and unpin the queue's pages.
     DisableEvtq,
-    /// The host's emulated GERROR.CMDQ_ERR became active: pend the host's global-error
-    /// interrupt if the real IRQ_CTRL.GERROR_IRQEN is set (the real SMMU raises none).
+    /// The host's emulated GERROR.CMDQ_ERR became active while the host's
+    /// IRQ_CTRL.GERROR_IRQEN is set: pend the host's global-error interrupt (the real SMMU
+    /// raises none for an emulated error).
     SignalGerror,
     /// A write the policy refuses (a non-zero MSI address, a base or queue register written
     /// while its enable is set, CR1/CR2 while enabled): ignored; worth a log line.
@@ -176,6 +179,7 @@ pub struct HostSmmu {
     cr1: u32,
     cr2: u32,
     gbpa: u32,
+    irq_ctrl: u32,
     /// GERROR.CMDQ_ERR and GERRORN.CMDQ_ERR: the error is active while they differ.
     gerror_cmdq: bool,
     gerrorn_cmdq: bool,
@@ -217,6 +221,7 @@ impl HostSmmu {
             cr1: 0,
             cr2: 0,
             gbpa: gbpa_reset & GBPA_FIELDS,
+            irq_ctrl: 0,
             gerror_cmdq: false,
             gerrorn_cmdq: false,
             strtab_base: 0,
@@ -250,7 +255,9 @@ impl HostSmmu {
 
     /// The host's command queue.
     pub fn cmdq(&self) -> HostCmdq {
-        let log2size = ((self.cmdq_base & 0x1f) as u32).min(self.limits.cmdqs);
+        // A LOG2SIZE above IDR1.CMDQS acts as CMDQS (IHI 0070 6.3.25); 19 is the largest
+        // the architecture allows.
+        let log2size = ((self.cmdq_base & 0x1f) as u32).min(self.limits.cmdqs).min(19);
         HostCmdq { base: self.cmdq_base & ADDR_MASK_51_5, log2size, prod: self.cmdq_prod, cons: self.cmdq_cons }
     }
 
@@ -273,13 +280,14 @@ impl HostSmmu {
 
     /// The command at `cons` is refused with `err` (CERROR_ILL): the queue stops there,
     /// CONS.ERR says why, GERROR.CMDQ_ERR toggles to active, until the host acknowledges
-    /// through GERRORN (IHI 0070 7.1). Returns [`Action::SignalGerror`].
+    /// through GERRORN (IHI 0070 7.1). Returns [`Action::SignalGerror`] if the host enabled
+    /// global-error interrupts.
     pub fn cmdq_error(&mut self, cons: u32, err: u32) -> Actions {
         self.cmdq_cons = cons & self.cmdq().mask();
         self.cmdq_err = err & (CONS_ERR_MASK >> CONS_ERR_SHIFT);
         if !self.cmdq_error_active() {
             self.gerror_cmdq = !self.gerrorn_cmdq;
-            Actions::one(Action::SignalGerror)
+            if self.irq_ctrl & IRQ_CTRL_GERROR != 0 { Actions::one(Action::SignalGerror) } else { Actions::default() }
         } else {
             Actions::default()
         }
@@ -307,6 +315,8 @@ impl HostSmmu {
                 EmuReg::Gbpa => Read::Value(self.gbpa as u64),
                 // The real global errors except CMDQ_ERR (KCore's own queue), with the
                 // emulated CMDQ_ERR in its place.
+                // The enables take effect at once (IHI 0070 6.3.16: IRQ_CTRLACK follows).
+                EmuReg::IrqCtrl | EmuReg::IrqCtrlAck => Read::Value(self.irq_ctrl as u64),
                 EmuReg::Gerror => Read::Real {
                     off: reg::GERROR,
                     keep: gerror::ALL & !gerror::CMDQ_ERR,
@@ -361,7 +371,11 @@ impl HostSmmu {
                     }
                     Actions::default()
                 }
-                EmuReg::Gerror => Actions::default(),
+                EmuReg::IrqCtrl => {
+                    self.irq_ctrl = v32 & IRQ_CTRL_HOST;
+                    Actions::one(Action::WriteReal { off: reg::IRQ_CTRL, value: v32, mask: IRQ_CTRL_HOST })
+                }
+                EmuReg::Gerror | EmuReg::IrqCtrlAck => Actions::default(),
                 EmuReg::Gerrorn => self.write_gerrorn(v32),
                 // MSI addresses are raw physical addresses: only 0 (no MSI) is accepted.
                 EmuReg::IrqCfg0 if val == 0 => Actions::default(),
@@ -478,6 +492,9 @@ mod tests {
         let mut s = qemu();
         s.write(reg::CMDQ_BASE, 8, BASE_RA | 0x4100_0000 | 8).unwrap();
         s.write(reg::CR0, 4, cr0::CMDQEN as u64).unwrap();
+        let irq = s.write(reg::IRQ_CTRL, 4, 0xff).unwrap();
+        assert_eq!(irq.iter().next(), Some(Action::WriteReal { off: reg::IRQ_CTRL, value: 0xff, mask: 0b101 }));
+        assert_eq!(s.read(reg::IRQ_CTRLACK, 4), Ok(Read::Value(0b101)));
         assert_eq!(s.write(reg::CMDQ_PROD, 4, 3).unwrap().iter().next(), Some(Action::ProcessCmdq));
         assert_eq!(s.cmdq_error(1, 1).iter().next(), Some(Action::SignalGerror));
         assert_eq!(s.read(reg::CMDQ_CONS, 4), Ok(Read::Value(1 | 1 << 24)));

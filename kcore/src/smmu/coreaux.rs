@@ -44,6 +44,9 @@ pub enum EmuReg {
     Cr1,
     Cr2,
     Gbpa,
+    /// IRQ_CTRL: the host's enables, mirrored into the real register.
+    IrqCtrl,
+    IrqCtrlAck,
     Gerror,
     Gerrorn,
     /// One of GERROR_IRQ_CFG0 and EVTQ_IRQ_CFG0: an MSI target address, only 0 accepted.
@@ -143,8 +146,8 @@ pub const REGS: [RegPolicy; 28] = [
     emu(reg::CR2, Width::W32, EmuReg::Cr2),
     real_ro(reg::STATUSR, 0, 0),
     emu(reg::GBPA, Width::W32, EmuReg::Gbpa),
-    row(reg::IRQ_CTRL, Width::W32, Rule::Pass { mask: IRQ_CTRL_HOST }, Rule::Pass { mask: IRQ_CTRL_HOST }),
-    real_ro(reg::IRQ_CTRLACK, !IRQ_CTRL_HOST, 0),
+    emu(reg::IRQ_CTRL, Width::W32, EmuReg::IrqCtrl),
+    emu(reg::IRQ_CTRLACK, Width::W32, EmuReg::IrqCtrlAck),
     emu(reg::GERROR, Width::W32, EmuReg::Gerror),
     emu(reg::GERRORN, Width::W32, EmuReg::Gerrorn),
     emu(reg::GERROR_IRQ_CFG0, Width::W64, EmuReg::IrqCfg0),

@@ -38,9 +38,9 @@
 //!       `base & raw::ADDR_MASK_51_5`; check every page is host-owned and pin it, write the
 //!       real EVTQ_BASE, set the real CR0.EVTQEN and wait for CR0ACK; if a page is refused,
 //!       `host.evtq_enable_failed()`. `DisableEvtq`: clear the real EVTQEN, unpin.
-//!     - `SignalGerror`: the emulated GERROR.CMDQ_ERR became active; the real SMMU raises
-//!       no interrupt for it, so pend the host's gerror SPI (GICD_ISPENDR) if the real
-//!       IRQ_CTRL.GERROR_IRQEN is set. Without it the host's CMD_SYNC wait times out.
+//!     - `SignalGerror`: the emulated GERROR.CMDQ_ERR became active with the host's
+//!       GERROR_IRQEN set; the real SMMU raises no interrupt for it, so pend the host's
+//!       gerror SPI (GICD_ISPENDR). Without it the host's CMD_SYNC wait times out.
 //!     - `Refused { .. }`: log only.
 //! - **Host memory.** Implement [`aux::HostMem::read_u64`] as "owner(pa) is the host, then
 //!   read through KCore's map" (taking `s2page` after `smmu`, per the lock order). Every

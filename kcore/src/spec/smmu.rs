@@ -87,9 +87,7 @@ pub fn policy(off: u64, size: u64, write: bool) -> Reach {
         reg::IDR2 | reg::IDR3 | reg::IDR4 | reg::IDR5 | reg::IIDR | reg::AIDR | reg::STATUSR if !write => {
             Reach::RealRo { off: r, hidden: 0, forced: 0 }
         }
-        reg::IRQ_CTRLACK if !write => Reach::RealRo { off: r, hidden: !0b101, forced: 0 },
-        reg::IDR0..=reg::AIDR | reg::STATUSR | reg::IRQ_CTRLACK => Reach::Nothing,
-        reg::IRQ_CTRL => Reach::Real { off: r, host_bits: 0b101 },
+        reg::IDR0..=reg::AIDR | reg::STATUSR => Reach::Nothing,
         reg::EVTQ_CONS => Reach::Real { off: r, host_bits: 0x800f_ffff },
         _ => Reach::Emulated(r, half),
     }
@@ -114,6 +112,8 @@ pub struct AbsHostSmmu {
     pub cmdqs: u32,
     /// The real registers the host reaches, as the hardware holds them.
     pub real: BTreeMap<u64, u32>,
+    /// Global-error interrupts KCore must raise for emulated command errors.
+    pub signals: u32,
 }
 
 /// An emulated register the host writes freely: (offset, bits kept, the CR0ACK enables that
@@ -121,6 +121,7 @@ pub struct AbsHostSmmu {
 const STORED: &[(u64, u64, u32)] = &[
     (reg::CR1, 0xfff, 0b1101),
     (reg::CR2, 0b110, 0b0001),
+    (reg::IRQ_CTRL, 0b101, 0),
     (reg::STRTAB_BASE, (1 << 62) | (((1 << 52) - 1) & !0x3f), 0b0001),
     (reg::STRTAB_BASE_CFG, 0x3_07ff, 0b0001),
     (reg::CMDQ_BASE, (1 << 62) | (((1 << 52) - 1) & !0x1f) | 0x1f, 0b1000),
@@ -136,7 +137,7 @@ impl AbsHostSmmu {
         regs.insert(reg::CR0ACK, 0);
         regs.insert(reg::GBPA, (gbpa & 0x001f_3f1f) as u64);
         regs.insert(reg::CMDQ_PROD, 0);
-        AbsHostSmmu { regs, gerror: false, gerrorn: false, cons_err: 0, cmdqs, real: BTreeMap::new() }
+        AbsHostSmmu { regs, gerror: false, gerrorn: false, cons_err: 0, cmdqs, real: BTreeMap::new(), signals: 0 }
     }
 
     fn r(&self, off: u64) -> u64 {
@@ -145,7 +146,7 @@ impl AbsHostSmmu {
 
     /// Entries of the host's queue, from CONS to PROD.
     fn queue_mask(&self) -> u64 {
-        let log2 = (self.r(reg::CMDQ_BASE) & 0x1f).min(self.cmdqs as u64);
+        let log2 = (self.r(reg::CMDQ_BASE) & 0x1f).min(self.cmdqs as u64).min(19);
         (2 << log2) - 1
     }
 
@@ -178,6 +179,7 @@ impl AbsHostSmmu {
                     reg::GERROR => ((real(r) & 0x1fc) | self.gerror as u32) as u64,
                     reg::GERRORN => ((real(r) & 0x1fc) | self.gerrorn as u32) as u64,
                     reg::CMDQ_CONS => self.r(r) | (self.cons_err as u64) << 24,
+                    reg::IRQ_CTRLACK => self.r(reg::IRQ_CTRL),
                     reg::EVTQ_PROD => (real(r) & 0x800f_ffff) as u64,
                     _ => self.r(r),
                 };
@@ -208,6 +210,9 @@ impl AbsHostSmmu {
         };
         let ack = self.r(reg::CR0ACK) as u32;
         if let Some(&(_, bits, enables)) = STORED.iter().find(|s| s.0 == r) {
+            if r == reg::IRQ_CTRL {
+                self.set_real(r, 0b101, val);
+            }
             if ack & enables == 0 {
                 self.regs.insert(r, v & bits);
             }
@@ -246,6 +251,7 @@ impl AbsHostSmmu {
                 self.regs.insert(reg::CMDQ_CONS, (self.r(reg::CMDQ_CONS) + n) & mask);
                 self.cons_err = err;
                 self.gerror = !self.gerrorn;
+                self.signals += (self.r(reg::IRQ_CTRL) & 1) as u32;
             }
         }
     }
