@@ -312,11 +312,25 @@ fn value() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// Writes as a driver makes them: enabling the queue, ringing the doorbell, acknowledging
+/// errors, enabling the global-error interrupt.
+fn driver_write() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        prop::sample::select(vec![0u64, 0x8, 0xc, 0xd]).prop_map(|v| Step::Write(reg::CR0, 4, v)),
+        (0u64..40).prop_map(|v| Step::Write(reg::CMDQ_PROD, 4, v)),
+        (0u64..6).prop_map(|n| Step::Write(reg::CMDQ_BASE, 8, raw::BASE_RA | 0x4300_0000 | n)),
+        (0u64..2).prop_map(|v| Step::Write(reg::GERRORN, 4, v)),
+        (0u64..8).prop_map(|v| Step::Write(reg::IRQ_CTRL, 4, v)),
+        (0u64..8).prop_map(|v| Step::Write(reg::CMDQ_CONS, 4, v)),
+    ]
+}
+
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (offset(), size()).prop_map(|(o, s)| Step::Read(o, s)),
-        6 => (offset(), size(), value()).prop_map(|(o, s, v)| Step::Write(o, s, v)),
-        2 => prop::option::of((0u32..4, prop::sample::select(vec![1u32, 2]))).prop_map(Step::Process),
+        4 => (offset(), size(), value()).prop_map(|(o, s, v)| Step::Write(o, s, v)),
+        6 => driver_write(),
+        4 => prop::option::of((0u32..4, prop::sample::select(vec![1u32, 2]))).prop_map(Step::Process),
         1 => Just(Step::EvtqFail),
         1 => (0u32..0x200).prop_map(Step::HwGerror),
     ]
@@ -345,7 +359,7 @@ impl Hw {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     #[test]
-    fn register_file_refines_the_model(steps in prop::collection::vec(step(), 1..80)) {
+    fn register_file_refines_the_model(steps in prop::collection::vec(step(), 1..120)) {
         let mut code = HostSmmu::new(limits(), 0x1000);
         let mut hw = Hw::new();
         let mut model = AbsHostSmmu::new(0x1000, limits().cmdqs);
@@ -720,6 +734,11 @@ fn stock_linux_6_1_replays_without_rejects() {
     for (q, db0) in [(16, false), (16, true), (2, false), (1, true)] {
         let mut r = replay(Kernel::V6_1, q, db0);
         check(&r, Kernel::V6_1, db0);
+        // Detach (6.1): dword 0 back to abort, then CFGI_STE.
+        r.write_ste(0x18, 0..1, &raw::STE_ABORT);
+        r.issue(&[cmd::cfgi_ste(0x18), sync_sev()]);
+        assert!(!r.shadows.contains_key(&0x18), "aborts again");
+        assert_eq!(r.errors, 0);
         // Shutdown: CR0 = 0 (the layer above makes every shadow abort).
         r.w(reg::CR0, 4, 0);
         assert!(!r.host.smmu_enabled());
