@@ -20,9 +20,9 @@ use kcore::Error;
 use kcore::smmu::aux::{
     CmdSink, Filtered, HostMem, drain_cmdq, filter, host_strtab, shadow_is_safe, shadow_of_sid, shadow_ste,
 };
-use kcore::smmu::core::{Action, HostLimits, HostSmmu, Read};
+use kcore::smmu::core::{Action, HostLimits, HostSmmu, IDR3_RIL, Read};
 use kcore::smmu::coreaux::{Access, EmuReg, Part, classify};
-use kcore::smmu::raw::{self, Cmd, Command, Ste, SyncCs, cmd, op, reg, s2_words, ste};
+use kcore::smmu::raw::{self, Cmd, Command, Ste, SyncCs, TlbiAddr, cmd, op, reg, s2_words, ste};
 use kcore::spec::smmu::{self as spec, AbsHostSmmu, Reach, Verdict};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -31,9 +31,12 @@ use std::collections::BTreeMap;
 const IDR0: u32 = 0x0d44_101b;
 const IDR1: u32 = 0x0273_0010;
 const IDR5: u32 = 0x74;
+/// IDR3 with range invalidation (RIL); not among the measured values, both settings are
+/// checked by the command filter's property.
+const IDR3: u32 = IDR3_RIL;
 
 fn limits() -> HostLimits {
-    HostLimits::from_idr(IDR0, IDR1)
+    HostLimits::from_idr(IDR0, IDR1, IDR3)
 }
 
 /// KCore's host-DMA stage-2 words: VMID 0, 44-bit VTCR, root at some KCore page.
@@ -174,13 +177,17 @@ fn host_cmd() -> impl Strategy<Value = Cmd> {
     })
 }
 
-/// What the forwarded command must be, from the host's decoded one.
-fn expected_forward(c: Command) -> Command {
+/// What the forwarded command must be, from the host's decoded one: VMID 0, ASID\[15:8\]
+/// only with 16-bit ASIDs, range hints only with range invalidation and a granule.
+fn expected_forward(c: Command, l: &HostLimits) -> Command {
+    let asid_of = |a: u16| if l.asid16 { a } else { a & 0xff };
+    let at_of =
+        |at: TlbiAddr| if l.ril && at.tg != 0 { at } else { TlbiAddr { tg: 0, ttl: 0, num: 0, scale: 0, ..at } };
     match c {
         Command::TlbiNhAll { .. } => Command::TlbiNhAll { vmid: 0 },
-        Command::TlbiNhAsid { asid, .. } => Command::TlbiNhAsid { vmid: 0, asid },
-        Command::TlbiNhVa { asid, at, .. } => Command::TlbiNhVa { vmid: 0, asid, at },
-        Command::TlbiNhVaa { at, .. } => Command::TlbiNhVaa { vmid: 0, at },
+        Command::TlbiNhAsid { asid, .. } => Command::TlbiNhAsid { vmid: 0, asid: asid_of(asid) },
+        Command::TlbiNhVa { asid, at, .. } => Command::TlbiNhVa { vmid: 0, asid: asid_of(asid), at: at_of(at) },
+        Command::TlbiNhVaa { at, .. } => Command::TlbiNhVaa { vmid: 0, at: at_of(at) },
         Command::Sync { cs, .. } => Command::Sync {
             cs: if cs == SyncCs::None { SyncCs::None } else { SyncCs::Sev },
             msh: 0,
@@ -195,17 +202,22 @@ fn expected_forward(c: Command) -> Command {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4096))]
     #[test]
-    fn command_filter_refines_its_specification(c in host_cmd()) {
-        let l = limits();
+    fn command_filter_refines_its_specification(
+        c in host_cmd(),
+        ril in any::<bool>(),
+        asid16 in any::<bool>(),
+        ssid_bits in prop_oneof![Just(0u32), 0u32..21],
+    ) {
+        let l = HostLimits { ril, asid16, ssid_bits, ..limits() };
         let got = filter(c, &l);
-        let want = spec::verdict(c, l.sid_bits);
+        let want = spec::verdict(c, l.sid_bits, l.ssid_bits);
         match (got, want) {
             (Filtered::Forward(f), Verdict::Forward) => {
                 let d = Command::decode(f).expect("forwarded commands decode");
                 prop_assert_eq!(d.encode(), f, "canonical");
                 prop_assert_eq!(Command::decode(d.encode()), Some(d), "decodes to itself");
                 prop_assert!(spec::FORWARDABLE.contains(&raw::cmd_opcode(&f)));
-                prop_assert_eq!(d, expected_forward(Command::decode(c).unwrap()));
+                prop_assert_eq!(d, expected_forward(Command::decode(c).unwrap(), &l));
                 if (0x10..=0x13).contains(&raw::cmd_opcode(&f)) {
                     prop_assert_eq!((f[0] >> 32) as u16, 0, "VMID 0");
                 }

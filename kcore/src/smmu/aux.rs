@@ -15,7 +15,7 @@
 
 use super::core::{Actions, HostCmdq, HostLimits, HostSmmu};
 use super::raw::{
-    ADDR_MASK_51_6, CERROR_ILL, CMD_BYTES, Cmd, Command, STE_ABORT, STE_BYTES, Ste, SyncCs, ste, ste_config,
+    ADDR_MASK_51_6, CERROR_ILL, CMD_BYTES, Cmd, Command, STE_ABORT, STE_BYTES, Ste, SyncCs, TlbiAddr, ste, ste_config,
     ste_dw1_kept, ste_s1_dw0, ste_valid, stef,
 };
 use crate::error::Result;
@@ -111,8 +111,22 @@ pub enum Filtered {
 /// host-DMA stage 2.
 pub const HOST_VMID: u16 = 0;
 
+/// The address part of a host TLB invalidation as KCore forwards it: without range
+/// invalidation (IDR3.RIL = 0) TG, TTL, NUM and SCALE are RES0 and become 0; with it, TG = 0
+/// (no range, no granule hint) makes TTL, NUM and SCALE meaningless, so they become 0 too
+/// (IHI 0070 4.4.1). A hint dropped only widens the invalidation.
+pub fn canonical_tlbi_addr(at: TlbiAddr, limits: &HostLimits) -> TlbiAddr {
+    if !limits.ril || at.tg == 0 { TlbiAddr { tg: 0, ttl: 0, num: 0, scale: 0, ..at } } else { at }
+}
+
+/// The ASID field as KCore forwards it: ASID\[15:8\] is RES0 without IDR0.ASID16.
+pub const fn canonical_asid(asid: u16, limits: &HostLimits) -> u16 {
+    if limits.asid16 { asid } else { asid & 0xff }
+}
+
 /// What to do with the host's command `cmd` on an SMMU of `limits`
-/// (reference/smmuv3.md 2.2, "Command queue emulation").
+/// (reference/smmuv3.md 2.2, "Command queue emulation"). A forwarded command carries no
+/// field the real SMMU would refuse, since KCore's own invalidations share its queue.
 pub fn filter(cmd: Cmd, limits: &HostLimits) -> Filtered {
     let sids = 1u64 << limits.sid_bits.min(32);
     let in_range = |sid: u32| (sid as u64) < sids;
@@ -135,12 +149,21 @@ pub fn filter(cmd: Cmd, limits: &HostLimits) -> Filtered {
             }
         }
         // Context descriptors are read through KCore's stage 2: safe to invalidate.
-        Command::CfgiCd { sid, .. } | Command::CfgiCdAll { sid } if in_range(sid) => fwd(c),
+        Command::CfgiCd { sid, ssid, .. } if in_range(sid) && (ssid as u64) >> limits.ssid_bits == 0 => fwd(c),
+        Command::CfgiCdAll { sid } if in_range(sid) => fwd(c),
         // The host's stage-1 TLB entries are all in VMID 0.
         Command::TlbiNhAll { .. } => fwd(Command::TlbiNhAll { vmid: HOST_VMID }),
-        Command::TlbiNhAsid { asid, .. } => fwd(Command::TlbiNhAsid { vmid: HOST_VMID, asid }),
-        Command::TlbiNhVa { asid, at, .. } => fwd(Command::TlbiNhVa { vmid: HOST_VMID, asid, at }),
-        Command::TlbiNhVaa { at, .. } => fwd(Command::TlbiNhVaa { vmid: HOST_VMID, at }),
+        Command::TlbiNhAsid { asid, .. } => {
+            fwd(Command::TlbiNhAsid { vmid: HOST_VMID, asid: canonical_asid(asid, limits) })
+        }
+        Command::TlbiNhVa { asid, at, .. } => fwd(Command::TlbiNhVa {
+            vmid: HOST_VMID,
+            asid: canonical_asid(asid, limits),
+            at: canonical_tlbi_addr(at, limits),
+        }),
+        Command::TlbiNhVaa { at, .. } => {
+            fwd(Command::TlbiNhVaa { vmid: HOST_VMID, at: canonical_tlbi_addr(at, limits) })
+        }
         Command::TlbiNsnhAll => fwd(c),
         // An MSI completion would be a write to a raw physical address: signal by event
         // instead (KCore completes the batch synchronously anyway).
@@ -422,7 +445,7 @@ mod tests {
     const S2: (u64, u64) = s2_words(0, 0x8_0000 | 20, 0x4010_0000);
 
     fn qemu() -> HostLimits {
-        HostLimits::from_idr(0x0d44_101b, 0x0273_0010)
+        HostLimits::from_idr(0x0d44_101b, 0x0273_0010, crate::smmu::core::IDR3_RIL)
     }
 
     #[test]

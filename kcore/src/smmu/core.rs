@@ -32,6 +32,8 @@ pub const STRTAB_CFG_FIELDS: u32 = 0x3_07ff;
 pub const QUEUE_BASE_FIELDS: u64 = BASE_RA | ADDR_MASK_51_5 | 0x1f;
 /// A queue index register's index-and-wrap field for up to 2^19 entries (bits \[19:0\]).
 pub const QUEUE_INDEX_FIELDS: u32 = 0xf_ffff;
+/// IDR3.RIL: range invalidation (IHI 0070 6.3.4).
+pub const IDR3_RIL: u32 = 1 << 14;
 /// IRQ_CTRL.GERROR_IRQEN (IHI 0070 6.3.15).
 pub const IRQ_CTRL_GERROR: u32 = 1 << 0;
 /// EVTQ_PROD's fields: WR\[19:0\] and OVFLG (IHI 0070 6.3.27).
@@ -42,19 +44,29 @@ pub const EVTQ_PROD_HOST: u32 = (1 << 31) | QUEUE_INDEX_FIELDS;
 pub struct HostLimits {
     /// IDR1.SIDSIZE: stream ID bits.
     pub sid_bits: u32,
+    /// IDR1.SSIDSIZE: substream ID bits.
+    pub ssid_bits: u32,
     /// IDR1.CMDQS: log2 of the largest command queue.
     pub cmdqs: u32,
     /// IDR1.EVTQS: log2 of the largest event queue.
     pub evtqs: u32,
     /// IDR0.ST_LEVEL = 0b01: 2-level stream tables allowed.
     pub two_level: bool,
+    /// IDR0.ASID16: 16-bit ASIDs (else ASID\[15:8\] of a command is RES0).
+    pub asid16: bool,
+    /// IDR3.RIL: range invalidation (TG, TTL, NUM, SCALE of a TLBI by address) is
+    /// implemented; else those fields are RES0.
+    pub ril: bool,
 }
 
 impl HostLimits {
-    /// The limits the real `idr0` and `idr1` give (IHI 0070 6.3.1, 6.3.2).
-    pub const fn from_idr(idr0: u32, idr1: u32) -> HostLimits {
+    /// The limits the real `idr0`, `idr1` and `idr3` give (IHI 0070 6.3.1, 6.3.2, 6.3.4).
+    pub const fn from_idr(idr0: u32, idr1: u32, idr3: u32) -> HostLimits {
         HostLimits {
             sid_bits: idr1 & idr1::SIDSIZE_MASK,
+            ssid_bits: (idr1 >> 6) & 0x1f,
+            asid16: idr0 & idr0::ASID16 != 0,
+            ril: idr3 & IDR3_RIL != 0,
             cmdqs: (idr1 >> idr1::CMDQS_SHIFT) & idr1::QS_MASK,
             evtqs: (idr1 >> idr1::EVTQS_SHIFT) & idr1::QS_MASK,
             two_level: (idr0 >> idr0::ST_LEVEL_SHIFT) & 3 == 1,
@@ -459,13 +471,15 @@ mod tests {
     use super::*;
 
     fn qemu() -> HostSmmu {
-        HostSmmu::new(HostLimits::from_idr(0x0d44_101b, 0x0273_0010), 0x1000)
+        HostSmmu::new(HostLimits::from_idr(0x0d44_101b, 0x0273_0010, IDR3_RIL), 0x1000)
     }
 
     #[test]
     fn limits_of_qemu() {
-        let l = HostLimits::from_idr(0x0d44_101b, 0x0273_0010);
-        assert_eq!(l, HostLimits { sid_bits: 16, cmdqs: 19, evtqs: 19, two_level: true });
+        let l = HostLimits::from_idr(0x0d44_101b, 0x0273_0010, IDR3_RIL);
+        let want =
+            HostLimits { sid_bits: 16, ssid_bits: 0, cmdqs: 19, evtqs: 19, two_level: true, asid16: true, ril: true };
+        assert_eq!(l, want);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! # How to wire it (layer 26)
 //!
 //! - **Boot.** After taking the real SMMU over, keep one
-//!   `HostSmmu::new(HostLimits::from_idr(real IDR0, real IDR1), real GBPA as found)` under the
+//!   `HostSmmu::new(HostLimits::from_idr(real IDR0, IDR1, IDR3), real GBPA as found)` under the
 //!   `smmu` lock, and KCore's stage-2 words `s2 = raw::s2_words(0, vtcr, host_dma_root)`.
 //! - **Trap.** A host stage-2 data abort in the SMMU's 128 KiB with ESR.ISV = 1 gives
 //!   `off = ipa - smmu_base`, `size = 1 << SAS`, and for a write the value of Xt (SRT 31 reads

@@ -348,9 +348,9 @@ pub enum Verdict {
     Reject,
 }
 
-/// The verdict for host command `c` on an SMMU of `sid_bits` stream ID bits
-/// (reference/smmuv3.md 2.2, "Command queue emulation").
-pub fn verdict(c: Cmd, sid_bits: u32) -> Verdict {
+/// The verdict for host command `c` on an SMMU of `sid_bits` stream ID bits and
+/// `ssid_bits` substream ID bits (reference/smmuv3.md 2.2, "Command queue emulation").
+pub fn verdict(c: Cmd, sid_bits: u32, ssid_bits: u32) -> Verdict {
     let sid = c[0] >> 32;
     let sids = 1u64 << sid_bits;
     match c[0] & 0xff {
@@ -361,7 +361,8 @@ pub fn verdict(c: Cmd, sid_bits: u32) -> Verdict {
             let first = sid / n * n;
             if first < sids { Verdict::ReShadow { first, count: n.min(sids - first) } } else { Verdict::Reject }
         }
-        0x05 | 0x06 if sid < sids => Verdict::Forward,
+        0x05 if sid < sids && bits(c[0], 12, 20) >> ssid_bits == 0 => Verdict::Forward,
+        0x06 if sid < sids => Verdict::Forward,
         0x10..=0x13 | 0x30 => Verdict::Forward,
         // CMD_SYNC, unless CS is the reserved 0b11.
         0x46 if bits(c[0], 12, 2) != 3 => Verdict::Forward,
