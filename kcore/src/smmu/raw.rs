@@ -396,3 +396,484 @@ mod tests {
         assert_eq!((e.kind, e.sid, e.stage2, e.ipa), (evt::F_TRANSLATION, 0x18, true, 0x4020_0000));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Layer 22, second part: every command the host's driver may put in its queue, decoded into
+// fields and re-encoded canonically from those fields only, and the STE fields the shadow
+// transform reads.
+// ---------------------------------------------------------------------------------------------
+
+/// Command fields (IHI 0070 4.1-4.7). Positions are within dword 0 (`*_0_*`) or dword 1
+/// (`*_1_*`) of a command.
+pub mod cmdf {
+    /// dword 0 bit 11: SSV, the SubstreamID field is valid.
+    pub const SSV: u64 = 1 << 11;
+    /// dword 0 bits \[31:12\]: SubstreamID.
+    pub const SSID_SHIFT: u32 = 12;
+    pub const SSID_MASK: u64 = 0xf_ffff;
+    /// dword 0 bits \[63:32\]: StreamID.
+    pub const SID_SHIFT: u32 = 32;
+    /// dword 0 bits \[47:32\]: VMID of a TLB invalidation.
+    pub const VMID_SHIFT: u32 = 32;
+    /// dword 0 bits \[63:48\]: ASID of a TLB invalidation.
+    pub const ASID_SHIFT: u32 = 48;
+    /// dword 0 bits \[16:12\] and \[24:20\]: NUM and SCALE of a range invalidation (IHI 0070 4.4.1).
+    pub const NUM_SHIFT: u32 = 12;
+    pub const SCALE_SHIFT: u32 = 20;
+    pub const NUM_SCALE_MASK: u64 = 0x1f;
+    /// dword 1 bit 0: Leaf.
+    pub const LEAF: u64 = 1;
+    /// dword 1 bits \[9:8\], \[11:10\]: TTL and TG of an address invalidation.
+    pub const TTL_SHIFT: u32 = 8;
+    pub const TG_SHIFT: u32 = 10;
+    /// dword 1 bits \[63:12\]: a virtual address (also the address of PREFETCH_ADDR, ATC_INV).
+    pub const VA_MASK: u64 = !0xfff;
+    /// dword 1 bits \[51:12\]: an intermediate physical address.
+    pub const IPA_MASK: u64 = ((1 << 52) - 1) & !0xfff;
+    /// dword 1 bits \[4:0\]: Range of CFGI_STE_RANGE, Size of PREFETCH_ADDR.
+    pub const RANGE_MASK: u64 = 0x1f;
+    /// dword 1 bits \[5:0\]: Size of ATC_INV.
+    pub const ATC_SIZE_MASK: u64 = 0x3f;
+    /// dword 0 bit 9: Global of ATC_INV.
+    pub const ATC_GLOBAL: u64 = 1 << 9;
+    /// dword 0 bits \[13:12\]: CS of CMD_SYNC, Resp of CMD_RESUME; dword 1 bits \[13:12\]: Resp of
+    /// CMD_PRI_RESP.
+    pub const CS_SHIFT: u32 = 12;
+    /// dword 0 bits \[23:22\], \[27:24\]: MSH and MSIAttr of CMD_SYNC.
+    pub const MSH_SHIFT: u32 = 22;
+    pub const MSIATTR_SHIFT: u32 = 24;
+    /// dword 1 bits \[51:2\]: MSIAddress of CMD_SYNC.
+    pub const MSIADDR_MASK: u64 = ((1 << 52) - 1) & !0x3;
+    /// dword 1 bits \[8:0\]: PRGIndex (group) of CMD_PRI_RESP.
+    pub const PRI_GRPID_MASK: u64 = 0x1ff;
+    /// dword 1 bits \[15:0\]: STAG of CMD_RESUME.
+    pub const STAG_MASK: u64 = 0xffff;
+}
+
+/// CMD_SYNC completion signal (IHI 0070 4.7.3): CS field values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncCs {
+    /// No signal: completion is seen as CMDQ_CONS passing the command.
+    None,
+    /// An MSI write of MSIData to MSIAddress (a raw physical address).
+    Irq,
+    /// A send-event (wake-up for WFE).
+    Sev,
+}
+
+/// The address part of a TLB invalidation by address (IHI 0070 4.4): the address (bits
+/// \[63:12\] of a VA, or \[51:12\] of an IPA), Leaf, TTL, TG and the range form's NUM and SCALE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlbiAddr {
+    pub addr: u64,
+    pub leaf: bool,
+    pub ttl: u8,
+    pub tg: u8,
+    pub num: u8,
+    pub scale: u8,
+}
+
+/// A decoded command. Every field is one the architecture gives the command; bits a command
+/// does not define are dropped by [`Command::decode`] and written as zero by
+/// [`Command::encode`], so a re-encoded command carries nothing the decoder did not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    PrefetchConfig {
+        sid: u32,
+        ssid: Option<u32>,
+    },
+    PrefetchAddr {
+        sid: u32,
+        ssid: Option<u32>,
+        size: u8,
+        addr: u64,
+    },
+    /// CMD_CFGI_STE; `leaf` = 0 also invalidates a cached L1 descriptor.
+    CfgiSte {
+        sid: u32,
+        leaf: bool,
+    },
+    /// CMD_CFGI_STE_RANGE: the 2^(range+1) stream IDs from `sid` rounded down to that size;
+    /// range 31 is CMD_CFGI_ALL.
+    CfgiSteRange {
+        sid: u32,
+        range: u8,
+    },
+    CfgiCd {
+        sid: u32,
+        ssid: u32,
+        leaf: bool,
+    },
+    CfgiCdAll {
+        sid: u32,
+    },
+    CfgiVmsPidm {
+        vmid: u16,
+    },
+    TlbiNhAll {
+        vmid: u16,
+    },
+    TlbiNhAsid {
+        vmid: u16,
+        asid: u16,
+    },
+    TlbiNhVa {
+        vmid: u16,
+        asid: u16,
+        at: TlbiAddr,
+    },
+    TlbiNhVaa {
+        vmid: u16,
+        at: TlbiAddr,
+    },
+    TlbiEl3All,
+    TlbiEl3Va {
+        at: TlbiAddr,
+    },
+    TlbiEl2All,
+    TlbiEl2Asid {
+        asid: u16,
+    },
+    TlbiEl2Va {
+        asid: u16,
+        at: TlbiAddr,
+    },
+    TlbiEl2Vaa {
+        at: TlbiAddr,
+    },
+    TlbiS12Vmall {
+        vmid: u16,
+    },
+    TlbiS2Ipa {
+        vmid: u16,
+        at: TlbiAddr,
+    },
+    TlbiNsnhAll,
+    AtcInv {
+        sid: u32,
+        ssid: Option<u32>,
+        global: bool,
+        size: u8,
+        addr: u64,
+    },
+    PriResp {
+        sid: u32,
+        ssid: Option<u32>,
+        grpid: u16,
+        resp: u8,
+    },
+    Resume {
+        sid: u32,
+        resp: u8,
+        stag: u16,
+    },
+    StallTerm {
+        sid: u32,
+    },
+    /// CMD_SYNC; `msi` = (MSH, MSIAttr, MSIData, MSIAddress), meaningful with CS = IRQ.
+    Sync {
+        cs: SyncCs,
+        msh: u8,
+        msiattr: u8,
+        msidata: u32,
+        msiaddr: u64,
+    },
+}
+
+const fn field(w: u64, shift: u32, mask: u64) -> u64 {
+    (w >> shift) & mask
+}
+
+const fn ssid_of(w0: u64) -> Option<u32> {
+    if w0 & cmdf::SSV != 0 { Some(field(w0, cmdf::SSID_SHIFT, cmdf::SSID_MASK) as u32) } else { None }
+}
+
+const fn ssid_bits(ssid: Option<u32>) -> u64 {
+    match ssid {
+        Some(s) => cmdf::SSV | ((s as u64 & cmdf::SSID_MASK) << cmdf::SSID_SHIFT),
+        None => 0,
+    }
+}
+
+impl TlbiAddr {
+    const fn decode(c: &Cmd, addr_mask: u64) -> TlbiAddr {
+        TlbiAddr {
+            addr: c[1] & addr_mask,
+            leaf: c[1] & cmdf::LEAF != 0,
+            ttl: field(c[1], cmdf::TTL_SHIFT, 3) as u8,
+            tg: field(c[1], cmdf::TG_SHIFT, 3) as u8,
+            num: field(c[0], cmdf::NUM_SHIFT, cmdf::NUM_SCALE_MASK) as u8,
+            scale: field(c[0], cmdf::SCALE_SHIFT, cmdf::NUM_SCALE_MASK) as u8,
+        }
+    }
+
+    /// (dword 0 bits, dword 1).
+    const fn encode(&self, addr_mask: u64) -> (u64, u64) {
+        let w0 = ((self.num as u64 & cmdf::NUM_SCALE_MASK) << cmdf::NUM_SHIFT)
+            | ((self.scale as u64 & cmdf::NUM_SCALE_MASK) << cmdf::SCALE_SHIFT);
+        let w1 = (self.addr & addr_mask)
+            | (self.leaf as u64)
+            | ((self.ttl as u64 & 3) << cmdf::TTL_SHIFT)
+            | ((self.tg as u64 & 3) << cmdf::TG_SHIFT);
+        (w0, w1)
+    }
+}
+
+impl Command {
+    /// Decode a command queue entry. `None` for an opcode the architecture does not define
+    /// and for reserved encodings (CMD_SYNC with CS = 0b11, CMD_PRI_RESP with Resp = 0b11):
+    /// the SMMU reports those as CERROR_ILL (IHI 0070 4.1.3).
+    pub const fn decode(c: Cmd) -> Option<Command> {
+        let w0 = c[0];
+        let sid = (w0 >> cmdf::SID_SHIFT) as u32;
+        let vmid = (w0 >> cmdf::VMID_SHIFT) as u16;
+        let asid = (w0 >> cmdf::ASID_SHIFT) as u16;
+        let va = TlbiAddr::decode(&c, cmdf::VA_MASK);
+        Some(match cmd_opcode(&c) {
+            op::PREFETCH_CONFIG => Command::PrefetchConfig { sid, ssid: ssid_of(w0) },
+            op::PREFETCH_ADDR => Command::PrefetchAddr {
+                sid,
+                ssid: ssid_of(w0),
+                size: (c[1] & cmdf::RANGE_MASK) as u8,
+                addr: c[1] & cmdf::VA_MASK,
+            },
+            op::CFGI_STE => Command::CfgiSte { sid, leaf: c[1] & cmdf::LEAF != 0 },
+            op::CFGI_STE_RANGE => Command::CfgiSteRange { sid, range: (c[1] & cmdf::RANGE_MASK) as u8 },
+            op::CFGI_CD => Command::CfgiCd {
+                sid,
+                ssid: field(w0, cmdf::SSID_SHIFT, cmdf::SSID_MASK) as u32,
+                leaf: c[1] & cmdf::LEAF != 0,
+            },
+            op::CFGI_CD_ALL => Command::CfgiCdAll { sid },
+            op::CFGI_VMS_PIDM => Command::CfgiVmsPidm { vmid },
+            op::TLBI_NH_ALL => Command::TlbiNhAll { vmid },
+            op::TLBI_NH_ASID => Command::TlbiNhAsid { vmid, asid },
+            op::TLBI_NH_VA => Command::TlbiNhVa { vmid, asid, at: va },
+            op::TLBI_NH_VAA => Command::TlbiNhVaa { vmid, at: va },
+            op::TLBI_EL3_ALL => Command::TlbiEl3All,
+            op::TLBI_EL3_VA => Command::TlbiEl3Va { at: va },
+            op::TLBI_EL2_ALL => Command::TlbiEl2All,
+            op::TLBI_EL2_ASID => Command::TlbiEl2Asid { asid },
+            op::TLBI_EL2_VA => Command::TlbiEl2Va { asid, at: va },
+            op::TLBI_EL2_VAA => Command::TlbiEl2Vaa { at: va },
+            op::TLBI_S12_VMALL => Command::TlbiS12Vmall { vmid },
+            op::TLBI_S2_IPA => Command::TlbiS2Ipa { vmid, at: TlbiAddr::decode(&c, cmdf::IPA_MASK) },
+            op::TLBI_NSNH_ALL => Command::TlbiNsnhAll,
+            op::ATC_INV => Command::AtcInv {
+                sid,
+                ssid: ssid_of(w0),
+                global: w0 & cmdf::ATC_GLOBAL != 0,
+                size: (c[1] & cmdf::ATC_SIZE_MASK) as u8,
+                addr: c[1] & cmdf::VA_MASK,
+            },
+            op::PRI_RESP => {
+                let resp = field(c[1], cmdf::CS_SHIFT, 3) as u8;
+                if resp == 3 {
+                    return None;
+                }
+                Command::PriResp { sid, ssid: ssid_of(w0), grpid: (c[1] & cmdf::PRI_GRPID_MASK) as u16, resp }
+            }
+            op::RESUME => {
+                Command::Resume { sid, resp: field(w0, cmdf::CS_SHIFT, 3) as u8, stag: (c[1] & cmdf::STAG_MASK) as u16 }
+            }
+            op::STALL_TERM => Command::StallTerm { sid },
+            op::SYNC => {
+                let cs = match field(w0, cmdf::CS_SHIFT, 3) {
+                    0 => SyncCs::None,
+                    1 => SyncCs::Irq,
+                    2 => SyncCs::Sev,
+                    _ => return None,
+                };
+                Command::Sync {
+                    cs,
+                    msh: field(w0, cmdf::MSH_SHIFT, 3) as u8,
+                    msiattr: field(w0, cmdf::MSIATTR_SHIFT, 0xf) as u8,
+                    msidata: (w0 >> 32) as u32,
+                    msiaddr: c[1] & cmdf::MSIADDR_MASK,
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// The opcode of this command.
+    pub const fn opcode(&self) -> u8 {
+        match self {
+            Command::PrefetchConfig { .. } => op::PREFETCH_CONFIG,
+            Command::PrefetchAddr { .. } => op::PREFETCH_ADDR,
+            Command::CfgiSte { .. } => op::CFGI_STE,
+            Command::CfgiSteRange { .. } => op::CFGI_STE_RANGE,
+            Command::CfgiCd { .. } => op::CFGI_CD,
+            Command::CfgiCdAll { .. } => op::CFGI_CD_ALL,
+            Command::CfgiVmsPidm { .. } => op::CFGI_VMS_PIDM,
+            Command::TlbiNhAll { .. } => op::TLBI_NH_ALL,
+            Command::TlbiNhAsid { .. } => op::TLBI_NH_ASID,
+            Command::TlbiNhVa { .. } => op::TLBI_NH_VA,
+            Command::TlbiNhVaa { .. } => op::TLBI_NH_VAA,
+            Command::TlbiEl3All => op::TLBI_EL3_ALL,
+            Command::TlbiEl3Va { .. } => op::TLBI_EL3_VA,
+            Command::TlbiEl2All => op::TLBI_EL2_ALL,
+            Command::TlbiEl2Asid { .. } => op::TLBI_EL2_ASID,
+            Command::TlbiEl2Va { .. } => op::TLBI_EL2_VA,
+            Command::TlbiEl2Vaa { .. } => op::TLBI_EL2_VAA,
+            Command::TlbiS12Vmall { .. } => op::TLBI_S12_VMALL,
+            Command::TlbiS2Ipa { .. } => op::TLBI_S2_IPA,
+            Command::TlbiNsnhAll => op::TLBI_NSNH_ALL,
+            Command::AtcInv { .. } => op::ATC_INV,
+            Command::PriResp { .. } => op::PRI_RESP,
+            Command::Resume { .. } => op::RESUME,
+            Command::StallTerm { .. } => op::STALL_TERM,
+            Command::Sync { .. } => op::SYNC,
+        }
+    }
+
+    /// The canonical encoding: the opcode and this command's fields, every other bit zero.
+    pub fn encode(&self) -> Cmd {
+        let opc = self.opcode() as u64;
+        let sid_w = |sid: u32| (sid as u64) << cmdf::SID_SHIFT;
+        let vmid_w = |vmid: u16| (vmid as u64) << cmdf::VMID_SHIFT;
+        let asid_w = |asid: u16| (asid as u64) << cmdf::ASID_SHIFT;
+        let (w0, w1) = match *self {
+            Command::PrefetchConfig { sid, ssid } => (sid_w(sid) | ssid_bits(ssid), 0),
+            Command::PrefetchAddr { sid, ssid, size, addr } => {
+                (sid_w(sid) | ssid_bits(ssid), (addr & cmdf::VA_MASK) | (size as u64 & cmdf::RANGE_MASK))
+            }
+            Command::CfgiSte { sid, leaf } => (sid_w(sid), leaf as u64),
+            Command::CfgiSteRange { sid, range } => (sid_w(sid), range as u64 & cmdf::RANGE_MASK),
+            Command::CfgiCd { sid, ssid, leaf } => {
+                (sid_w(sid) | ((ssid as u64 & cmdf::SSID_MASK) << cmdf::SSID_SHIFT), leaf as u64)
+            }
+            Command::CfgiCdAll { sid } => (sid_w(sid), 0),
+            Command::CfgiVmsPidm { vmid } | Command::TlbiNhAll { vmid } | Command::TlbiS12Vmall { vmid } => {
+                (vmid_w(vmid), 0)
+            }
+            Command::TlbiNhAsid { vmid, asid } => (vmid_w(vmid) | asid_w(asid), 0),
+            Command::TlbiNhVa { vmid, asid, at } => {
+                let (a0, a1) = at.encode(cmdf::VA_MASK);
+                (vmid_w(vmid) | asid_w(asid) | a0, a1)
+            }
+            Command::TlbiNhVaa { vmid, at } => {
+                let (a0, a1) = at.encode(cmdf::VA_MASK);
+                (vmid_w(vmid) | a0, a1)
+            }
+            Command::TlbiEl3All | Command::TlbiEl2All | Command::TlbiNsnhAll => (0, 0),
+            Command::TlbiEl3Va { at } | Command::TlbiEl2Vaa { at } => at.encode(cmdf::VA_MASK),
+            Command::TlbiEl2Asid { asid } => (asid_w(asid), 0),
+            Command::TlbiEl2Va { asid, at } => {
+                let (a0, a1) = at.encode(cmdf::VA_MASK);
+                (asid_w(asid) | a0, a1)
+            }
+            Command::TlbiS2Ipa { vmid, at } => {
+                let (a0, a1) = at.encode(cmdf::IPA_MASK);
+                (vmid_w(vmid) | a0, a1)
+            }
+            Command::AtcInv { sid, ssid, global, size, addr } => (
+                sid_w(sid) | ssid_bits(ssid) | if global { cmdf::ATC_GLOBAL } else { 0 },
+                (addr & cmdf::VA_MASK) | (size as u64 & cmdf::ATC_SIZE_MASK),
+            ),
+            Command::PriResp { sid, ssid, grpid, resp } => (
+                sid_w(sid) | ssid_bits(ssid),
+                (grpid as u64 & cmdf::PRI_GRPID_MASK) | ((resp as u64 & 3) << cmdf::CS_SHIFT),
+            ),
+            Command::Resume { sid, resp, stag } => (sid_w(sid) | ((resp as u64 & 3) << cmdf::CS_SHIFT), stag as u64),
+            Command::StallTerm { sid } => (sid_w(sid), 0),
+            Command::Sync { cs, msh, msiattr, msidata, msiaddr } => {
+                let cs = match cs {
+                    SyncCs::None => 0u64,
+                    SyncCs::Irq => 1,
+                    SyncCs::Sev => 2,
+                };
+                (
+                    (cs << cmdf::CS_SHIFT)
+                        | ((msh as u64 & 3) << cmdf::MSH_SHIFT)
+                        | ((msiattr as u64 & 0xf) << cmdf::MSIATTR_SHIFT)
+                        | ((msidata as u64) << 32),
+                    msiaddr & cmdf::MSIADDR_MASK,
+                )
+            }
+        };
+        [opc | w0, w1]
+    }
+}
+
+/// STE fields the shadow transform reads or writes (IHI 0070 5.2), beyond [`ste`].
+pub mod stef {
+    /// dword 0 bits \[5:4\]: S1Fmt.
+    pub const S1FMT_MASK: u64 = 0b11 << 4;
+    /// dword 0 bits \[51:6\]: S1ContextPtr.
+    pub const S1CTXPTR_MASK: u64 = ((1 << 52) - 1) & !0x3f;
+    /// dword 0 bits \[63:59\]: S1CDMax.
+    pub const S1CDMAX_MASK: u64 = 0x1f << 59;
+    /// dword 1 bits \[1:0\], \[3:2\], \[5:4\], \[7:6\]: S1DSS, S1CIR, S1COR, S1CSH.
+    pub const S1DSS_MASK: u64 = 0b11;
+    pub const S1CIR_MASK: u64 = 0b11 << 2;
+    pub const S1COR_MASK: u64 = 0b11 << 4;
+    pub const S1CSH_MASK: u64 = 0b11 << 6;
+    /// dword 1 bit 27: S1STALLD, stall faults of stage 1 disabled.
+    pub const S1STALLD: u64 = 1 << 27;
+    /// dword 1 bits \[29:28\]: EATS (ATS translated requests).
+    pub const EATS_MASK: u64 = 0b11 << 28;
+    /// dword 1 bits \[31:30\]: STRW (StreamWorld); 0b00 = NS-EL1.
+    pub const STRW_MASK: u64 = 0b11 << 30;
+    /// dword 1 bits \[45:44\]: SHCFG.
+    pub const SHCFG_MASK: u64 = 0b11 << 44;
+}
+
+/// The stage-1 fields of dword 0 an STE may carry into a nested shadow: S1Fmt, S1ContextPtr
+/// (an IPA once stage 2 is on), S1CDMax.
+pub const fn ste_s1_dw0(s: &Ste) -> u64 {
+    s[0] & (stef::S1FMT_MASK | stef::S1CTXPTR_MASK | stef::S1CDMAX_MASK)
+}
+
+/// The dword-1 fields a shadow keeps: S1DSS, S1CIR, S1COR, S1CSH and SHCFG (S1STALLD is
+/// decided by the shadow transform).
+pub const fn ste_dw1_kept(s: &Ste) -> u64 {
+    s[1] & (stef::S1DSS_MASK | stef::S1CIR_MASK | stef::S1COR_MASK | stef::S1CSH_MASK | stef::SHCFG_MASK)
+}
+
+/// EATS of an STE.
+pub const fn ste_eats(s: &Ste) -> u64 {
+    (s[1] & stef::EATS_MASK) >> 28
+}
+
+/// STRW of an STE.
+pub const fn ste_strw(s: &Ste) -> u64 {
+    (s[1] & stef::STRW_MASK) >> 30
+}
+
+/// S2VMID of an STE.
+pub const fn ste_s2vmid(s: &Ste) -> u16 {
+    (s[2] & ste::S2VMID_MASK) as u16
+}
+
+#[cfg(test)]
+mod command_tests {
+    use super::*;
+
+    #[test]
+    fn linux_commands_decode() {
+        // CFGI_ALL as Linux issues it at reset, and KCore's own.
+        assert_eq!(Command::decode(cmd::cfgi_all()), Some(Command::CfgiSteRange { sid: 0, range: 31 }));
+        assert_eq!(Command::decode(cmd::cfgi_ste(0x18)), Some(Command::CfgiSte { sid: 0x18, leaf: true }));
+        // CMD_SYNC with CS = SEV (Linux without MSI polling).
+        let sync = [op::SYNC as u64 | 2 << 12, 0];
+        assert_eq!(
+            Command::decode(sync),
+            Some(Command::Sync { cs: SyncCs::Sev, msh: 0, msiattr: 0, msidata: 0, msiaddr: 0 })
+        );
+        // TLBI_NH_VA: ASID 5, VMID 0, leaf, VA 0xffff_e000.
+        let va = [op::TLBI_NH_VA as u64 | 5 << 48, 0xffff_e000 | 1];
+        let d = Command::decode(va).unwrap();
+        assert_eq!(d.encode(), va);
+        // Reserved CS and undefined opcodes.
+        assert_eq!(Command::decode([op::SYNC as u64 | 3 << 12, 0]), None);
+        assert_eq!(Command::decode([0x47, 0]), None);
+        assert_eq!(Command::decode([0, 0]), None);
+    }
+
+    #[test]
+    fn undefined_bits_are_dropped() {
+        let noisy = [op::CFGI_STE as u64 | 0x18 << 32 | 0xfff_ff00, 0xffff_ffff_ffff_fff1];
+        assert_eq!(Command::decode(noisy).unwrap().encode(), cmd::cfgi_ste(0x18));
+    }
+}

@@ -13,6 +13,7 @@
 //! | 13-15 | [`pages`]: RAM as a set of pfns, records as a map pfn -> record |
 //! | 16-17 | [`mem`]: owners, counts, gfns, host and VM maps, and every transition |
 //! | 18-21 | [`boot`]: the VM and vCPU state machines and boot images |
+//! | 22-25 | [`smmu`]: the host's view of the SMMU registers, STE shadows, command verdicts |
 //! | 27-28 | [`vcpu`]: vCPU run states, registers, pending MMIO and faults, guest traps |
 //! | 29 | [`ctxt`]: the world switch as a function on a CPU's register file |
 //! | 33-34 | [`trap`]: exception delivery; the top-level step composed of the specs above |
@@ -24,6 +25,7 @@ pub mod mem;
 pub mod npt;
 pub mod pages;
 pub mod ptalloc;
+pub mod smmu;
 pub mod spt;
 pub mod trap;
 pub mod vcpu;
