@@ -221,10 +221,14 @@ if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz
     for ko in "$kmods"/*/kserv.ko; do
         [ -f "$ko" ] || continue
         v="$(basename "$(dirname "$ko")")"
+        # (build-VERSION/ holds the module's build tree, not a kernel's modules.)
+        case "$v" in build-*) continue ;; esac
         mkdir -p "$stage/lib/modules/$v"
         cp "$ko" "$stage/lib/modules/$v/kserv.ko"
         [ -f "$kmods/$v/kserv_attack.ko" ] && cp "$kmods/$v/kserv_attack.ko" "$stage/lib/modules/$v/"
-        [ -f "$kmods/$v/edu_attack.ko" ] && cp "$kmods/$v/edu_attack.ko" "$stage/lib/modules/$v/"
+        # (Without its debug information: it only prints.)
+        [ -f "$kmods/$v/edu_attack.ko" ] &&
+            aarch64-linux-gnu-strip --strip-debug -o "$stage/lib/modules/$v/edu_attack.ko" "$kmods/$v/edu_attack.ko"
     done
     # The virtio modules, /lib/modules/VERSION/virtio/ with boot-modules, /init loads them.
     for vdir in "$kmods"/*/virtio; do
