@@ -20,8 +20,8 @@
  *                 the device is told to copy LEN bytes from PA (a physical address, not a
  *                 DMA address the kernel handed out), then the buffer is read back; the
  *                 pattern still there means nothing arrived
- *   do_write=1    with target_pa: also a raw write of a known payload from the buffer to PA,
- *                 then a raw read of PA to see whether it landed
+ *   do_write=1    with target_pa: after the raw read, a raw write of a known payload from
+ *                 the buffer to PA, then a raw read of PA to see whether it landed
  *   len=N         bytes per raw transfer (default 64, at most 4096)
  *   nobind=1      use the device through pci_get_device without binding a driver to it
  *                 (no driver probe: the kernel gives it no IOMMU domain)
@@ -320,8 +320,10 @@ static void step_write(struct edu *e, u64 pa)
 		pr_info("EDU: write-check %#llx readback-failed\n", pa);
 		break;
 	case RAW_UNCHANGED:
+		pr_info("EDU: write-check %#llx unchanged (no copy happened)\n", pa);
+		break;
 	case RAW_ZEROS:
-		pr_info("EDU: write-check %#llx unreadable (the read back was refused too)\n", pa);
+		pr_info("EDU: write-check %#llx got-zeros (the read back refused, or the page zeroed since)\n", pa);
 		break;
 	case RAW_DATA:
 		pr_info("EDU: write-check %#llx %s %*phN\n", pa,
