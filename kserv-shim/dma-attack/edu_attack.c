@@ -279,10 +279,13 @@ static void step_legit(struct edu *e)
 	err = edu_copy(e, src_dma, EDU_BUF, n, false);
 	if (!err)
 		err = edu_copy(e, EDU_BUF, dst_dma, n, true);
-	dma_unmap_page(e->dev, dst_dma, n, DMA_FROM_DEVICE);
-	if (err)
+	if (err) {
+		/* The copy may still be pending: the buffers stay allocated and mapped. */
 		pr_info("EDU: legit timeout\n");
-	else if (!memcmp(src, page_address(dst), n))
+		return;
+	}
+	dma_unmap_page(e->dev, dst_dma, n, DMA_FROM_DEVICE);
+	if (!memcmp(src, page_address(dst), n))
 		pr_info("EDU: legit ok (%u bytes; dma addresses %#llx -> %#llx, page pa %#llx)\n", n,
 			(u64)src_dma, (u64)dst_dma, (u64)page_to_phys(dst));
 	else
@@ -450,6 +453,11 @@ static void run_steps(struct edu *e)
 out:
 	if (!steps_run)
 		pr_info("EDU: setup failed (pages or mappings)\n");
+	if (e->stuck) {
+		/* A copy may still be pending into these pages: they are never reused. */
+		pr_info("EDU: a copy never finished; its pages are left allocated\n");
+		return;
+	}
 	for (i = 0; i < 3; i++) {
 		if (e->mapped[i])
 			dma_unmap_page(e->dev, e->dma[i], PAGE_SIZE, DMA_BIDIRECTIONAL);
@@ -478,9 +486,8 @@ static int use_device(struct pci_dev *pdev)
 	}
 	pci_set_master(pdev);
 	run_steps(&e);
-	/* A copy that never finished may still run: leave bus mastering on only then. */
-	if (!e.stuck)
-		pci_clear_master(pdev);
+	/* Bus mastering off: a copy that never finished can no longer reach memory. */
+	pci_clear_master(pdev);
 	pci_iounmap(pdev, e.bar);
 	pci_disable_device(pdev);
 	return 0;
