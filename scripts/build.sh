@@ -99,6 +99,82 @@ for kdir in "$ROOT"/.cache/arm64/usr/src/linux-headers-*-cloud-arm64; do
     cp "$b/kserv_attack.ko" "$ko"
 done
 
+# The DMA attack module (kserv-shim/dma-attack, tests only: it makes QEMU's edu device DMA
+# to physical addresses of its choosing), built the same way, /lib/modules/VERSION/edu_attack.ko.
+for kdir in "$ROOT"/.cache/arm64/usr/src/linux-headers-*-cloud-arm64; do
+    [ -f "$kdir/Module.symvers" ] || continue
+    v="${kdir##*/linux-headers-}"
+    b="$kmods/dma-attack-$v"
+    ko="$kmods/$v/edu_attack.ko"
+    if [ -f "$ko" ] && [ -z "$(find "$ROOT/kserv-shim/dma-attack" -newer "$ko" -print -quit)" ]; then
+        continue
+    fi
+    rm -rf "$b"
+    mkdir -p "$b" "$kmods/$v"
+    cp "$ROOT"/kserv-shim/dma-attack/* "$b/"
+    make -s -C "$kdir" M="$b" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- CONFIG_DEBUG_INFO_BTF_MODULES= modules 2>&1 |
+        { grep -v 'Skipping BTF generation' || true; }
+    [ -f "$b/edu_attack.ko" ] || { echo "build: edu_attack.ko for $v failed" >&2; exit 1; }
+    cp "$b/edu_attack.ko" "$ko"
+done
+
+# The virtio modules each host kernel needs for its disk and network card (virtio-pci
+# devices behind the SMMU, scripts/run.sh), uncompressed into out/kserv/VERSION/virtio/ with
+# a load order (boot-modules: dependencies first) that the host's /init follows. What the
+# kernel has built in (modules.builtin) is left out; the order comes from each module's
+# own "depends=" (the cache has no modules.dep).
+modinfo_depends() {
+    aarch64-linux-gnu-objcopy -O binary --only-section=.modinfo "$1" /dev/stdout 2> /dev/null |
+        tr '\0' '\n' | sed -n 's/^depends=//p' | tr ',' ' '
+}
+for mdir in "$ROOT"/.cache/arm64/lib/modules/*-cloud-arm64; do
+    [ -f "$mdir/modules.order" ] || continue
+    v="${mdir##*/}"
+    vdir="$kmods/$v/virtio"
+    [ -f "$vdir/boot-modules" ] && [ "$vdir/boot-modules" -nt "$mdir/modules.order" ] &&
+        [ "$vdir/boot-modules" -nt "$ROOT/scripts/build.sh" ] && continue
+    rm -rf "$vdir"
+    mkdir -p "$vdir"
+    order=()
+    declare -A placed=()
+    # add NAME: NAME's dependencies, then NAME (a module's file name uses _ or -; its
+    # depends= line uses _).
+    add() {
+        local name="$1" path f dep
+        [ -n "${placed[$name]:-}" ] && return 0
+        placed[$name]=1
+        path="$(grep -E "/${name//_/[_-]}\.ko(\.xz)?\$" "$mdir/modules.order" "$mdir/modules.builtin" | head -1 | cut -d: -f2-)" || true
+        [ -n "$path" ] || { echo "build: no module $name for $v" >&2; exit 1; }
+        grep -qxF "$path" "$mdir/modules.builtin" && return 0
+        f="$mdir/$path"
+        [ -f "$f" ] || f="$f.xz"
+        [ -f "$f" ] || { echo "build: $path missing for $v" >&2; exit 1; }
+        case "$f" in
+            *.xz) xz -dc "$f" > "$vdir/$name.ko" ;;
+            *) cp "$f" "$vdir/$name.ko" ;;
+        esac
+        for dep in $(modinfo_depends "$vdir/$name.ko"); do add "$dep"; done
+        order+=("$name")
+    }
+    for m in virtio_pci virtio_blk virtio_net; do add "$m"; done
+    printf '%s\n' "${order[@]}" > "$vdir/boot-modules"
+    unset placed
+done
+
+# The host's disk and the file its network card fetches (scripts/run.sh gives the host a
+# virtio-blk-pci and a virtio-net-pci behind the SMMU): generated text, the same on every
+# machine, every line different so a page in the wrong place changes the md5. The tests
+# compute the md5s from these files.
+if [ ! -f "$OUT/host-disk.img" ] || [ ! -f "$OUT/host-net.bin" ] || [ "$ROOT/scripts/build.sh" -nt "$OUT/host-disk.img" ]; then
+    # (Written whole, then cut to size: a pipe into head would kill seq with SIGPIPE.)
+    seq -f 'kcore host disk, line %07.0f of the virtio-blk test image' 1 80000 > "$OUT/host-disk.img.tmp"
+    truncate -s 4M "$OUT/host-disk.img.tmp"
+    mv "$OUT/host-disk.img.tmp" "$OUT/host-disk.img"
+    seq -f 'kcore host network, line %07.0f of the file the guestfwd rule streams' 1 20000 > "$OUT/host-net.bin.tmp"
+    truncate -s 1M "$OUT/host-net.bin.tmp"
+    mv "$OUT/host-net.bin.tmp" "$OUT/host-net.bin"
+fi
+
 # kvm-smoke, the host-side check of /dev/kvm (static, musl).
 cargo build -q -p kvm-smoke --target aarch64-unknown-linux-musl --release
 aarch64-linux-gnu-strip -o "$kmods/kvm-smoke.new" "$ROOT/target/aarch64-unknown-linux-musl/release/kvm-smoke"
@@ -124,14 +200,15 @@ for g in protected mmio-guard vault; do
 done
 
 # Host initramfs: busybox (static, arm64), the project's /init, the kserv module of each
-# host kernel (/lib/modules/VERSION/kserv.ko), kvm-smoke and its signed protected guests
-# (/guest-protected.signed, /guest-mmio-guard.signed).
+# host kernel (/lib/modules/VERSION/kserv.ko, the test modules beside it, the virtio modules
+# in virtio/), kvm-smoke and its signed protected guests (/guest-protected.signed,
+# /guest-mmio-guard.signed).
 stage="$OUT/initramfs"
 
 busybox="$ROOT/.cache/arm64/bin/busybox"
 [ -x "$busybox" ] || { echo "build: busybox missing; run scripts/setup.sh" >&2; exit 1; }
 if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz" ] ||
-   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 2 \( -name '*.ko' -o -name kvm-smoke -o -name protected.signed -o -name mmio-guard.signed -o -name vault.signed -o -name init -o -name run-guest \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
+   [ -n "$(find "$ROOT/kserv-shim/initramfs" "$kmods" -maxdepth 3 \( -name '*.ko' -o -name kvm-smoke -o -name protected.signed -o -name mmio-guard.signed -o -name vault.signed -o -name init -o -name run-guest -o -name boot-modules \) -newer "$OUT/initramfs.cpio.gz" -print -quit)" ]; then
     rm -rf "$stage"
     mkdir -p "$stage/bin" "$stage/dev" "$stage/proc" "$stage/sys" "$stage/tmp"
     cp "$busybox" "$stage/bin/busybox"
@@ -144,9 +221,21 @@ if [ ! -f "$OUT/initramfs.cpio.gz" ] || [ "$busybox" -nt "$OUT/initramfs.cpio.gz
     for ko in "$kmods"/*/kserv.ko; do
         [ -f "$ko" ] || continue
         v="$(basename "$(dirname "$ko")")"
+        # (build-VERSION/ holds the module's build tree, not a kernel's modules.)
+        case "$v" in build-*) continue ;; esac
         mkdir -p "$stage/lib/modules/$v"
         cp "$ko" "$stage/lib/modules/$v/kserv.ko"
         [ -f "$kmods/$v/kserv_attack.ko" ] && cp "$kmods/$v/kserv_attack.ko" "$stage/lib/modules/$v/"
+        # (Without its debug information: it only prints.)
+        [ -f "$kmods/$v/edu_attack.ko" ] &&
+            aarch64-linux-gnu-strip --strip-debug -o "$stage/lib/modules/$v/edu_attack.ko" "$kmods/$v/edu_attack.ko"
+    done
+    # The virtio modules, /lib/modules/VERSION/virtio/ with boot-modules, /init loads them.
+    for vdir in "$kmods"/*/virtio; do
+        [ -f "$vdir/boot-modules" ] || continue
+        v="$(basename "$(dirname "$vdir")")"
+        mkdir -p "$stage/lib/modules/$v"
+        cp -r "$vdir" "$stage/lib/modules/$v/"
     done
     (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$OUT/initramfs.cpio.gz"
 fi

@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Boot KCore at EL2 with a stock Debian arm64 Linux host (KServ) at EL1 under its stage-2,
-# in qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 (or 2, with --gic 2).
+# in qemu-system-aarch64 -M virt,virtualization=on,gic-version=3,iommu=smmuv3 (or GICv2, with
+# --gic 2; no SMMU with --no-smmu). The host has a disk and a network card, both virtio-pci
+# behind the SMMU (iommu_platform=on: without it QEMU's virtio DMA bypasses the SMMU, and
+# -nic none, or virt adds a virtio-net that does): /dev/vda is out/host-disk.img, read-only,
+# and on the network (10.0.2.15/24, or udhcpc) 'nc 10.0.2.100 1234' streams out/host-net.bin
+# (a guestfwd rule; restrict=on, so nothing else leaves the machine). scripts/build.sh makes
+# both files; the tests compare md5s.
 #
 #   scripts/run.sh                      interactive host shell on the console
 #   scripts/run.sh --exec 'CMD'         run CMD in the host, print its output, exit with its status
@@ -19,6 +25,10 @@
 #   --cpu MODEL         QEMU CPU model: max (default) or cortex-a57 (AMD Seattle's core)
 #   --gic 2|3           the machine's GIC (default 3); 2 is a GICv2 with its virtualization
 #                       extensions, as AMD Seattle's GIC-400 (KCore keeps GICH and GICV)
+#   --no-smmu           no SMMUv3 (-M ...,iommu=smmuv3 left out): the PCI devices' DMA goes
+#                       straight to physical addresses
+#   --edu               also QEMU's edu PCI device (1234:11e8, all 64 address bits for its DMA),
+#                       the DMA engine the tests' attack module drives (edu_attack.ko)
 #   --host-kernel IMG   another Debian arm64 kernel Image (default: the 6.1 cloud kernel setup fetched)
 #   --exec CMD          run CMD in the host after boot, then power off
 #   --append ARGS       extra kernel command-line words (kcore.* words are KCore's)
@@ -52,13 +62,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/out"
 
 cpus=2 mem=1G cpu=max gic=3 host_kernel="" exec_cmd="" have_exec=0 append="" timeout_s=600
-verbose=0 direct=0 uefi=0 uefi_dtb=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0 vm=0 with_demo=0 demo=0
+smmu=1 edu=0 verbose=0 direct=0 uefi=0 uefi_dtb=0 debug=0 setup=1 semihosting=0 qemu_extra=() with_qemu=0 vm=0 with_demo=0 demo=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpus) cpus="$2"; shift 2 ;;
         --mem) mem="$2"; shift 2 ;;
         --cpu) cpu="$2"; shift 2 ;;
         --gic) gic="$2"; shift 2 ;;
+        --no-smmu) smmu=0; shift ;;
+        --edu) edu=1; shift ;;
         --host-kernel) host_kernel="$2"; shift 2 ;;
         --exec) exec_cmd="$2"; have_exec=1; shift 2 ;;
         --append) append="$2"; shift 2 ;;
@@ -83,6 +95,8 @@ done
 if [ "$uefi" = 1 ] && [ "$direct" = 1 ]; then
     echo "run.sh: --uefi boots KCore; it does not go with --direct" >&2; exit 2
 fi
+# A file name inside a QEMU option list: a comma is written twice.
+qemu_path() { printf '%s' "${1//,/,,}"; }
 # Debian's build of edk2's ArmVirtQemu (qemu-efi-aarch64, installed by scripts/setup.sh).
 uefi_fw=/usr/share/qemu-efi-aarch64/QEMU_EFI.fd
 
@@ -159,8 +173,21 @@ case "$gic" in
     2|3) ;;
     *) echo "run.sh: --gic takes 2 or 3" >&2; exit 2 ;;
 esac
-qemu=(qemu-system-aarch64 -M "virt,virtualization=on,gic-version=$gic" -cpu "$cpu" -smp "$cpus" -m "$mem"
+machine="virt,virtualization=on,gic-version=$gic"
+[ "$smmu" = 1 ] && machine="$machine,iommu=smmuv3"
+# -nic none: no default virtio-net (virt would add one without iommu_platform).
+qemu=(qemu-system-aarch64 -M "$machine" -cpu "$cpu" -smp "$cpus" -m "$mem"
       -nographic -no-reboot -nic none)
+# The host's disk and network card: virtio-pci, modern only, with iommu_platform=on so that
+# QEMU sends their DMA through the SMMU (without it they reach physical addresses directly).
+# First on the bus, so the disk is /dev/vda in every mode (with --uefi too).
+[ -f "$OUT/host-disk.img" ] && [ -f "$OUT/host-net.bin" ] ||
+    { echo "run.sh: no out/host-disk.img or out/host-net.bin (scripts/build.sh makes them)" >&2; exit 2; }
+qemu+=(-drive "if=none,id=hostdisk,format=raw,readonly=on,file=$(qemu_path "$OUT/host-disk.img")"
+       -device virtio-blk-pci,drive=hostdisk,iommu_platform=on,disable-legacy=on
+       -netdev "user,id=hostnet,restrict=on,guestfwd=tcp:10.0.2.100:1234-cmd:cat $(qemu_path "$OUT/host-net.bin")"
+       -device virtio-net-pci,netdev=hostnet,romfile=,iommu_platform=on,disable-legacy=on)
+[ "$edu" = 1 ] && qemu+=(-device edu,dma_mask=0xffffffffffffffff)
 [ "$uefi" = 0 ] && qemu+=(-initrd "$initrd" -append "$cmdline")
 [ "$semihosting" = 1 ] && qemu+=(-semihosting)
 if [ "$uefi" = 1 ]; then
@@ -193,11 +220,16 @@ if [ "$uefi" = 1 ]; then
         mcopy -i "$esp" "$dtb_file" ::/virt.dtb
         rm -f "$dtb_file"
         # acpi=on: edk2's ArmVirtQemu publishes QEMU's ACPI tables and no device tree.
-        qemu+=(-M acpi=on -bios "$uefi_fw" -drive "if=virtio,format=raw,file=$esp")
+        qemu+=(-M acpi=on -bios "$uefi_fw")
     else
         # acpi=off: edk2's ArmVirtQemu then publishes QEMU's device tree to the OS loader.
-        qemu+=(-M acpi=off -bios "$uefi_fw" -drive "if=virtio,format=raw,file=$esp")
+        qemu+=(-M acpi=off -bios "$uefi_fw")
     fi
+    # The partition on a virtio-blk-pci behind the SMMU like the host's other devices
+    # (if=virtio would make one without iommu_platform); bootindex=0 so the firmware boots
+    # it before it tries the host's disk or the network.
+    qemu+=(-drive "if=none,id=esp,format=raw,file=$(qemu_path "$esp")"
+           -device virtio-blk-pci,drive=esp,iommu_platform=on,disable-legacy=on,bootindex=0)
 elif [ "$direct" = 1 ]; then
     qemu+=(-kernel "$host_kernel")
 else
