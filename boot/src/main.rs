@@ -236,11 +236,14 @@ mod el2 {
         if let Err(e) = dtb::give_host(dtb_pa, plan.region.0, plan.host_ranges()) {
             fatal(format_args!("cannot hide KCore's memory in the device tree: {e}"));
         }
-        // The SMMU is KCore's: the host never learns it exists (its devices' DMA goes through
-        // KCore's host-DMA table regardless).
+        // The SMMU is KCore's. By default the host keeps it in its device tree and its own
+        // driver programs it through KCore's emulation; with kcore.smmu=hidden the host never
+        // learns it exists. Either way its devices' DMA goes through KCore's host-DMA table.
         let smmu_regs =
             plat.smmu.map(|(base, size)| (align_down(base, PAGE_SIZE), align_up(base + size.max(0x2_0000), PAGE_SIZE)));
+        let smmu_hidden = plat.options.smmu_hidden;
         if let Some((base, _)) = plat.smmu
+            && smmu_hidden
             && let Err(e) = dtb::hide_smmu(dtb_pa, base)
         {
             fatal(format_args!("cannot hide the SMMU at {base:#x} in the device tree: {e}"));
@@ -310,12 +313,13 @@ mod el2 {
         if let Some(regs) = smmu_regs {
             let doorbells = plat.msi_doorbells;
             let doorbells = &doorbells[..doorbells.iter().take_while(|&&d| d != 0).count()];
-            match kc.take_smmu(regs, smmu_pool, doorbells) {
+            match kc.take_smmu(regs, smmu_pool, doorbells, !smmu_hidden) {
                 Ok(info) => log::info!(
-                    "SMMUv3 at {:#x} is KCore's (hidden from the host): {}-bit stream IDs, {}-bit output; \
-                     streams 0..{:#x} stage 2 only through the host-DMA table ({} pages: the host's RAM \
-                     and {} MSI doorbell page(s)), the rest refused; DMA aborts when disabled",
+                    "SMMUv3 at {:#x} is KCore's ({}): {}-bit stream IDs, {}-bit output; streams 0..{:#x} \
+                     through the host-DMA table ({} pages: the host's RAM and {} MSI doorbell page(s)), the \
+                     rest refused; DMA aborts when disabled",
                     regs.0,
+                    if smmu_hidden { "hidden from the host" } else { "emulated for the host's driver" },
                     info.sid_bits,
                     info.oas_bits,
                     u64::from(kcore::smmu::queue::L2_TABLES) << kcore::smmu::queue::SPLIT,

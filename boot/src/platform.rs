@@ -16,6 +16,10 @@ pub struct Options {
     /// `kcore.semihosting`: the emulator offers semihosting (tests only): a fatal error exits
     /// it with a failure status.
     pub semihosting: bool,
+    /// `kcore.smmu=hidden`: KCore keeps the SMMU to itself and removes it from the host's
+    /// device tree (the host runs without an IOMMU) instead of emulating it for the host's
+    /// own driver (the default).
+    pub smmu_hidden: bool,
 }
 
 /// The platform facts KCore needs.
@@ -83,12 +87,14 @@ fn parse_u64(s: &str) -> Option<u64> {
 
 impl Options {
     fn parse(bootargs: &str) -> Options {
-        let mut o = Options { host_image: None, log_level: log::LevelFilter::Info, semihosting: false };
+        let mut o =
+            Options { host_image: None, log_level: log::LevelFilter::Info, semihosting: false, smmu_hidden: false };
         for word in bootargs.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
             match key {
                 "kcore.host" => o.host_image = parse_u64(value),
                 "kcore.semihosting" => o.semihosting = true,
+                "kcore.smmu" => o.smmu_hidden = value == "hidden",
                 "kcore.log" => {
                     o.log_level = match value {
                         "error" => log::LevelFilter::Error,

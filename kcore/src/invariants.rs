@@ -23,7 +23,8 @@
 //! 8. Host DMA, once KCore took an SMMU: the host-DMA table is an identity map of exactly the
 //!    RAM pages the host owns (including those it lent), as Normal 4 KiB leaves, plus Device
 //!    leaves only outside RAM and KCore's device memory (the MSI doorbell); its table pages
-//!    are KCore's; every STE of KCore's stream table is the stage-2-only STE through it. With
+//!    are KCore's; every STE of KCore's stream table is invalid, abort, or has stage 2 on
+//!    through it in VMID 0 (a shadow of the host's STE, layer 25's `shadow_is_safe`). With
 //!    layer 12's invalidation this is SeKVM's "a page with DMA mappings is never given to a
 //!    VM", checked on the tables the hardware walks.
 
@@ -80,7 +81,7 @@ pub enum Violation {
     HostDmaMissing { pfn: Pfn },
     /// A page of the host-DMA table, or of KCore's stream table, is not KCore's.
     HostDmaTablePage { pa: u64 },
-    /// The STE of stream `sid` in KCore's stream table is not the host-DMA one.
+    /// The STE of stream `sid` in KCore's stream table lets DMA around the host-DMA table.
     StreamNotHostDma { sid: u32 },
 }
 
@@ -271,7 +272,8 @@ fn check_host_dma<M: Machine>(k: &KCore<M>, recent: bool, note: &mut impl FnMut(
         }
         for i in 0..1u64 << SPLIT {
             let at = l2 + i * raw::STE_BYTES;
-            if (0..8).any(|w| k.m.load(at + 8 * w) != ste[w as usize]) {
+            let s: raw::Ste = core::array::from_fn(|w| k.m.load(at + 8 * w as u64));
+            if !crate::smmu::aux::shadow_is_safe(&s, (ste[2], ste[3])) {
                 note(Violation::StreamNotHostDma { sid: ((t << SPLIT) + i) as u32 });
             }
         }

@@ -9,7 +9,9 @@ use crate::mem::memblock::MemBlocks;
 use crate::mem::pagemgmt::{PageMeta, meta_bytes};
 use crate::pt::nptops::S2Table;
 use crate::pt::ptalloc::PagePool;
+use crate::smmu::ops::{SmmuEmul, SmmuOps};
 use crate::smmu::queue::{SmmuDev, SmmuInfo, Unsupported};
+use crate::smmu::raw::reg;
 use crate::spt::mmiosptops::HostDma;
 use crate::trap::traphandler::{CpuRun, CpuRuns};
 use crate::vcpu::guestcpu::GuestCpu;
@@ -198,6 +200,8 @@ pub struct KCore<M: Machine> {
     pub zero_leaves: AtomicU64,
     /// The host's DMA (layers 9-12): KCore's SMMU, if boot took one, and the host-DMA table.
     pub dma: HostDma,
+    /// The SMMU as the host's driver sees it (layer 26), when KCore emulates it.
+    pub smmu: SmmuEmul,
 }
 
 impl<M: Machine> KCore<M> {
@@ -241,6 +245,7 @@ impl<M: Machine> KCore<M> {
             zero_page: 0,
             zero_leaves: AtomicU64::new(0),
             dma: HostDma::new(),
+            smmu: SmmuEmul::new(),
         };
         k.host.init_root(&k.m, &k.locks)?;
         // Zeroed by the pool; KCore-owned like every pool page, and never written again.
@@ -267,11 +272,15 @@ impl<M: Machine> KCore<M> {
     /// KCore's alone; the host-DMA table, built in `pool` (KCore's memory, `(start, end)`),
     /// maps every page the host owns and the MSI doorbell pages `doorbells` (physical
     /// addresses of pages that are not RAM), and every stream goes through it, stage 2 only.
+    /// With `emulate`, the host's accesses to the registers are then emulated (layer 26):
+    /// its own driver programs the SMMU through KCore; otherwise the device is KCore's
+    /// alone (and boot hides it from the host) and KCore records DMA faults itself.
     pub fn take_smmu(
         &self,
         regs: (u64, u64),
         pool: (u64, u64),
         doorbells: &[u64],
+        emulate: bool,
     ) -> core::result::Result<SmmuInfo, SmmuError> {
         if self.mb.intersects(regs.0, regs.1) {
             return Err(SmmuError::Setup(Error::InvalidParameter));
@@ -302,7 +311,12 @@ impl<M: Machine> KCore<M> {
         }
         self.m.publish_table_writes();
         let ste = self.dma.stream_ste().ok_or(SmmuError::Setup(Error::BadState))?;
-        self.dma.dev.take(&self.m, t.pool.pages(), info, &ste).map_err(SmmuError::Setup)?;
+        // What the host's driver will see, read before KCore changes anything.
+        let ids = [reg::IDR0, reg::IDR1, reg::IDR3, reg::GBPA].map(|r| self.m.smmu_read(r, 4) as u32);
+        self.dma.dev.take(&self.m, t.pool.pages(), info, &ste, !emulate).map_err(SmmuError::Setup)?;
+        if emulate {
+            self.smmu.start(regs.0, ids[0], ids[1], ids[2], crate::smmu::ops::gbpa_reset(ids[3]));
+        }
         Ok(info)
     }
 
@@ -318,6 +332,11 @@ impl<M: Machine> KCore<M> {
                 if e.stage2 { " (stage 2: not the host's)" } else { "" }
             );
         }
+    }
+
+    /// Layer 26 over this state.
+    pub fn smmu_ops(&self) -> SmmuOps<'_, M> {
+        SmmuOps { m: &self.m, locks: &self.locks, mb: &self.mb, meta: &self.meta, dma: &self.dma, emul: &self.smmu }
     }
 
     /// Layers 16-17 over this state.

@@ -30,7 +30,7 @@ const WINDOW_PAGES: u64 = 24;
 
 fn with_smmu() -> (KCore<SimMachine>, BTreeMap<u16, u64>) {
     let (k, pools) = kcore();
-    k.take_smmu(SMMU_REGS, SPT_POOL, &[DOORBELL]).unwrap();
+    k.take_smmu(SMMU_REGS, SPT_POOL, &[DOORBELL], false).unwrap();
     (k, pools)
 }
 

@@ -182,6 +182,9 @@ impl HostCmdq {
     }
 }
 
+/// Words of [`HostSmmu::pack`].
+pub const HOST_SMMU_WORDS: usize = 9;
+
 /// The emulated SMMU register file the host sees.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostSmmu {
@@ -258,6 +261,70 @@ impl HostSmmu {
     /// Is the host's SMMU enabled (CR0ACK.SMMUEN)? While it is not, every shadow aborts.
     pub fn smmu_enabled(&self) -> bool {
         self.enabled(cr0::SMMUEN)
+    }
+
+    /// Does the host's GBPA say abort (what its streams do while its SMMU is disabled;
+    /// otherwise they bypass, which KCore makes stage-2-only)?
+    pub const fn gbpa_abort(&self) -> bool {
+        self.gbpa & gbpa::ABORT != 0
+    }
+
+    /// The state as words, for KCore to keep in atomics between traps (layer 26 holds the
+    /// `smmu` lock from [`HostSmmu::unpack`] to `pack`).
+    pub fn pack(&self) -> [u64; HOST_SMMU_WORDS] {
+        let l = &self.limits;
+        let b = |x: bool, at: u32| u64::from(x) << at;
+        let lo_hi = |lo: u32, hi: u32| u64::from(lo) | u64::from(hi) << 32;
+        [
+            u64::from(l.sid_bits)
+                | u64::from(l.ssid_bits) << 8
+                | u64::from(l.cmdqs) << 16
+                | u64::from(l.evtqs) << 24
+                | b(l.two_level, 32)
+                | b(l.asid16, 33)
+                | b(l.ril, 34),
+            lo_hi(self.cr0, self.cr0ack),
+            lo_hi(self.cr1, self.cr2),
+            lo_hi(self.gbpa, self.irq_ctrl),
+            self.strtab_base,
+            lo_hi(self.strtab_cfg, self.cmdq_err) | b(self.gerror_cmdq, 62) | b(self.gerrorn_cmdq, 63),
+            self.cmdq_base,
+            lo_hi(self.cmdq_prod, self.cmdq_cons),
+            self.evtq_base,
+        ]
+    }
+
+    /// The state [`HostSmmu::pack`] gave.
+    pub fn unpack(w: &[u64; HOST_SMMU_WORDS]) -> HostSmmu {
+        let lo = |x: u64| x as u32;
+        let hi = |x: u64| (x >> 32) as u32;
+        let bit = |x: u64, at: u32| x >> at & 1 != 0;
+        HostSmmu {
+            limits: HostLimits {
+                sid_bits: (w[0] & 0xff) as u32,
+                ssid_bits: (w[0] >> 8 & 0xff) as u32,
+                cmdqs: (w[0] >> 16 & 0xff) as u32,
+                evtqs: (w[0] >> 24 & 0xff) as u32,
+                two_level: bit(w[0], 32),
+                asid16: bit(w[0], 33),
+                ril: bit(w[0], 34),
+            },
+            cr0: lo(w[1]),
+            cr0ack: hi(w[1]),
+            cr1: lo(w[2]),
+            cr2: hi(w[2]),
+            gbpa: lo(w[3]),
+            irq_ctrl: hi(w[3]),
+            strtab_base: w[4],
+            strtab_cfg: lo(w[5]),
+            cmdq_err: hi(w[5]) & 0x3fff_ffff,
+            gerror_cmdq: bit(w[5], 62),
+            gerrorn_cmdq: bit(w[5], 63),
+            cmdq_base: w[6],
+            cmdq_prod: lo(w[7]),
+            cmdq_cons: hi(w[7]),
+            evtq_base: w[8],
+        }
     }
 
     /// The host's STRTAB_BASE and STRTAB_BASE_CFG (fixed while SMMUEN is set).
@@ -480,6 +547,22 @@ mod tests {
         let want =
             HostLimits { sid_bits: 16, ssid_bits: 0, cmdqs: 19, evtqs: 19, two_level: true, asid16: true, ril: true };
         assert_eq!(l, want);
+    }
+
+    #[test]
+    fn state_survives_packing() {
+        let mut s = qemu();
+        s.write(reg::CMDQ_BASE, 8, BASE_RA | 0x4100_0000 | 8).unwrap();
+        s.write(reg::STRTAB_BASE, 8, BASE_RA | 0x4200_0000).unwrap();
+        s.write(reg::STRTAB_BASE_CFG, 4, 0x10210).unwrap();
+        s.write(reg::EVTQ_BASE, 8, BASE_RA | 0x4300_0000 | 7).unwrap();
+        s.write(reg::CR1, 4, 0xd75).unwrap();
+        s.write(reg::GBPA, 4, (gbpa::UPDATE | gbpa::ABORT) as u64).unwrap();
+        s.write(reg::IRQ_CTRL, 4, 5).unwrap();
+        s.write(reg::CR0, 4, 0xd).unwrap();
+        s.write(reg::CMDQ_PROD, 4, 3).unwrap();
+        s.cmdq_error(1, 1);
+        assert_eq!(HostSmmu::unpack(&s.pack()), s);
     }
 
     #[test]

@@ -53,5 +53,6 @@
 pub mod aux;
 pub mod core;
 pub mod coreaux;
+pub mod ops;
 pub mod queue;
 pub mod raw;

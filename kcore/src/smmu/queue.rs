@@ -4,10 +4,10 @@
 //! device's programming interface, which layers 12 and 26 use the way layer 8 uses the CPU's
 //! TLB maintenance.
 //!
-//! While the host cannot program the SMMU (milestone 1: the device is hidden from it), every
-//! stream KCore's stream table covers is stage-2 only, through the host-DMA table
+//! Every stream KCore's stream table covers starts stage-2 only, through the host-DMA table
 //! (`crate::spt`), in VMID 0; every other stream ID has an invalid level-1 descriptor, so its
-//! DMA is refused (C_BAD_STREAMID).
+//! DMA is refused (C_BAD_STREAMID). With the host's driver emulated (layer 26), the STEs then
+//! follow the host's, shadowed.
 
 use crate::error::{Error, Result};
 use crate::locks::{LockId, Locks};
@@ -70,6 +70,9 @@ pub struct SmmuDev {
     evtq: AtomicU64,
     evt_cons: AtomicU32,
     strtab: AtomicU64,
+    /// The real CR0 KCore keeps (SMMUEN and CMDQEN always once taken; EVTQEN while an
+    /// event queue, KCore's or the host's, is on).
+    cr0: AtomicU32,
 }
 
 fn poll<M: Machine>(m: &M, off: u64, done: impl Fn(u64) -> bool) -> core::result::Result<(), Unsupported> {
@@ -91,6 +94,7 @@ impl SmmuDev {
             evtq: AtomicU64::new(0),
             evt_cons: AtomicU32::new(0),
             strtab: AtomicU64::new(0),
+            cr0: AtomicU32::new(0),
         }
     }
 
@@ -133,11 +137,12 @@ impl SmmuDev {
 
     /// Take the SMMU (boot, one CPU, before the host runs): incoming DMA aborts while it is
     /// reprogrammed (GBPA.ABORT, then SMMUEN = 0); then KCore's stream table (every stream of
-    /// the first [`L2_TABLES`] level-2 tables gets `ste`), command queue and event queue,
-    /// taken from `pool`; caches of configuration and translations invalidated; enabled.
-    /// `pool` must be KCore's own memory. The sequence is the one IHI 0070 prescribes
+    /// the first [`L2_TABLES`] level-2 tables gets `ste`), command queue and (`own_evtq`)
+    /// event queue, taken from `pool`; caches of configuration and translations invalidated;
+    /// enabled. `pool` must be KCore's own memory. Without `own_evtq` the event queue is
+    /// left for the host's (emulated) driver. The sequence is the one IHI 0070 prescribes
     /// (6.3.9 CR0, 6.3.14 GBPA, 4.3 configuration invalidation).
-    pub fn take<M: Machine>(&self, m: &M, pool: &PagePool, info: SmmuInfo, ste: &Ste) -> Result<()> {
+    pub fn take<M: Machine>(&self, m: &M, pool: &PagePool, info: SmmuInfo, ste: &Ste, own_evtq: bool) -> Result<()> {
         let halted = |_| Error::BadState;
         // Abort, not bypass, whatever happens next (QEMU resets GBPA to bypass).
         m.smmu_write(reg::GBPA, 4, u64::from(gbpa::UPDATE | gbpa::ABORT));
@@ -162,7 +167,7 @@ impl SmmuDev {
             m.store(l1 + t * 8, raw::l1_desc(l2, SPLIT));
         }
         let cmdq = pool.alloc(m)?;
-        let evtq = pool.alloc(m)?;
+        let evtq = if own_evtq { pool.alloc(m)? } else { 0 };
         m.publish_table_writes();
         self.cmdq.store(cmdq, Relaxed);
         self.evtq.store(evtq, Relaxed);
@@ -177,10 +182,13 @@ impl SmmuDev {
         m.smmu_write(reg::CMDQ_BASE, 8, raw::queue_base(cmdq, CMDQ_LOG2));
         m.smmu_write(reg::CMDQ_PROD, 4, 0);
         m.smmu_write(reg::CMDQ_CONS, 4, 0);
-        m.smmu_write(reg::EVTQ_BASE, 8, raw::queue_base(evtq, EVTQ_LOG2));
-        m.smmu_write(reg::EVTQ_PROD, 4, 0);
-        m.smmu_write(reg::EVTQ_CONS, 4, 0);
-        let on = cr0::CMDQEN | cr0::EVTQEN;
+        let mut on = cr0::CMDQEN;
+        if own_evtq {
+            m.smmu_write(reg::EVTQ_BASE, 8, raw::queue_base(evtq, EVTQ_LOG2));
+            m.smmu_write(reg::EVTQ_PROD, 4, 0);
+            m.smmu_write(reg::EVTQ_CONS, 4, 0);
+            on |= cr0::EVTQEN;
+        }
         m.smmu_write(reg::CR0, 4, u64::from(on));
         poll(m, reg::CR0ACK, |v| v as u32 == on).map_err(halted)?;
         self.present.store(true, Relaxed);
@@ -188,7 +196,58 @@ impl SmmuDev {
         self.issue_unlocked(m, &[cmd::cfgi_all(), cmd::tlbi_nsnh_all()]);
         m.smmu_write(reg::CR0, 4, u64::from(on | cr0::SMMUEN));
         poll(m, reg::CR0ACK, |v| v as u32 == on | cr0::SMMUEN).map_err(halted)?;
+        self.cr0.store(on | cr0::SMMUEN, Relaxed);
         Ok(())
+    }
+
+    /// Set or clear `bit` of the real CR0 and wait for CR0ACK (caller holds `smmu`). A
+    /// device that does not acknowledge is broken: KCore halts.
+    pub fn set_cr0_bit<M: Machine>(&self, m: &M, bit: u32, on: bool) {
+        let v = if on { self.cr0.load(Relaxed) | bit } else { self.cr0.load(Relaxed) & !bit };
+        m.smmu_write(reg::CR0, 4, u64::from(v));
+        assert!(poll(m, reg::CR0ACK, |a| a as u32 == v).is_ok(), "SMMU did not acknowledge CR0 {v:#x}");
+        self.cr0.store(v, Relaxed);
+    }
+
+    /// Physical address of KCore's STE for stream `sid`, if KCore's table has one.
+    pub fn ste_addr<M: Machine>(&self, m: &M, sid: u32) -> Option<u64> {
+        let strtab = self.strtab();
+        if strtab == 0 || sid >= L2_TABLES << SPLIT {
+            return None;
+        }
+        let l1 = m.load(strtab + u64::from(sid >> SPLIT) * 8);
+        (l1 & 0x1f != 0).then(|| (l1 & raw::ADDR_MASK_51_6) + u64::from(sid & ((1 << SPLIT) - 1)) * raw::STE_BYTES)
+    }
+
+    /// KCore's STE for stream `sid` (`None`: no STE, the stream is refused).
+    pub fn ste<M: Machine>(&self, m: &M, sid: u32) -> Option<Ste> {
+        let at = self.ste_addr(m, sid)?;
+        Some(core::array::from_fn(|i| m.load(at + 8 * i as u64)))
+    }
+
+    /// Make `new` the STE of stream `sid` without the SMMU ever using a mix of the old and
+    /// the new one: a valid old STE is first made invalid and that invalidated (CFGI_STE +
+    /// CMD_SYNC), then dwords 1-7 are written, then dword 0, then invalidated again (IHI 0070
+    /// 3.21.3, the STE update rules). Whether the stream has an STE in KCore's table.
+    pub fn write_ste<M: Machine>(&self, m: &M, locks: &Locks, sid: u32, new: &Ste) -> bool {
+        let Some(at) = self.ste_addr(m, sid) else { return false };
+        let old: Ste = core::array::from_fn(|i| m.load(at + 8 * i as u64));
+        if old == *new {
+            return true;
+        }
+        if raw::ste_valid(&old) && old[1..] != new[1..] {
+            m.store(at, 0);
+            m.publish_table_writes();
+            self.issue(m, locks, &[cmd::cfgi_ste(sid)]);
+        }
+        for (i, w) in new.iter().enumerate().skip(1) {
+            m.store(at + 8 * i as u64, *w);
+        }
+        m.publish_table_writes();
+        m.store(at, new[0]);
+        m.publish_table_writes();
+        self.issue(m, locks, &[cmd::cfgi_ste(sid)]);
+        true
     }
 
     /// Run `cmds` on KCore's command queue, followed by a CMD_SYNC, and wait until the
@@ -242,7 +301,7 @@ impl SmmuDev {
 
     /// Take the next event the SMMU recorded, if any.
     pub fn next_event<M: Machine>(&self, m: &M, locks: &Locks) -> Option<Event> {
-        if !self.present() {
+        if !self.present() || self.evtq.load(Relaxed) == 0 {
             return None;
         }
         let _q = locks.acquire(LockId::SmmuQ, m.cpu_index());

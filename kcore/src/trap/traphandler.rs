@@ -141,6 +141,10 @@ impl<M: Machine> KCore<M> {
                 frame.elr = frame.elr.wrapping_add(4);
                 Outcome::HostSmc
             }
+            ec::DABT_LOW | ec::IABT_LOW if let Some(off) = self.smmu.offset(arch::fault_ipa(s.hpfar, s.far)) => {
+                self.host_smmu_access(frame, s.esr, s.far, off);
+                Outcome::Return
+            }
             ec::DABT_LOW | ec::IABT_LOW => {
                 let from_el1 = !matches!(frame.spsr & arch::spsr::MODE_MASK, arch::mode::EL0T | arch::mode::A32_USR);
                 let fault = faulthandler::host_stage2_fault(self, s.esr, s.far, s.hpfar, from_el1);
@@ -170,6 +174,32 @@ impl<M: Machine> KCore<M> {
                 log::warn!("unexpected trap from the host (EC {class:#x}, ESR {:#x}); undefined instruction", s.esr);
                 self.inject_sync(frame, arch::UNDEF_ESR, None);
                 Outcome::Return
+            }
+        }
+    }
+
+    /// The host read or wrote the SMMU's registers (offset `off`): layer 26 emulates the
+    /// access and the host continues after the instruction; an access KCore cannot decode
+    /// (no instruction syndrome, ESR.ISV = 0) or that the SMMU's policy denies gets the host an
+    /// external abort.
+    fn host_smmu_access(&self, frame: &mut TrapFrame, esr: u64, far: u64, off: u64) {
+        let done = crate::vcpu::vcpuopsaux::decode_mmio(esr).and_then(|a| {
+            let rt = a.rt as usize;
+            // Register 31 is XZR here: a store of zero, a load discarded.
+            let val = if rt == 31 { 0 } else { frame.x[rt] };
+            let v = self.smmu_ops().host_access(off, 1 << a.size_log2, a.write, val).ok()?;
+            if !a.write && rt != 31 {
+                frame.x[rt] = crate::vcpu::vcpuopsaux::mmio_read_value(v, a.size_log2, a.sign_extend);
+            }
+            Some(())
+        });
+        match done {
+            Some(()) => frame.elr = frame.elr.wrapping_add(4),
+            None => {
+                log::warn!(
+                    "host access to the SMMU at offset {off:#x} refused (ESR {esr:#x}); external abort injected"
+                );
+                self.inject_sync(frame, arch::external_abort_esr(esr, frame.spsr), Some(far));
             }
         }
     }
