@@ -144,10 +144,16 @@ struct Sink<'o, 'a, M: Machine> {
     gbpa_abort: bool,
     pending: [Cmd; BATCH],
     n: usize,
+    /// A host stage-1 invalidation is in the batch.
+    stage1_inval: bool,
 }
 
 impl<M: Machine> Sink<'_, '_, M> {
     fn flush(&mut self) {
+        if core::mem::take(&mut self.stage1_inval) {
+            self.pending[self.n] = raw::cmd::tlbi_s12_vmall(aux::HOST_VMID);
+            self.n += 1;
+        }
         if self.n > 0 {
             self.ops.dma.dev.issue(self.ops.m, self.ops.locks, &self.pending[..self.n]);
             self.n = 0;
@@ -157,7 +163,17 @@ impl<M: Machine> Sink<'_, '_, M> {
 
 impl<M: Machine> CmdSink for Sink<'_, '_, M> {
     fn forward(&mut self, cmd: Cmd) {
-        if self.n == BATCH {
+        // The host's stage-1 invalidations (by VA, by ASID, all) become one whole-VMID
+        // invalidation per batch: its streams are nested, and on QEMU 10 a forwarded
+        // CMD_TLBI_NH_VA or NH_ASID left the combined stage-1+2 entries live (measured: the
+        // host's disk read back stale pages). CMD_TLBI_S12_VMALL of VMID 0 removes every
+        // entry of the host's streams, stage 1, stage 2 and combined, on any SMMUv3.
+        if (raw::op::TLBI_NH_ALL..=raw::op::TLBI_NH_VAA).contains(&raw::cmd_opcode(&cmd)) {
+            self.stage1_inval = true;
+            return;
+        }
+        // Room for the batch's whole-VMID invalidation too.
+        if self.n + 1 >= BATCH {
             self.flush();
         }
         self.pending[self.n] = cmd;
@@ -252,6 +268,7 @@ impl<M: Machine> SmmuOps<'_, M> {
                     gbpa_abort: host.gbpa_abort(),
                     pending: [[0; 2]; BATCH],
                     n: 0,
+                    stage1_inval: false,
                 };
                 let mem = self.host_ram();
                 let d = aux::drain_cmdq(host, &mem, &mut sink);
