@@ -242,11 +242,16 @@ impl<M: Machine> SmmuOps<'_, M> {
             let r = host.read(off, size)?;
             return Ok(r.resolve(|o| self.m.smmu_read(o, 4) as u32));
         }
+        let gbpa_before = host.gbpa_abort();
         let actions = host.write(off, size, val)?;
         {
             let _s2 = self.locks.acquire(LockId::S2Page, self.m.cpu_index());
             for a in actions.iter() {
                 self.act(&mut host, a);
+            }
+            // While the host's SMMU is off its GBPA decides what its streams do.
+            if !host.smmu_enabled() && host.gbpa_abort() != gbpa_before {
+                self.reshadow_all(&host);
             }
         }
         self.emul.save(&host);
@@ -255,6 +260,16 @@ impl<M: Machine> SmmuOps<'_, M> {
 
     fn act(&self, host: &mut HostSmmu, a: Action) {
         match a {
+            // An acknowledgement toggles only the real errors that are active (GERROR and
+            // GERRORN differ, IHI 0070 6.3.17-18): a host that toggled others would make an
+            // error look active that is not.
+            Action::WriteReal { off: reg::GERRORN, value, mask } => {
+                let (g, n) = (self.m.smmu_read(reg::GERROR, 4) as u32, self.m.smmu_read(reg::GERRORN, 4) as u32);
+                let toggles = (value ^ n) & (g ^ n) & mask;
+                if toggles != 0 {
+                    self.m.smmu_write(reg::GERRORN, 4, u64::from(n ^ toggles));
+                }
+            }
             Action::WriteReal { off, value, mask } => {
                 let old = self.m.smmu_read(off, 4) as u32;
                 self.m.smmu_write(off, 4, u64::from((old & !mask) | (value & mask)));
