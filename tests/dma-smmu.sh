@@ -52,6 +52,16 @@ edu nobind nobind=1 target_pa=$KCORE_PA
 #    of KCore's image, then a raw read and a raw write of the VM's secret page.
 edu bound target_pa=$KCORE_PA
 [ -n "$vm_pa" ] && edu vm legit=0 do_write=1 target_pa="$vm_pa"
+# 3. Bound, while the kernel's SMMU driver runs: the SMMU programmed behind its back (the
+#    device's stream table entry rewritten as bypass, then stage 2 with the module's own
+#    table, each invalidated through a command queue of the module's; commands the host may
+#    not send; the event queue and MSI addresses at KCore's memory), raw reads of KCore's
+#    image and of the VM's secret page in each state, a raw write of that page in bypass;
+#    everything put back. Then a page the device is writing into, donated to KCore.
+c=$(complaints)
+edu forge legit=0 forge=1 ${vm_pa:+vm_pa=$vm_pa}
+edu donate legit=0 donate=1
+echo "host-kernel-complaints-after-forge $(($(complaints) - c))"
 # The VM ran on through it: it checks its secret and powers off.
 touch /tmp/vault-done
 wait $vmm
@@ -60,7 +70,7 @@ sed -n "s/^KVM-SMOKE: vault protected: guest output \(.*\)/vault-guest-output \1
 echo "disk-md5-after $(md5sum /dev/vda | cut -c1-32)"
 echo "host-kernel-complaints $(complaints)"
 
-# 3. Last: the SMMU's registers behind the kernel's driver (GBPA bypass, SMMU off, its own
+# 4. Last: the SMMU's registers behind the kernel's driver (GBPA bypass, SMMU off, its own
 #    stream table and command queue), a raw read of KCore's image in that state, then the
 #    registers put back.
 c=$(complaints)
