@@ -47,7 +47,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export LC_ALL=C
-passes=8 sleep=on setup=1 reads=10000 rounds=5
+passes=16 sleep=on setup=1 reads=10000 rounds=5
 while [ $# -gt 0 ]; do
     case "$1" in
         --passes) passes="$2"; shift 2 ;;
