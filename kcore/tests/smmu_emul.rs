@@ -139,6 +139,21 @@ fn the_stock_driver_sees_an_smmu_without_stage_2_and_its_ste_becomes_nested() {
     assert_eq!(raw::ste_config(&real), ste::CONFIG_NESTED);
     assert_eq!((real[2], real[3]), h.s2());
     assert_eq!(real[0] & raw::stef::S1CTXPTR_MASK, CD, "the host's CD, now an IPA through stage 2");
+    // A new level-2 table (bus 1), installed with no command and filled with bypass STEs as
+    // 6.1 does with disable_bypass=0; the driver names one stream of it: KCore shadows them
+    // all (the device may use any of them), stage 2 only.
+    let l2b = CD + 0x4000;
+    for i in 0..256u64 {
+        for (w, v) in [ste::V | ste::CONFIG_BYPASS << 1, 0, 0, 0, 0, 0, 0, 0].iter().enumerate() {
+            h.k.m.store(l2b + i * 64 + 8 * w as u64, *v);
+        }
+    }
+    h.k.m.store(L1 + 8, raw::l1_desc(l2b, 8));
+    h.push(&[cmd::cfgi_ste(0x118), cmd::sync()]);
+    for sid in [0x100, 0x118, 0x1ff] {
+        let real = h.real_ste(sid);
+        assert_eq!((raw::ste_config(&real), real[2], real[3]), (ste::CONFIG_S2, h.s2().0, h.s2().1), "{sid:#x}");
+    }
     // A strict-mode unmap: TLBI_NH_VA + SYNC becomes a whole-VMID invalidation.
     h.k.m.smmu.lock().unwrap().commands.clear();
     h.push(&[[op::TLBI_NH_VA as u64 | 1 << 48, 0x1000_0000 | 1], cmd::sync()]);

@@ -41,7 +41,13 @@ pub struct SmmuEmul {
     /// The host's event queue pages KCore pinned: first pfn and count (0: none).
     evtq_pfn: AtomicU64,
     evtq_pages: AtomicU64,
+    /// The host's level-1 descriptors (of a 2-level table) for KCore's streams, as KCore last
+    /// shadowed their level-2 tables ([`HOST_L1`] entries at the smallest split, 64).
+    host_l1: [AtomicU64; HOST_L1],
 }
+
+/// Host level-1 descriptors that cover KCore's streams at the smallest SPLIT (6).
+const HOST_L1: usize = (STREAMS >> 6) as usize;
 
 impl Default for SmmuEmul {
     fn default() -> Self {
@@ -58,6 +64,7 @@ impl SmmuEmul {
             stall_model: AtomicU32::new(0),
             evtq_pfn: AtomicU64::new(0),
             evtq_pages: AtomicU64::new(0),
+            host_l1: [const { AtomicU64::new(0) }; HOST_L1],
         }
     }
 
@@ -184,6 +191,25 @@ impl<M: Machine> CmdSink for Sink<'_, '_, M> {
         // Commands before the CFGI take effect first.
         self.flush();
         let end = (u64::from(first) + count).min(STREAMS);
+        // A level-2 table the host installed (or moved) since KCore last looked is new to the
+        // device as a whole: the driver writes a level-1 descriptor with no command, and the
+        // SMMU may use any STE of it (Linux fills it with abort, or with 6.1's
+        // disable_bypass=0 bypass, and names one stream). So all of it is shadowed now.
+        if let Some(HostStrtab { base, fmt: aux::StrtabFmt::TwoLevel { split }, .. }) = self.strtab
+            && u64::from(first) < end
+        {
+            for l1 in u64::from(first) >> split..=(end - 1) >> split {
+                let desc = self.mem.read_u64(base + l1 * 8).unwrap_or(0);
+                let seen = &self.ops.emul.host_l1[((l1 << split) >> 6) as usize];
+                if seen.swap(desc, Relaxed) != desc {
+                    for sid in l1 << split..((l1 + 1) << split).min(STREAMS) {
+                        let s =
+                            self.ops.shadow(self.strtab.as_ref(), &self.mem, self.enabled, self.gbpa_abort, sid as u32);
+                        self.ops.dma.dev.write_ste(self.ops.m, self.ops.locks, sid as u32, &s);
+                    }
+                }
+            }
+        }
         for sid in u64::from(first)..end {
             let s = self.ops.shadow(self.strtab.as_ref(), &self.mem, self.enabled, self.gbpa_abort, sid as u32);
             self.ops.dma.dev.write_ste(self.ops.m, self.ops.locks, sid as u32, &s);
@@ -225,6 +251,15 @@ impl<M: Machine> SmmuOps<'_, M> {
     fn reshadow_all(&self, host: &HostSmmu) {
         let t = aux::host_strtab(host);
         let mem = self.host_ram();
+        for (i, seen) in self.emul.host_l1.iter().enumerate() {
+            let desc = match t {
+                Some(HostStrtab { base, fmt: aux::StrtabFmt::TwoLevel { split }, .. }) if host.smmu_enabled() => {
+                    mem.read_u64(base + ((i as u64) << 6 >> split) * 8).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            seen.store(desc, Relaxed);
+        }
         for sid in 0..STREAMS as u32 {
             let s = self.shadow(t.as_ref(), &mem, host.smmu_enabled(), host.gbpa_abort(), sid);
             self.dma.dev.write_ste(self.m, self.locks, sid, &s);
