@@ -260,6 +260,10 @@ mod el2 {
                 Gic::V3 { .. } => 0,
             },
             smmu: smmu_regs.map_or(0, |r| r.0),
+            gicd: match plat.gic {
+                Gic::V3 { gicd, .. } => gicd,
+                Gic::V2 { gicd, .. } => gicd.0,
+            },
         };
         let el2_pool = PagePool::new(plan.pool.0, plan.pool.0 + EL2_POOL_PAGES * PAGE_SIZE);
         let smmu_pool = (plan.pool.1 - align_up(smmu_pool, PAGE_SIZE), plan.pool.1);
@@ -270,10 +274,12 @@ mod el2 {
         // The GIC frames KCore itself programs: GICv3 redistributors (the EL2 timer's and the
         // maintenance interrupt's enables); GICv2 distributor (the same, banked per CPU) and
         // GICH (the guests' list registers).
-        // And the SMMU's registers, which KCore alone programs.
+        // And the SMMU's registers, which KCore alone programs, and (GICv3) the distributor,
+        // where KCore pends the SMMU's global-error interrupt for the host's driver (its
+        // 64 KiB frame, GICv3 12.9).
         let smmu_frame = smmu_regs.map_or((0, 0), |(s, e)| (s, e - s));
         let gic_frames = match plat.gic {
-            Gic::V3 { gicr, .. } => [gicr, (0, 0), smmu_frame],
+            Gic::V3 { gicd, gicr } => [gicr, (gicd, 0x1_0000), smmu_frame],
             Gic::V2 { gicd, gich, .. } => [gicd, gich, smmu_frame],
         };
         let n = layout::el2_segments(&mb, plat.uart, &gic_frames, &mut segs);
@@ -313,6 +319,9 @@ mod el2 {
         if let Some(regs) = smmu_regs {
             let doorbells = plat.msi_doorbells;
             let doorbells = &doorbells[..doorbells.iter().take_while(|&&d| d != 0).count()];
+            if let Some(intid) = plat.smmu_gerror {
+                kc.smmu.set_gerror_intid(intid);
+            }
             match kc.take_smmu(regs, smmu_pool, doorbells, !smmu_hidden) {
                 Ok(info) => log::info!(
                     "SMMUv3 at {:#x} is KCore's ({}): {}-bit stream IDs, {}-bit output; streams 0..{:#x} \

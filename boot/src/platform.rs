@@ -38,6 +38,9 @@ pub struct Platform {
     pub initrd: Option<(u64, u64)>,
     /// The SMMUv3 (`arm,smmu-v3`): its register frame `(base, size)`, if there is one.
     pub smmu: Option<(u64, u64)>,
+    /// The SMMU's global-error interrupt (the INTID of the SPI its `interrupt-names` calls
+    /// `gerror`), if the tree says.
+    pub smmu_gerror: Option<u32>,
     /// Pages that receive device MSIs (GICv3 ITS: the frame of GITS_TRANSLATER; GICv2m: the
     /// frame of MSI_SETSPI_NS); 0 for none. A device's MSI is a DMA write, so the host-DMA
     /// table maps these.
@@ -197,6 +200,16 @@ impl Platform {
             .find_compatible(&["arm,smmu-v3"])
             .and_then(|n| n.reg()?.next())
             .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64));
+        // The `gerror` entry of `interrupts`, in the GIC's three cells (type, number, flags;
+        // type 0 is an SPI, INTID = number + 32: Documentation/devicetree/bindings/
+        // interrupt-controller/arm,gic-v3.yaml).
+        let smmu_gerror = fdt.find_compatible(&["arm,smmu-v3"]).and_then(|n| {
+            let names = n.property("interrupt-names")?.value;
+            let index = names.split(|&c| c == 0).position(|s| s == b"gerror")?;
+            let entry = n.property("interrupts")?.value.chunks_exact(12).nth(index)?;
+            let cell = |i: usize| u32::from_be_bytes([entry[i], entry[i + 1], entry[i + 2], entry[i + 3]]);
+            (cell(0) == 0).then(|| cell(4) + 32)
+        });
         let mut msi_doorbells = [0; 4];
         let mut n_doorbells = 0;
         for node in fdt.all_nodes() {
@@ -227,6 +240,7 @@ impl Platform {
             dtb_size: fdt.total_size() as u64,
             initrd,
             smmu,
+            smmu_gerror,
             msi_doorbells,
             options: Options::parse(bootargs),
         })

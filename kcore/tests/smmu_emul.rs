@@ -30,6 +30,8 @@ const CMDQ: u64 = RAM + (6 << 20) + 0x8000;
 const EVTQ: u64 = RAM + (6 << 20) + 0x9000;
 const CD: u64 = RAM + (6 << 20) + 0xa000;
 const SID: u32 = 0x18;
+/// QEMU virt's SMMU global-error interrupt: SPI 77.
+const GERROR_INTID: u32 = 77 + 32;
 
 struct Host {
     k: KCore<SimMachine>,
@@ -39,6 +41,7 @@ struct Host {
 impl Host {
     fn new() -> Host {
         let (k, _) = kcore();
+        k.smmu.set_gerror_intid(GERROR_INTID);
         k.take_smmu(SMMU_REGS, SPT_POOL, &[DOORBELL], true).unwrap();
         Host { k, prod: 0 }
     }
@@ -205,6 +208,8 @@ fn what_a_malicious_host_writes_never_reaches_the_device() {
         assert_eq!((cons & 0x1ff, cons >> 24), (at, raw::CERROR_ILL), "{forged:x?}");
         let g = h.r(reg::GERROR) as u32;
         assert_ne!((g ^ h.r(reg::GERRORN) as u32) & gerror::CMDQ_ERR, 0);
+        // The host enabled global-error interrupts (IRQ_CTRL = 5): KCore pended its SPI.
+        assert_eq!(h.k.m.pended_spis.lock().unwrap().pop(), Some(GERROR_INTID));
         // Linux's recovery: overwrite the entry with a CMD_SYNC, acknowledge.
         let slot = u64::from(at & 0xff);
         h.k.m.store(CMDQ + slot * 16, cmd::sync()[0]);

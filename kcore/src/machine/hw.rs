@@ -29,6 +29,9 @@ pub struct Hardware {
     /// The SMMUv3's register frame (two 64 KiB pages) KCore took at boot, mapped as device
     /// memory in KCore's EL2 map and in no other stage of translation; 0 if there is none.
     pub smmu: u64,
+    /// The GIC distributor, mapped as device memory in KCore's EL2 map (for
+    /// [`Machine::pend_spi`]); 0 if KCore never pends an interrupt.
+    pub gicd: u64,
 }
 
 /// IGROUPR0 and ISENABLER0, at the same offsets in a GICv3 redistributor's SGI/PPI frame
@@ -229,6 +232,15 @@ impl Machine for Hardware {
                 u64::from(core::ptr::read_volatile(a as *const u32))
             }
         }
+    }
+
+    fn pend_spi(&self, intid: u32) {
+        assert!(self.gicd != 0 && (32..1020).contains(&intid), "pend SPI {intid}");
+        let a = self.gicd + 0x200 + u64::from(intid / 32) * 4;
+        // SAFETY: `gicd` is the distributor `boot/` mapped as device memory in KCore's EL2
+        // map (checked non-zero); GICD_ISPENDR<n> is a 32-bit write-one-to-set register, so
+        // the write pends this interrupt and changes no other state.
+        unsafe { core::ptr::write_volatile(a as *mut u32, 1 << (intid % 32)) }
     }
 
     fn smmu_write(&self, off: u64, bytes: u8, val: u64) {

@@ -164,4 +164,8 @@ pub trait Machine: Sync {
     fn smmu_read(&self, off: u64, bytes: u8) -> u64;
     /// Write the `bytes`-wide (4 or 8) SMMU register at offset `off`.
     fn smmu_write(&self, off: u64, bytes: u8, val: u64);
+    /// Make shared peripheral interrupt `intid` (32..1020) pending in the GIC distributor
+    /// (GICD_ISPENDR<n>, write-one-to-set; GICv3 12.9.23, GIC v2 4.3.7): how KCore signals
+    /// the host an interrupt a device it emulates would raise.
+    fn pend_spi(&self, intid: u32);
 }

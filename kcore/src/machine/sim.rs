@@ -29,6 +29,8 @@ pub struct SimMachine {
     gich: Vec<[AtomicU32; GICH_WORDS]>,
     /// The simulated SMMUv3 (registers, command processing, TLB, DMA).
     pub smmu: Mutex<super::simsmmu::SimSmmu>,
+    /// Shared peripheral interrupts KCore made pending, in order.
+    pub pended_spis: Mutex<Vec<u32>>,
 }
 
 /// 32-bit registers in the simulated GICH frame (GICH_LR<n> end at 0x200).
@@ -54,6 +56,7 @@ impl SimMachine {
             ppis: (0..MAX_CPUS).map(|_| AtomicU64::new(0)).collect(),
             gich: (0..MAX_CPUS).map(|_| core::array::from_fn(|_| AtomicU32::new(0))).collect(),
             smmu: Mutex::new(super::simsmmu::SimSmmu::default()),
+            pended_spis: Mutex::new(Vec::new()),
         }
     }
 
@@ -206,6 +209,10 @@ impl Machine for SimMachine {
     }
     fn gich_write(&self, off: u64, val: u32) {
         self.set_gich_reg(self.cpu_index(), off, val)
+    }
+    fn pend_spi(&self, intid: u32) {
+        assert!((32..1020).contains(&intid), "not an SPI: {intid}");
+        self.pended_spis.lock().unwrap().push(intid);
     }
     fn smmu_read(&self, off: u64, bytes: u8) -> u64 {
         self.smmu.lock().unwrap().read(off, bytes)

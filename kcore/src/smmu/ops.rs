@@ -41,6 +41,8 @@ pub struct SmmuEmul {
     /// The host's event queue pages KCore pinned: first pfn and count (0: none).
     evtq_pfn: AtomicU64,
     evtq_pages: AtomicU64,
+    /// The SMMU's global-error interrupt (its SPI's INTID; 0: unknown, not signalled).
+    gerror_intid: AtomicU32,
     /// The host's level-1 descriptors (of a 2-level table) for KCore's streams, as KCore last
     /// shadowed their level-2 tables ([`HOST_L1`] entries at the smallest split, 64).
     host_l1: [AtomicU64; HOST_L1],
@@ -65,6 +67,7 @@ impl SmmuEmul {
             evtq_pfn: AtomicU64::new(0),
             evtq_pages: AtomicU64::new(0),
             host_l1: [const { AtomicU64::new(0) }; HOST_L1],
+            gerror_intid: AtomicU32::new(0),
         }
     }
 
@@ -77,6 +80,14 @@ impl SmmuEmul {
         self.save(&host);
         self.stall_model.store((idr0 >> idr0::STALL_MODEL_SHIFT) & 3, Relaxed);
         self.base.store(base, Relaxed);
+    }
+
+    /// The SMMU's global-error interrupt is SPI `intid` (from the device tree): KCore pends it
+    /// for the host when an emulated command error becomes active (boot).
+    pub fn set_gerror_intid(&self, intid: u32) {
+        if (32..1020).contains(&intid) {
+            self.gerror_intid.store(intid, Relaxed);
+        }
     }
 
     /// The offset in the SMMU's registers of host address `ipa`, if the host's accesses there
@@ -337,9 +348,15 @@ impl<M: Machine> SmmuOps<'_, M> {
                 }
             }
             Action::DisableEvtq => self.disable_evtq(),
-            // The real SMMU raises no interrupt for an error KCore emulates; the host's
-            // driver finds it when its CMD_SYNC wait times out.
-            Action::SignalGerror => log::info!("SMMU: host command error signalled in GERROR"),
+            // The real SMMU raises no interrupt for an error KCore emulates: KCore pends the
+            // host's global-error interrupt itself (it is edge-triggered: one pend is one
+            // interrupt), so the host's driver handles the error as it would the device's.
+            Action::SignalGerror => {
+                let intid = self.emul.gerror_intid.load(Relaxed);
+                if intid != 0 {
+                    self.m.pend_spi(intid);
+                }
+            }
             Action::Refused { off, value } => log::warn!("SMMU: host write of {value:#x} at {off:#x} refused"),
         }
     }
