@@ -263,10 +263,15 @@ fn check_host_dma<M: Machine>(k: &KCore<M>, recent: bool, note: &mut impl FnMut(
     if !kcores(strtab) {
         note(Violation::HostDmaTablePage { pa: strtab });
     }
-    for t in 0..u64::from(L2_TABLES) {
+    // The first L2_TABLES level-2 tables are there from boot; others once the host configured
+    // one of their streams; the rest of the level-1 table is invalid (those streams refused).
+    for t in 0..k.dma.dev.streams() >> SPLIT {
         let l1 = k.m.load(strtab + 8 * t);
+        if l1 == 0 && t >= u64::from(L2_TABLES) {
+            continue;
+        }
         let l2 = l1 & raw::ADDR_MASK_51_6;
-        if l1 != raw::l1_desc(l2, SPLIT) || !kcores(l2) {
+        if l1 != raw::l1_desc(l2, SPLIT) || (0..4).any(|p| !kcores(l2 + p * crate::PAGE_SIZE)) {
             note(Violation::HostDmaTablePage { pa: l2 });
             continue;
         }

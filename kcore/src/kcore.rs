@@ -62,11 +62,12 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 }
 
 /// The SMMU's pool (layer 9) on a machine with one: the host-DMA table's 4 KiB-granular map
-/// of all RAM (one table per 2 MiB, [`pool_bytes`]' share), plus 512 KiB for the stream table
-/// (a level-1 table and eight 16 KiB level-2 tables), the queues, the root and the doorbell's
+/// of all RAM (one table per 2 MiB, [`pool_bytes`]' share), plus 1 MiB for the stream table
+/// (a level-1 table, eight 16 KiB level-2 tables from boot and room for about 50 more, for
+/// streams the host's driver configures later), the queues, the root and the doorbell's
 /// tables.
 pub const fn smmu_pool_bytes(ram_bytes: u64) -> u64 {
-    (512 << 10) + align_up(ram_bytes / 512, PAGE_SIZE)
+    (1 << 20) + align_up(ram_bytes / 512, PAGE_SIZE)
 }
 
 impl MemoryPlan {

@@ -333,3 +333,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn streams_beyond_the_first_buses_get_a_table_when_the_host_configures_them() {
+    let mut h = Host::new();
+    h.linux_reset();
+    // Host level-2 tables for buses 0x80.. at 8 MiB into RAM, one 16 KiB table per bus.
+    let host_l2 = |bus: u64| RAM + (8 << 20) + (bus - 0x80) * 0x4000;
+    let install = |h: &mut Host, bus: u64, s: &Ste| {
+        for i in 0..256u64 {
+            for (w, v) in s.iter().enumerate() {
+                h.k.m.store(host_l2(bus) + i * 64 + 8 * w as u64, *v);
+            }
+        }
+        h.k.m.store(L1 + 8 * bus, raw::l1_desc(host_l2(bus), 8));
+        h.push(&[cmd::cfgi_ste((bus << 8) as u32 | 0x18), cmd::sync()]);
+    };
+    let pool_before = h.k.dma.table.pool.available();
+    install(&mut h, 0x80, &s1_ste(CD));
+    let real = h.k.dma.dev.ste(&h.k.m, 0x8018).expect("a level-2 table for bus 0x80");
+    assert_eq!((raw::ste_config(&real), real[2], real[3]), (ste::CONFIG_NESTED, h.s2().0, h.s2().1));
+    assert_eq!(pool_before - h.k.dma.table.pool.available(), 4, "one 16 KiB table");
+    // A bus whose streams all abort costs KCore nothing: they are refused already.
+    install(&mut h, 0x81, &STE_ABORT);
+    assert!(h.k.dma.dev.ste(&h.k.m, 0x8118).is_none());
+    h.check_real();
+    // A host that configures bus after bus runs KCore's pool dry: the streams beyond are
+    // refused (no STE), nothing panics, the invariants hold.
+    let mut refused = 0;
+    for bus in 0x82..0xff {
+        install(&mut h, bus, &[ste::V | ste::CONFIG_BYPASS << 1, 0, 0, 0, 0, 0, 0, 0]);
+        refused += u32::from(h.k.dma.dev.ste(&h.k.m, (bus << 8) as u32).is_none());
+    }
+    assert!(refused > 0, "the pool ran out");
+    h.check_real();
+}

@@ -19,7 +19,6 @@
 
 use super::aux::{self, CmdSink, HostMem, HostStrtab};
 use super::core::{Action, HOST_SMMU_WORDS, HostLimits, HostSmmu};
-use super::queue::{L2_TABLES, SPLIT};
 use super::raw::{self, Cmd, STE_ABORT, Ste, cr0, gbpa, idr0, reg};
 use crate::error::{Error, Result};
 use crate::locks::{LockId, Locks};
@@ -50,6 +49,9 @@ pub struct SmmuEmul {
 
 /// Host level-1 descriptors that cover KCore's streams at the smallest SPLIT (6).
 const HOST_L1: usize = (STREAMS >> 6) as usize;
+
+/// Streams KCore's stream table can cover at most.
+const STREAMS: u64 = 1 << super::queue::MAX_SID_BITS;
 
 impl Default for SmmuEmul {
     fn default() -> Self {
@@ -147,9 +149,6 @@ impl<M: Machine> HostMem for HostRam<'_, M> {
     }
 }
 
-/// Streams KCore's stream table holds STEs for.
-const STREAMS: u64 = (L2_TABLES as u64) << SPLIT;
-
 /// Forwarded commands KCore gathers before it issues them.
 const BATCH: usize = 64;
 
@@ -201,7 +200,7 @@ impl<M: Machine> CmdSink for Sink<'_, '_, M> {
     fn reshadow(&mut self, first: u32, count: u64) {
         // Commands before the CFGI take effect first.
         self.flush();
-        let end = (u64::from(first) + count).min(STREAMS);
+        let end = (u64::from(first) + count).min(self.ops.dma.dev.streams());
         // A level-2 table the host installed (or moved) since KCore last looked is new to the
         // device as a whole: the driver writes a level-1 descriptor with no command, and the
         // SMMU may use any STE of it (Linux fills it with abort, or with 6.1's
@@ -213,17 +212,14 @@ impl<M: Machine> CmdSink for Sink<'_, '_, M> {
                 let desc = self.mem.read_u64(base + l1 * 8).unwrap_or(0);
                 let seen = &self.ops.emul.host_l1[((l1 << split) >> 6) as usize];
                 if seen.swap(desc, Relaxed) != desc {
-                    for sid in l1 << split..((l1 + 1) << split).min(STREAMS) {
-                        let s =
-                            self.ops.shadow(self.strtab.as_ref(), &self.mem, self.enabled, self.gbpa_abort, sid as u32);
-                        self.ops.dma.dev.write_ste(self.ops.m, self.ops.locks, sid as u32, &s);
+                    for sid in l1 << split..((l1 + 1) << split).min(self.ops.dma.dev.streams()) {
+                        self.ops.install(self.strtab.as_ref(), &self.mem, self.enabled, self.gbpa_abort, sid as u32);
                     }
                 }
             }
         }
         for sid in u64::from(first)..end {
-            let s = self.ops.shadow(self.strtab.as_ref(), &self.mem, self.enabled, self.gbpa_abort, sid as u32);
-            self.ops.dma.dev.write_ste(self.ops.m, self.ops.locks, sid as u32, &s);
+            self.ops.install(self.strtab.as_ref(), &self.mem, self.enabled, self.gbpa_abort, sid as u32);
         }
     }
 
@@ -258,6 +254,22 @@ impl<M: Machine> SmmuOps<'_, M> {
         }
     }
 
+    /// Make stream `sid`'s real STE its shadow ([`SmmuOps::shadow`]). A stream KCore has no
+    /// STE for is refused already: it gets a level-2 table only if the host's configuration
+    /// lets it reach memory (its SMMU enabled, and a shadow other than abort), so a host that
+    /// names every stream uses no more of KCore's memory than the streams it configures.
+    fn install(&self, t: Option<&HostStrtab>, mem: &HostRam<'_, M>, enabled: bool, gbpa_abort: bool, sid: u32) {
+        let s = self.shadow(t, mem, enabled, gbpa_abort, sid);
+        let dev = &self.dma.dev;
+        if dev.ste_addr(self.m, sid).is_none() {
+            let refused = !raw::ste_valid(&s) || raw::ste_config(&s) == raw::ste::CONFIG_ABORT;
+            if !enabled || refused || !dev.ensure_l2(self.m, self.locks, self.dma.table.pool.pages(), sid, &STE_ABORT) {
+                return;
+            }
+        }
+        dev.write_ste(self.m, self.locks, sid, &s);
+    }
+
     /// Re-shadow every stream KCore has an STE for (the host turned its SMMU on or off).
     fn reshadow_all(&self, host: &HostSmmu) {
         let t = aux::host_strtab(host);
@@ -271,9 +283,8 @@ impl<M: Machine> SmmuOps<'_, M> {
             };
             seen.store(desc, Relaxed);
         }
-        for sid in 0..STREAMS as u32 {
-            let s = self.shadow(t.as_ref(), &mem, host.smmu_enabled(), host.gbpa_abort(), sid);
-            self.dma.dev.write_ste(self.m, self.locks, sid, &s);
+        for sid in 0..self.dma.dev.streams() as u32 {
+            self.install(t.as_ref(), &mem, host.smmu_enabled(), host.gbpa_abort(), sid);
         }
     }
 

@@ -25,8 +25,12 @@ pub const EVTQ_LOG2: u32 = 7;
 /// Linux uses too, so a PCI bus's devices share one level-2 table.
 pub const SPLIT: u32 = 8;
 /// How many level-2 tables KCore fills at boot: stream IDs 0..2048 (PCI buses 0-7 under an
-/// identity `iommu-map`). Other streams have no STE: their DMA is refused.
+/// identity `iommu-map`). Other streams have no STE, so their DMA is refused, until the host's
+/// driver (emulated) configures one: then KCore gives that group of 256 a level-2 table.
 pub const L2_TABLES: u32 = 8;
+/// The most stream ID bits KCore's stream table covers (a level-1 table of one page); a
+/// stream beyond is refused.
+pub const MAX_SID_BITS: u32 = 16;
 /// Polls of a register the SMMU must answer (an acknowledgement, a completed CMD_SYNC)
 /// before KCore declares the device broken and halts: far more than any working SMMU needs,
 /// never an endless wait.
@@ -73,6 +77,8 @@ pub struct SmmuDev {
     /// The real CR0 KCore keeps (SMMUEN and CMDQEN always once taken; EVTQEN while an
     /// event queue, KCore's or the host's, is on).
     cr0: AtomicU32,
+    /// Stream ID bits KCore's table covers.
+    sid_bits: AtomicU32,
 }
 
 fn poll<M: Machine>(m: &M, off: u64, done: impl Fn(u64) -> bool) -> core::result::Result<(), Unsupported> {
@@ -95,6 +101,15 @@ impl SmmuDev {
             evt_cons: AtomicU32::new(0),
             strtab: AtomicU64::new(0),
             cr0: AtomicU32::new(0),
+            sid_bits: AtomicU32::new(0),
+        }
+    }
+
+    /// Streams KCore's stream table covers (0 before [`SmmuDev::take`]).
+    pub fn streams(&self) -> u64 {
+        match self.sid_bits.load(Relaxed) {
+            0 => 0,
+            b => 1 << b,
         }
     }
 
@@ -152,7 +167,8 @@ impl SmmuDev {
         poll(m, reg::CR0ACK, |v| v == 0).map_err(halted)?;
 
         // Level 1: one descriptor per 256 streams, 8 bytes each.
-        let l1_entries = 1u64 << info.sid_bits.saturating_sub(SPLIT);
+        let sid_bits = info.sid_bits.clamp(SPLIT, MAX_SID_BITS);
+        let l1_entries = 1u64 << (sid_bits - SPLIT);
         let l1_pages = align_up(l1_entries * 8, PAGE_SIZE) / PAGE_SIZE;
         let l1 = if l1_pages == 1 { pool.alloc(m)? } else { pool.alloc_contiguous(m, l1_pages.next_power_of_two())? };
         let l2_bytes = (1u64 << SPLIT) * raw::STE_BYTES;
@@ -172,13 +188,14 @@ impl SmmuDev {
         self.cmdq.store(cmdq, Relaxed);
         self.evtq.store(evtq, Relaxed);
         self.strtab.store(l1, Relaxed);
+        self.sid_bits.store(sid_bits, Relaxed);
         self.prod.store(0, Relaxed);
         self.evt_cons.store(0, Relaxed);
 
         m.smmu_write(reg::CR1, 4, u64::from(raw::CR1_WB_ISH));
         m.smmu_write(reg::CR2, 4, u64::from(raw::CR2_PTM_RECINVSID));
         m.smmu_write(reg::STRTAB_BASE, 8, raw::BASE_RA | (l1 & raw::ADDR_MASK_51_6));
-        m.smmu_write(reg::STRTAB_BASE_CFG, 4, u64::from(raw::strtab_cfg_2level(info.sid_bits, SPLIT)));
+        m.smmu_write(reg::STRTAB_BASE_CFG, 4, u64::from(raw::strtab_cfg_2level(sid_bits, SPLIT)));
         m.smmu_write(reg::CMDQ_BASE, 8, raw::queue_base(cmdq, CMDQ_LOG2));
         m.smmu_write(reg::CMDQ_PROD, 4, 0);
         m.smmu_write(reg::CMDQ_CONS, 4, 0);
@@ -212,11 +229,43 @@ impl SmmuDev {
     /// Physical address of KCore's STE for stream `sid`, if KCore's table has one.
     pub fn ste_addr<M: Machine>(&self, m: &M, sid: u32) -> Option<u64> {
         let strtab = self.strtab();
-        if strtab == 0 || sid >= L2_TABLES << SPLIT {
+        if strtab == 0 || u64::from(sid) >= self.streams() {
             return None;
         }
         let l1 = m.load(strtab + u64::from(sid >> SPLIT) * 8);
         (l1 & 0x1f != 0).then(|| (l1 & raw::ADDR_MASK_51_6) + u64::from(sid & ((1 << SPLIT) - 1)) * raw::STE_BYTES)
+    }
+
+    /// Give stream `sid`'s group of 256 a level-2 table (from `pool`, every STE `fill`) if it
+    /// has none: the host configured a stream KCore had no STE for. Whether the stream has an
+    /// STE now (not beyond KCore's table; not when the pool is exhausted: the stream stays
+    /// refused, and KCore says so).
+    pub fn ensure_l2<M: Machine>(&self, m: &M, locks: &Locks, pool: &PagePool, sid: u32, fill: &Ste) -> bool {
+        if self.ste_addr(m, sid).is_some() {
+            return true;
+        }
+        if u64::from(sid) >= self.streams() {
+            return false;
+        }
+        let bytes = (1u64 << SPLIT) * raw::STE_BYTES;
+        let Ok(l2) = pool.alloc_contiguous(m, bytes / PAGE_SIZE) else {
+            log::warn!(
+                "SMMU: no room for the stream table of streams {:#x}.., stream {sid:#x} refused",
+                sid >> SPLIT << SPLIT
+            );
+            return false;
+        };
+        for i in 0..1u64 << SPLIT {
+            for (w, v) in fill.iter().enumerate() {
+                m.store(l2 + i * raw::STE_BYTES + 8 * w as u64, *v);
+            }
+        }
+        m.publish_table_writes();
+        m.store(self.strtab() + u64::from(sid >> SPLIT) * 8, raw::l1_desc(l2, SPLIT));
+        m.publish_table_writes();
+        // Leaf = 0: the level-1 descriptor too (IHI 0070 4.3.2).
+        self.issue(m, locks, &[cmd::cfgi_ste_l1(sid)]);
+        true
     }
 
     /// KCore's STE for stream `sid` (`None`: no STE, the stream is refused).

@@ -273,6 +273,11 @@ pub mod cmd {
     pub const fn cfgi_ste(sid: u32) -> Cmd {
         [op::CFGI_STE as u64 | (sid as u64) << 32, 1]
     }
+    /// CMD_CFGI_STE with Leaf = 0: the STE of `sid` and the level-1 descriptor that leads
+    /// to it.
+    pub const fn cfgi_ste_l1(sid: u32) -> Cmd {
+        [op::CFGI_STE as u64 | (sid as u64) << 32, 0]
+    }
     /// CMD_CFGI_ALL: CMD_CFGI_STE_RANGE with Range = 31, every stream's configuration.
     pub const fn cfgi_all() -> Cmd {
         [op::CFGI_STE_RANGE as u64, 31]
