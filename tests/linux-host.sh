@@ -79,6 +79,19 @@ dma_smmu_section() {
     dma_checks dma-612 "DMA (6.12 host, default domain)" default
     host dma-612-pt --edu --cpus 2 --timeout 300 --host-kernel "$bpo_kernel" --append iommu.passthrough=1 --exec "$script"
     dma_checks dma-612-pt "DMA (6.12 host, iommu.passthrough=1)" passthrough
+    # A device on PCI bus 9 (behind the ninth root port: stream 0x900, beyond the 2048
+    # streams KCore's stream table covers from boot): KCore gives its group a table when the
+    # host's driver attaches it, so its DMA works through the IOMMU, and stays confined.
+    local ports=() i
+    for i in $(seq 1 9); do
+        ports+=(--qemu-arg -device --qemu-arg "pcie-root-port,id=rp$i,bus=pcie.0,chassis=$i,addr=0x$((10 + i))")
+    done
+    host dma-bus9 --cpus 2 --timeout 300 "${ports[@]}" --qemu-arg -device --qemu-arg "edu,dma_mask=0xffffffffffffffff,bus=rp9" --exec '
+insmod /lib/modules/$(uname -r)/edu_attack.ko target_pa=0x40200000
+dmesg | grep "EDU: "
+rmmod edu_attack'
+    check "DMA (device on PCI bus 9, stream 0x900): bound, its DMA-API round trip works through the SMMU" bash -c "grep -q 'EDU: device 0000:09:00.0 bound' '$OUT/dma-bus9.out' && grep -q 'EDU: legit ok' '$OUT/dma-bus9.out'"
+    check "DMA (device on PCI bus 9): its raw read of KCore's image gets nothing" bash -c "grep -q 'EDU: read 0x40200000 got-zeros' '$OUT/dma-bus9.out' && ! grep -q 'KCore halted' '$OUT/dma-bus9.log'"
 }
 # The newer Debian kernel (bookworm-backports, 6.12+) the tiers boot with --host-kernel.
 bpo_kernel="$(ls "$ROOT"/.cache/arm64/boot/vmlinuz-6.1[2-9]*-cloud-arm64 2>/dev/null | sort -V | tail -1)"
