@@ -165,9 +165,7 @@ impl<M: Machine> MemAux<'_, M> {
         while pa < end {
             let pfn = pa >> PAGE_SHIFT;
             if self.meta.get(self.m, self.mb, pfn).is_some() {
-                self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
-                self.host.clear_pfn_host(self.m, self.locks, pfn);
-                self.dma.unmap(self.m, self.locks, pfn);
+                self.leave_host(pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
             }
             pa += PAGE_SIZE;
         }
@@ -315,10 +313,8 @@ impl<M: Machine> MemAux<'_, M> {
         if info.owner != Owner::Host || info.count != 0 {
             return Err(Error::Denied);
         }
-        self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
-        self.host.clear_pfn_host(self.m, self.locks, pfn);
-        // No device writes it once it is KCore's (it is zeroed next).
-        self.dma.unmap(self.m, self.locks, pfn);
+        // No CPU of the host's and no device writes it once it is KCore's (it is zeroed next).
+        self.leave_host(pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
         let _pt = self.locks.acquire(LockId::Pt(vmid), self.m.cpu_index());
         self.m.zero_page(pfn << PAGE_SHIFT);
         t.pool.add(self.m, pfn << PAGE_SHIFT);
@@ -354,10 +350,8 @@ impl<M: Machine> MemAux<'_, M> {
         if info.owner == Owner::Vm(vmid) {
             return;
         }
-        self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::Vm(vmid), count: 0, gfn });
-        self.host.clear_pfn_host(self.m, self.locks, pfn);
-        // Before the VM can map it: no device reaches it from here on.
-        self.dma.unmap(self.m, self.locks, pfn);
+        // Before the VM can map it.
+        self.leave_host(pfn, PageInfo { owner: Owner::Vm(vmid), count: 0, gfn });
     }
 
     /// `map_pfn_vm`: map `pfn` at `gfn` in VM `vmid`'s stage-2, as a 4 KiB page (`level` 3)
@@ -484,14 +478,24 @@ impl<M: Machine> MemAux<'_, M> {
         }
         self.host.clear_pfn_host(self.m, self.locks, pfn);
         self.m.zero_page(pfn << PAGE_SHIFT);
-        self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
-        self.dma_restore(pfn);
+        self.give_back_to_host(pfn);
     }
 
-    /// Page `pfn` is the host's again: its devices reach it again. The host-DMA table mapped
-    /// it at boot, so its tables exist and nothing is allocated; a failure is a broken
-    /// invariant.
-    pub fn dma_restore(&self, pfn: Pfn) {
+    /// Page `pfn` stops being the host's (becomes `info`'s): out of the host's stage-2 (with
+    /// the TLB invalidation) and out of the host-DMA table (with the SMMU's, completed), so
+    /// neither the host's CPUs nor its devices reach it when this returns. Every transition
+    /// that takes a page from the host goes through here. Caller holds `s2page`.
+    fn leave_host(&self, pfn: Pfn, info: PageInfo) {
+        self.meta.set(self.m, self.mb, pfn, info);
+        self.host.clear_pfn_host(self.m, self.locks, pfn);
+        self.dma.unmap(self.m, self.locks, pfn);
+    }
+
+    /// Page `pfn` (scrubbed) is plainly the host's again, its devices' too. The host-DMA
+    /// table mapped it at boot, so its tables exist and nothing is allocated; a failure is a
+    /// broken invariant. Caller holds `s2page`.
+    pub fn give_back_to_host(&self, pfn: Pfn) {
+        self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
         if let Err(e) = self.dma.map(self.m, self.locks, pfn, false) {
             panic!("host-DMA table: cannot map returned page {pfn:#x}: {e:?}");
         }
@@ -618,9 +622,7 @@ impl<M: Machine> MemAux<'_, M> {
         self.check_vm_root(vmid, root_pfn)?;
         let t = self.table(vmid)?;
         for pfn in root_pfn..root_pfn + t.root_pages() {
-            self.meta.set(self.m, self.mb, pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
-            self.host.clear_pfn_host(self.m, self.locks, pfn);
-            self.dma.unmap(self.m, self.locks, pfn);
+            self.leave_host(pfn, PageInfo { owner: Owner::KCore, count: 0, gfn: 0 });
         }
         t.init_root_at(self.m, self.locks, root_pfn << PAGE_SHIFT).expect("root checked under s2page");
         Ok(())

@@ -6,7 +6,7 @@ use super::{Image, MAX_IMAGE_BYTES, MAX_IMAGES, MAX_RAM_REGIONS, MAX_VCPUS, Vcpu
 use crate::error::{Error, Result};
 use crate::kcore::KCore;
 use crate::machine::Machine;
-use crate::mem::pagemgmt::{Owner, PageInfo};
+use crate::mem::pagemgmt::Owner;
 use crate::{PAGE_SHIFT, PAGE_SIZE, Pfn};
 
 impl<M: Machine> KCore<M> {
@@ -242,15 +242,13 @@ impl<M: Machine> KCore<M> {
             let pa = info.vcpu_page(v);
             if pa != 0 {
                 self.m.zero_page(pa);
-                self.meta.set(&self.m, &self.mb, pa >> PAGE_SHIFT, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
-                mem.dma_restore(pa >> PAGE_SHIFT);
+                mem.give_back_to_host(pa >> PAGE_SHIFT);
             }
         }
         let table = mem.table(vmid).expect("valid vmid");
         table.release(&self.m, &self.locks, |pa| {
             self.m.zero_page(pa);
-            self.meta.set(&self.m, &self.mb, pa >> PAGE_SHIFT, PageInfo { owner: Owner::Host, count: 0, gfn: 0 });
-            mem.dma_restore(pa >> PAGE_SHIFT);
+            mem.give_back_to_host(pa >> PAGE_SHIFT);
         });
         // The host kernel may have read some of those pages as KCore's zero page.
         mem.drop_stale_zero_leaves(&s2);
