@@ -79,6 +79,8 @@ pub struct SmmuDev {
     cr0: AtomicU32,
     /// Stream ID bits KCore's table covers.
     sid_bits: AtomicU32,
+    /// Streams refused for want of a level-2 table.
+    refused: AtomicU64,
 }
 
 fn poll<M: Machine>(m: &M, off: u64, done: impl Fn(u64) -> bool) -> core::result::Result<(), Unsupported> {
@@ -102,6 +104,7 @@ impl SmmuDev {
             strtab: AtomicU64::new(0),
             cr0: AtomicU32::new(0),
             sid_bits: AtomicU32::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
