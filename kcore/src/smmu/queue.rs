@@ -252,10 +252,16 @@ impl SmmuDev {
         }
         let bytes = (1u64 << SPLIT) * raw::STE_BYTES;
         let Ok(l2) = pool.alloc_contiguous(m, bytes / PAGE_SIZE) else {
-            log::warn!(
-                "SMMU: no room for the stream table of streams {:#x}.., stream {sid:#x} refused",
-                sid >> SPLIT << SPLIT
-            );
+            // Said for the first few and then every 1024th: the host chooses how many streams
+            // it configures, and a CFGI_ALL over a table of bypass STEs names 65536.
+            let n = self.refused.fetch_add(1, Relaxed);
+            if n < 4 || n.is_multiple_of(1024) {
+                log::warn!(
+                    "SMMU: no room for the stream table of streams {:#x}.., stream {sid:#x} refused ({} so far)",
+                    sid >> SPLIT << SPLIT,
+                    n + 1
+                );
+            }
             return false;
         };
         for i in 0..1u64 << SPLIT {
